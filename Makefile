@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both install first when needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+DEEPSPEED_PIN := deepspeed==0.19.8
+NPROC ?= 2
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# Pinned first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q $(TORCH_PIN)
+	# DeepSpeed builds against the torch above; DS_BUILD_OPS=0 compiles its ops lazily, if ever.
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation $(DEEPSPEED_PIN)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p runs/demo
+	$(VENV)/bin/dint-shard builtin:cameraman runs/demo/cameraman.zarr --overwrite
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m dint.train --config configs/demo.toml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

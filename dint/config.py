@@ -1,0 +1,199 @@
+"""Training configuration: a tree of dataclasses filled from TOML, then `--section.key value`.
+
+Every key has a default here; a TOML file and the command line override them in that
+order. Anything unknown, mistyped or out of range is a DintError naming the key.
+"""
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from dint.errors import DintError
+from dint.teacher import ERRORS, INTERVAL_SCHEDULES, RATIO_SCHEDULES, STRATEGIES
+
+LR_SCHEDULES = ("constant", "cosine")
+ENGINES = ("ddp", "deepspeed")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    dir: str = "runs/default"  # outputs: config.toml, metrics.jsonl, summary.json, model.pt, ...
+    device: str = "auto"  # auto: CUDA whenever it is there
+
+
+@dataclasses.dataclass
+class DataConfig:
+    store: str = ""  # a store made by dint-shard
+    block_points: int = 65536  # points per forward block in no-grad passes (selection, evaluation)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    width: int = 256
+    hidden_layers: int = 5  # sine layers; a linear output layer follows
+    w0: float = 30.0
+    w0_first: float = 30.0
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    strategy: str = "int"  # int: top-k by error; full: every point; uniform: random k
+    ratio: float = 0.2  # fraction selected at the start
+    ratio_schedule: str = "step"
+    interval_schedule: str = "incremental"
+    interval: int = 1  # steps between selections with interval_schedule = "fixed"
+    error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 5000
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    engine: str = "ddp"  # ddp or deepspeed
+    log_every: int = 10  # steps between metrics.jsonl lines (the last step is always logged)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations; 0: only at the end
+
+
+@dataclasses.dataclass
+class Config:
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+_CHOICES = {
+    "run.device": DEVICES,
+    "teacher.strategy": STRATEGIES,
+    "teacher.ratio_schedule": RATIO_SCHEDULES,
+    "teacher.interval_schedule": INTERVAL_SCHEDULES,
+    "teacher.error": ERRORS,
+    "train.lr_schedule": LR_SCHEDULES,
+    "train.engine": ENGINES,
+}
+_POSITIVE = ("data.block_points", "model.width", "model.hidden_layers", "model.w0", "model.w0_first",
+             "teacher.interval", "train.steps", "train.lr", "train.log_every")
+_NON_NEGATIVE = ("eval.every",)
+
+
+def _set(config: Config, key: str, value: Any, origin: str, from_text: bool, origins: dict[str, str]) -> None:
+    section_name, _, field_name = key.partition(".")
+    section = getattr(config, section_name, None) if section_name in _sections() else None
+    if section is None or not field_name:
+        raise DintError(f"{origin}: unknown section {section_name!r} (known: {', '.join(_sections())})")
+    types = typing.get_type_hints(type(section))
+    if field_name not in types:
+        known = ", ".join(f"{section_name}.{f}" for f in types)
+        raise DintError(f"{origin}: unknown key {key!r} (known: {known})")
+    setattr(section, field_name, _coerce(value, types[field_name], key, origin, from_text))
+    origins[key] = origin
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _coerce(value: Any, kind: type, key: str, origin: str, from_text: bool) -> Any:
+    try:
+        if from_text:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                return value.lower() == "true"
+            return kind(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+        raise ValueError
+    except ValueError:
+        raise DintError(f"{origin}: {key} = {value!r} is not a valid {kind.__name__}") from None
+
+
+def validate(config: Config, origins: dict[str, str]) -> None:
+    """Check ranges and choices; `origins` says where each key was set, for the message."""
+
+    def fail(key: str, problem: str) -> typing.NoReturn:
+        raise DintError(f"{origins.get(key, 'default')}: {key} = {_get(config, key)!r} {problem}")
+
+    for key, choices in _CHOICES.items():
+        if _get(config, key) not in choices:
+            fail(key, f"is not one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if not _get(config, key) > 0:
+            fail(key, "must be > 0")
+    for key in _NON_NEGATIVE:
+        if _get(config, key) < 0:
+            fail(key, "must be >= 0")
+    if not 0.0 < config.teacher.ratio <= 1.0:
+        fail("teacher.ratio", "must be in (0, 1]")
+    if not config.data.store:
+        raise DintError(f"{origins.get('data.store', 'config')}: data.store is not set (a store made by dint-shard)")
+
+
+def _get(config: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at `path`, then `overrides` ({"train.steps": "100"})."""
+    config, origins = Config(), {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise DintError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DintError(f"{path}: cannot read config ({e})") from None
+        except tomllib.TOMLDecodeError as e:
+            raise DintError(f"{path}: not valid TOML ({e})") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise DintError(f"{path}: {section!r} must be a [section] table, not a single value")
+            for name, value in table.items():
+                _set(config, f"{section}.{name}", value, str(path), False, origins)
+    for key, value in (overrides or {}).items():
+        _set(config, key, value, f"--{key}", True, origins)
+    validate(config, origins)
+    return config
+
+
+def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
+    """`--config PATH` and any number of `--section.key value` (or `--section.key=value`)."""
+    config_path, overrides = None, {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise DintError(f"unexpected argument {arg!r} (use --config PATH and --section.key value)")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if not args:
+                raise DintError(f"--{key} needs a value")
+            value = args.pop(0)
+        if key == "config":
+            config_path = value
+        else:
+            overrides[key] = value
+    return config_path, overrides

@@ -1,0 +1,7 @@
+"""The one exception type a user should see as a single line (exit code 2), never a traceback."""
+
+
+class DintError(Exception):
+    """Bad input or configuration: the message names the file, key or value and what is wrong."""
+
+    exit_code = 2

@@ -1,0 +1,50 @@
+"""SIREN (Sitzmann et al. 2020): an MLP with sine activations, coordinates in, signal out.
+
+`hidden_layers` counts the sine layers, so hidden_layers=5 is the paper's "5 hidden layers
+of 256, 6 layers in all" (5 sine layers and a linear output layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SineLayer(nn.Module):
+    def __init__(self, in_features: int, out_features: int, w0: float, first: bool):
+        super().__init__()
+        self.w0 = w0
+        self.linear = nn.Linear(in_features, out_features)
+        # The first layer spans [-1, 1] inputs over several periods of sin(w0 x); deeper layers
+        # keep pre-activations ~ U(-sqrt(6), sqrt(6)) so the sine stays in its useful range.
+        bound = 1.0 / in_features if first else math.sqrt(6.0 / in_features) / w0
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * self.linear(x))
+
+
+class Siren(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        width: int = 256,
+        hidden_layers: int = 5,
+        w0: float = 30.0,
+        w0_first: float = 30.0,
+    ):
+        super().__init__()
+        layers = [SineLayer(in_features, width, w0_first, first=True)]
+        layers += [SineLayer(width, width, w0, first=False) for _ in range(hidden_layers - 1)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, out_features)
+        bound = math.sqrt(6.0 / width) / w0
+        with torch.no_grad():
+            self.head.weight.uniform_(-bound, bound)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(coords))

@@ -1,0 +1,198 @@
+"""Implicit Neural Teaching (Zhang, Luo et al., ICML 2024), spread over ranks.
+
+Algorithm 1 of the paper (greedy INT), at training step t with N points:
+
+    if t is a selection step (is_selection_step):
+        e_i = |f_t(x_i) - y_i|  for every point, no gradients        -> point_errors
+        S   = the k = ratio_at(t) * N points of largest e_i          -> select_topk
+    update f_t on S alone; S is reused until the next selection step
+
+Distributed, each rank scores only its own shard, takes its local top-k, and an
+all-gather of those candidates gives every rank the exact global top-k (ties go to the
+lower global index), so the selection does not depend on the number of ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dint.data import Shard
+from dint.distributed.utils import all_gather_varlen
+
+STRATEGIES = ("int", "full", "uniform")
+RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
+INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
+ERRORS = ("l1", "l2")
+STAGES = 10  # the `step` ratio schedule's stages
+DENSE_FRACTION = 0.25  # `incremental`: select every step for this first part of training
+PHASE_INTERVALS = (10, 20, 30, 40, 50)  # `incremental`: then these intervals, equal phases
+
+
+# --- Schedules (plain functions of the step) -------------------------------------------
+
+
+def ratio_at(step: int, total_steps: int, ratio: float, schedule: str) -> float:
+    """Fraction of the points selected at `step`, starting from `ratio` and rising to 1."""
+    progress = step / total_steps
+    if schedule == "constant":
+        return ratio
+    if schedule == "linear":
+        return ratio + (1.0 - ratio) * progress
+    if schedule == "step":
+        stage = math.floor(step * STAGES / total_steps)
+        return min(1.0, ratio + (1.0 - ratio) * stage / STAGES)
+    if schedule == "cosine":  # slow start, slow finish, from ratio up to 1
+        return ratio + (1.0 - ratio) * (1.0 - math.cos(math.pi * progress)) / 2.0
+    if schedule == "reverse-cosine":  # mirror image: from 1 down to ratio
+        return ratio + (1.0 - ratio) * (1.0 + math.cos(math.pi * progress)) / 2.0
+    raise ValueError(f"unknown ratio schedule {schedule!r}")
+
+
+def interval_at(step: int, total_steps: int, schedule: str, interval: int) -> int:
+    """Steps between selections in force at `step`."""
+    if schedule == "dense":
+        return 1
+    if schedule == "fixed":
+        return interval
+    if schedule == "incremental":
+        dense_steps = math.floor(DENSE_FRACTION * total_steps)
+        if step < dense_steps:
+            return 1
+        phase_len = (total_steps - dense_steps) / len(PHASE_INTERVALS)
+        return PHASE_INTERVALS[min(len(PHASE_INTERVALS) - 1, math.floor((step - dense_steps) / phase_len))]
+    raise ValueError(f"unknown interval schedule {schedule!r}")
+
+
+def is_selection_step(step: int, total_steps: int, schedule: str, interval: int) -> bool:
+    every = interval_at(step, total_steps, schedule, interval)
+    if schedule != "incremental" or every == 1:
+        return step % every == 0
+    # Count each phase's intervals from the phase's own first step.
+    dense_steps = math.floor(DENSE_FRACTION * total_steps)
+    phase_len = (total_steps - dense_steps) / len(PHASE_INTERVALS)
+    phase_start = dense_steps + math.ceil(PHASE_INTERVALS.index(every) * phase_len)
+    return (step - phase_start) % every == 0
+
+
+# --- Exact top-k over ranks --------------------------------------------------------------
+
+
+def topk_ordered(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Positions of the k largest scores; among equal scores the lower id wins.
+
+    `id_of(positions)` gives the unique ids of some positions; it is asked only for the
+    positions tied at the k-th score, so callers need not build ids for every point.
+    """
+    n = scores.shape[0]
+    if k >= n:
+        return torch.arange(n, device=scores.device)
+    if k <= 0:
+        return torch.empty(0, dtype=torch.int64, device=scores.device)
+    kth = torch.topk(scores, k, sorted=False).values.min()
+    above = torch.nonzero(scores > kth).squeeze(1)
+    tied = torch.nonzero(scores == kth).squeeze(1)
+    tied = tied[torch.argsort(id_of(tied))[: k - above.shape[0]]]
+    return torch.cat([above, tied])
+
+
+def select_topk(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """This rank's part of the global top-k of `scores`; `id_of` gives global indices.
+
+    A rank's members of the global top-k are among its own top-k, so gathering every
+    rank's local top-k is enough to know the global k-th score and, for a tie there, the
+    highest id that still gets in; each rank then keeps its candidates above that cut.
+    """
+    local = topk_ordered(scores, k, id_of)
+    cand_scores, cand_ids = scores[local], id_of(local)
+    all_scores, all_ids = all_gather_varlen(cand_scores, cand_ids)
+    if all_scores.shape[0] <= k:
+        return local
+    chosen = topk_ordered(all_scores, k, lambda positions: all_ids[positions])
+    cut_score = all_scores[chosen].min()
+    cut_id = all_ids[chosen][all_scores[chosen] == cut_score].max()
+    keep = (cand_scores > cut_score) | ((cand_scores == cut_score) & (cand_ids <= cut_id))
+    return local[keep]
+
+
+# --- The teacher ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Selection:
+    """The points a rank trains on until the next selection step."""
+
+    coords: torch.Tensor  # (n_rank, ndim)
+    targets: torch.Tensor  # (n_rank, channels), in [-1, 1]
+    global_count: int  # points selected over all ranks: the loss is their mean
+    rank_counts: list[int]  # points selected on each rank
+    ratio: float
+    step: int
+
+
+@torch.no_grad()
+def point_errors(model: torch.nn.Module, shard: Shard, block_points: int, kind: str = "l1") -> torch.Tensor:
+    """Per-point error of `model` over the whole shard, one bounded block at a time."""
+    errors = torch.empty(len(shard), dtype=torch.float32, device=shard.device)
+    for local in shard.blocks(block_points):
+        diff = model(shard.coords(local)) - shard.targets(local)
+        errors[local] = diff.abs().sum(dim=1) if kind == "l1" else diff.square().sum(dim=1)
+    return errors
+
+
+class Teacher:
+    """Chooses, at each step, the points every rank trains on."""
+
+    def __init__(self, shard: Shard, total_steps: int, *, strategy: str, ratio: float, ratio_schedule: str,
+                 interval_schedule: str, interval: int, error: str, block_points: int, seed: int):
+        self.shard = shard
+        self.total_steps = total_steps
+        self.strategy = strategy
+        self.ratio = ratio
+        self.ratio_schedule = ratio_schedule
+        self.interval_schedule = interval_schedule
+        self.interval = interval
+        self.error = error
+        self.block_points = block_points
+        self.seed = seed
+        self.current: Selection | None = None
+
+    def due(self, step: int) -> bool:
+        if self.current is None:
+            return True
+        if self.strategy == "full":
+            return False
+        return is_selection_step(step, self.total_steps, self.interval_schedule, self.interval)
+
+    def select(self, step: int, model: torch.nn.Module) -> Selection:
+        """A new selection at `step` (call when `due(step)`), kept as `current`."""
+        shard = self.shard
+        total = shard.info.num_points
+        if self.strategy == "full":
+            local, ratio = torch.arange(len(shard), device=shard.device), 1.0
+        else:
+            ratio = ratio_at(step, self.total_steps, self.ratio, self.ratio_schedule)
+            k = min(total, max(1, round(ratio * total)))
+            if self.strategy == "int":
+                scores = point_errors(model, shard, self.block_points, self.error)
+            else:
+                scores = self._random_scores(step)
+            local = select_topk(scores, k, shard.global_index)
+        (counts,) = all_gather_varlen(torch.tensor([local.shape[0]], dtype=torch.int64, device=shard.device))
+        counts = counts.tolist()
+        self.current = Selection(shard.coords(local), shard.targets(local), sum(counts), counts, ratio, step)
+        return self.current
+
+    def _random_scores(self, step: int) -> torch.Tensor:
+        # One generator per chunk, seeded by (seed, step, chunk): the same points are drawn
+        # whichever rank holds the chunk, so `uniform` is independent of the world size.
+        parts = []
+        for chunk_id, (_, shape) in zip(self.shard.chunk_ids, self.shard.chunks):
+            seed = int(np.random.SeedSequence([self.seed, step, chunk_id]).generate_state(1)[0])
+            parts.append(torch.rand(math.prod(shape), generator=torch.Generator().manual_seed(seed)))
+        scores = torch.cat(parts) if parts else torch.empty(0)
+        return scores.to(self.shard.device)

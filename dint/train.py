@@ -1,0 +1,214 @@
+"""Train one SIREN over a whole store with Implicit Neural Teaching.
+
+    torchrun --standalone --nproc_per_node 8 -m dint.train --config configs/demo.toml
+    python -m dint.train --config configs/demo.toml --train.steps 100     # one process
+
+Every rank holds its own chunks of the store (dint.data), scores them, and the teacher's
+all-gather turns the local top-k into the exact global selection (dint.teacher). The
+update is that of the mean loss over the global selection, whichever ranks hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dint.components.checkpoint import save_model
+from dint.components.metrics import MetricsLogger
+from dint.config import Config, load_config, parse_cli
+from dint.data import Shard
+from dint.distributed.engine import build_engine
+from dint.distributed.utils import all_reduce_sum, barrier, destroy_distributed, init_distributed
+from dint.errors import DintError
+from dint.model import Siren
+from dint.quality import psnr, ssim
+from dint.render import predict_region, save_png, to_unit
+from dint.store import open_store
+from dint.teacher import Selection, Teacher
+
+TRAINING_RANGE = 2.0  # targets live in [-1, 1]; PSNR is taken over that range
+FULL_RENDER_MAX_POINTS = 1 << 26  # rank 0 renders the whole signal (SSIM, PNG) up to this size
+
+
+class Trainer:
+    def __init__(self, config: Config):
+        self.config = config
+        self.dist = init_distributed(config.run.device)
+        self.device = self.dist.device
+        self.store = open_store(config.data.store)
+        self.info = self.store.info
+        self.run_dir = Path(config.run.dir)
+
+        started = time.perf_counter()
+        self.shard = Shard(self.store, self.dist.rank, self.dist.world_size, self.device)
+        self.load_seconds = time.perf_counter() - started
+
+        torch.manual_seed(config.train.seed)  # the same initial model on every rank
+        m = config.model
+        self.model = Siren(self.info.ndim, self.info.channels, m.width, m.hidden_layers, m.w0, m.w0_first)
+        self.model.to(self.device)
+        t = config.train
+        self.engine = build_engine(t.engine, self.model, self.dist, t.lr, t.steps, t.lr_schedule)
+        c = config.teacher
+        self.teacher = Teacher(
+            self.shard, t.steps, strategy=c.strategy, ratio=c.ratio, ratio_schedule=c.ratio_schedule,
+            interval_schedule=c.interval_schedule, interval=c.interval, error=c.error,
+            block_points=config.data.block_points, seed=t.seed,
+        )
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(config.to_toml())
+        barrier()
+        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", t.steps, enabled=self.dist.is_main)
+        self.select_seconds = self.step_seconds = self.eval_seconds = 0.0
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        steps, log_every, eval_every = self.config.train.steps, self.config.train.log_every, self.config.eval.every
+        wall_start = time.perf_counter()
+        for step in range(steps):
+            selection = self.teacher.current
+            if self.teacher.due(step):
+                started = self._now()
+                selection = self.teacher.select(step, self.engine.module)
+                self.select_seconds += self._now() - started
+
+            started = self._now()
+            loss = self.engine.step(lambda model: self.loss(model, selection))
+            self.step_seconds += self._now() - started
+
+            last = step == steps - 1
+            evaluate = eval_every > 0 and (step + 1) % eval_every == 0 and not last
+            if evaluate or last or (step + 1) % log_every == 0:
+                record = self._record(step, loss, selection, wall_start)
+                if evaluate:
+                    record["psnr"] = self.evaluate()
+                if not last:  # the final line comes with the final evaluation below
+                    self.logger.log(record)
+            self.logger.advance()
+
+        final_psnr = self.evaluate()
+        record["psnr"] = final_psnr
+        self.logger.log(record)
+        self.logger.close()
+        return self.finish(final_psnr, time.perf_counter() - wall_start)
+
+    def loss(self, model: torch.nn.Module, selection: Selection) -> torch.Tensor:
+        """Mean squared error over the *global* selection, as this rank's share of it.
+
+        Engines average gradients over ranks, so each rank's sum is scaled by
+        world_size / global_count: the average then equals the gradient of the global mean
+        however the selected points fall across ranks (a rank holding none adds zero).
+        """
+        per_point = (model(selection.coords) - selection.targets).square().mean(dim=1)
+        return per_point.sum() * (self.dist.world_size / selection.global_count)
+
+    def _record(self, step: int, loss: torch.Tensor, selection: Selection, wall_start: float) -> dict:
+        global_loss = all_reduce_sum(loss.reshape(1).double()) / self.dist.world_size
+        return {
+            "step": step + 1,
+            "wall_seconds": round(time.perf_counter() - wall_start, 4),
+            "loss": float(global_loss.item()),
+            "psnr": None,
+            "ratio": selection.ratio,
+            "selected": selection.global_count,
+            "selected_per_rank": selection.rank_counts,
+            "selected_at_step": selection.step + 1,
+            "select_seconds": round(self.select_seconds, 4),
+            "train_seconds": round(self.step_seconds, 4),
+            "lr": self.engine.lr,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """PSNR over every point of the signal, from a fresh forward, summed across ranks."""
+        started = self._now()
+        model = self.engine.module
+        sse = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for local in self.shard.blocks(self.config.data.block_points):
+            sse += (model(self.shard.coords(local)) - self.shard.targets(local)).double().square().sum()
+        all_reduce_sum(sse)
+        self.eval_seconds += self._now() - started
+        return psnr(sse.item() / (self.info.num_points * self.info.channels), TRAINING_RANGE)
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def finish(self, final_psnr: float, wall_seconds: float) -> dict:
+        summary = {
+            "final_psnr": final_psnr,
+            "steps": self.config.train.steps,
+            "world_size": self.dist.world_size,
+            "teacher": self.config.teacher.strategy,
+            "engine": self.config.train.engine,
+            "device": str(self.device),
+            "store": str(self.store.path),
+            "modality": self.info.modality,
+            "points": self.info.num_points,
+            # Selection and update steps only: no store reading, no evaluation.
+            "train_seconds": self.select_seconds + self.step_seconds,
+            "select_seconds": self.select_seconds,
+            "update_seconds": self.step_seconds,
+            "load_seconds": self.load_seconds,
+            "eval_seconds": self.eval_seconds,
+            "wall_seconds": wall_seconds,
+            "outputs": {},
+        }
+        if self.dist.is_main:
+            outputs = summary["outputs"]
+            outputs["model"] = str(save_model(self.run_dir / "model.pt", self.engine.module, self.config, self.info))
+            if self.info.modality == "image" and self.info.num_points <= FULL_RENDER_MAX_POINTS:
+                summary["ssim"], outputs["reconstruction"] = self._image_outputs()
+            outputs["metrics"] = str(self.run_dir / "metrics.jsonl")
+            outputs["config"] = str(self.run_dir / "config.toml")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            outputs["summary"] = str(self.run_dir / "summary.json")
+        barrier()
+        return summary
+
+    def _image_outputs(self) -> tuple[float, str]:
+        prediction = to_unit(predict_region(self.engine.module, self.info, self.device, self.config.data.block_points))
+        lo, hi = self.info.value_range
+        reference = (np.asarray(self.store.values[...], dtype=np.float32) - lo) / (hi - lo)
+        path = save_png(prediction, self.run_dir / "reconstruction.png")
+        return ssim(reference, prediction, data_range=1.0), str(path)
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":  # time the GPU work, not its launch
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        check_only = "--check" in argv
+        config_path, overrides = parse_cli([a for a in argv if a != "--check"])
+        config = load_config(config_path, overrides)
+        if check_only:  # validate config and store, then stop (launch/run_train.sh runs this first)
+            open_store(config.data.store)
+            return 0
+        summary = Trainer(config).train()
+    except DintError as e:
+        print(f"dint.train: error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        destroy_distributed()
+    if summary["outputs"]:
+        quality = f"final PSNR {summary['final_psnr']:.2f} dB"
+        if "ssim" in summary:
+            quality += f", SSIM {summary['ssim']:.4f}"
+        print(f"dint.train: {quality} after {summary['steps']} steps on {summary['world_size']} rank(s), "
+              f"{summary['train_seconds']:.1f} s training")
+        print(f"dint.train: outputs in {Path(summary['outputs']['summary']).parent}/: "
+              + ", ".join(Path(p).name for p in summary["outputs"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
