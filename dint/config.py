@@ -5,6 +5,7 @@ order. Anything unknown, mistyped or out of range is a DintError naming the key.
 """
 
 import dataclasses
+import json
 import tomllib
 import typing
 from pathlib import Path
@@ -30,6 +31,7 @@ class RunConfig:
 class DataConfig:
     store: str = ""  # a store made by dint-shard
     block_points: int = 65536  # points per forward block in no-grad passes (selection, evaluation)
+    domain: list = dataclasses.field(default_factory=list)  # [[lo, hi], ...] per axis; empty: the store's
 
 
 @dataclasses.dataclass
@@ -63,6 +65,7 @@ class TrainConfig:
 @dataclasses.dataclass
 class EvalConfig:
     every: int = 0  # steps between evaluations; 0: only at the end
+    reconstruction: bool = True  # render reconstruction.zarr (+ PNG/WAV/PLY previews) at the end
 
 
 @dataclasses.dataclass
@@ -114,6 +117,11 @@ def _sections() -> list[str]:
 
 def _coerce(value: Any, kind: type, key: str, origin: str, from_text: bool) -> Any:
     try:
+        if kind is list:
+            value = json.loads(value) if from_text else value
+            if not isinstance(value, list):
+                raise ValueError
+            return value
         if from_text:
             if kind is bool:
                 if value.lower() not in ("true", "false"):
@@ -125,7 +133,7 @@ def _coerce(value: Any, kind: type, key: str, origin: str, from_text: bool) -> A
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return value
         raise ValueError
-    except ValueError:
+    except ValueError:  # json.JSONDecodeError is one too
         raise DintError(f"{origin}: {key} = {value!r} is not a valid {kind.__name__}") from None
 
 
@@ -146,6 +154,12 @@ def validate(config: Config, origins: dict[str, str]) -> None:
             fail(key, "must be >= 0")
     if not 0.0 < config.teacher.ratio <= 1.0:
         fail("teacher.ratio", "must be in (0, 1]")
+    for interval in config.data.domain:
+        if not (isinstance(interval, list) and len(interval) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+                and interval[0] < interval[1]):
+            raise DintError(f"{origins.get('data.domain')}: data.domain = {config.data.domain!r} must list "
+                            "[lo, hi] with lo < hi for each axis")
     if not config.data.store:
         raise DintError(f"{origins.get('data.store', 'config')}: data.store is not set (a store made by dint-shard)")
 

@@ -66,8 +66,9 @@ class CoordinateMap:
 class Shard:
     """The points of one rank: storage-dtype values plus index arithmetic."""
 
-    def __init__(self, store: Store, rank: int, world_size: int, device: torch.device):
-        info = store.info
+    def __init__(self, store: Store, rank: int, world_size: int, device: torch.device,
+                 info: SignalInfo | None = None):
+        info = info or store.info  # the trainer may override the coordinate domain
         self.info = info
         self.device = device
         grid = chunk_grid(info)

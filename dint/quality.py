@@ -17,3 +17,8 @@ def ssim(reference: np.ndarray, prediction: np.ndarray, data_range: float) -> fl
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(reference, prediction, data_range=data_range, channel_axis=-1))
+
+
+def iou(intersection: float, union: float) -> float:
+    """Intersection over union of two occupancies; 1 when both are empty."""
+    return 1.0 if union == 0 else intersection / union

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,14 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
         )
         # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free.
         aligned = values.astype(info.dtype).rechunk((*info.chunks, info.channels))
-        da.store(aligned, array, lock=False, compute=True)
+        # Our own pool: when a task fails dask re-raises at once while sibling tasks still
+        # run; waiting for them means none writes into `tmp` after it is removed below.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            try:
+                da.store(aligned, array, lock=False, compute=True, scheduler="threads", pool=pool)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         group.attrs["dint"] = info.to_attrs()
         _replace(tmp, dest)
     except BaseException:

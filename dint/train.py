@@ -10,6 +10,7 @@ update is that of the mean loss over the global selection, whichever ranks hold 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -26,13 +27,25 @@ from dint.distributed.engine import build_engine
 from dint.distributed.utils import all_reduce_sum, barrier, destroy_distributed, init_distributed
 from dint.errors import DintError
 from dint.model import Siren
-from dint.quality import psnr, ssim
-from dint.render import predict_region, save_png, to_unit
+from dint.quality import iou, psnr, ssim
+from dint.render import (PREVIEW_MAX_POINTS, create_store, export_previews, inside_threshold, publish,
+                         reconstruction_info, render_chunks, staging_path, to_unit)
 from dint.store import open_store
 from dint.teacher import Selection, Teacher
 
 TRAINING_RANGE = 2.0  # targets live in [-1, 1]; PSNR is taken over that range
-FULL_RENDER_MAX_POINTS = 1 << 26  # rank 0 renders the whole signal (SSIM, PNG) up to this size
+
+
+def selection_loss(model: torch.nn.Module, selection: Selection, world_size: int) -> torch.Tensor:
+    """Mean squared error over the *global* selection, as this rank's share of it.
+
+    Engines average gradients over ranks, so each rank's sum is scaled by
+    world_size / global_count: the average then equals the gradient of the global mean
+    however the selected points fall across ranks (a rank holding none adds zero, but
+    still joins the gradient all-reduce).
+    """
+    per_point = (model(selection.coords) - selection.targets).square().mean(dim=1)
+    return per_point.sum() * (world_size / selection.global_count)
 
 
 class Trainer:
@@ -42,10 +55,15 @@ class Trainer:
         self.device = self.dist.device
         self.store = open_store(config.data.store)
         self.info = self.store.info
+        if config.data.domain:
+            if len(config.data.domain) != self.info.ndim:
+                raise DintError(f"data.domain: {len(config.data.domain)} intervals given, the store has "
+                                f"{self.info.ndim} axes")
+            self.info = dataclasses.replace(self.info, domain=tuple((float(lo), float(hi)) for lo, hi in config.data.domain))
         self.run_dir = Path(config.run.dir)
 
         started = time.perf_counter()
-        self.shard = Shard(self.store, self.dist.rank, self.dist.world_size, self.device)
+        self.shard = Shard(self.store, self.dist.rank, self.dist.world_size, self.device, self.info)
         self.load_seconds = time.perf_counter() - started
 
         torch.manual_seed(config.train.seed)  # the same initial model on every rank
@@ -80,7 +98,7 @@ class Trainer:
                 self.select_seconds += self._now() - started
 
             started = self._now()
-            loss = self.engine.step(lambda model: self.loss(model, selection))
+            loss = self.engine.step(lambda model: selection_loss(model, selection, self.dist.world_size))
             self.step_seconds += self._now() - started
 
             last = step == steps - 1
@@ -88,26 +106,16 @@ class Trainer:
             if evaluate or last or (step + 1) % log_every == 0:
                 record = self._record(step, loss, selection, wall_start)
                 if evaluate:
-                    record["psnr"] = self.evaluate()
+                    record.update(self.evaluate())
                 if not last:  # the final line comes with the final evaluation below
                     self.logger.log(record)
             self.logger.advance()
 
-        final_psnr = self.evaluate()
-        record["psnr"] = final_psnr
+        quality = self.evaluate()
+        record.update(quality)
         self.logger.log(record)
         self.logger.close()
-        return self.finish(final_psnr, time.perf_counter() - wall_start)
-
-    def loss(self, model: torch.nn.Module, selection: Selection) -> torch.Tensor:
-        """Mean squared error over the *global* selection, as this rank's share of it.
-
-        Engines average gradients over ranks, so each rank's sum is scaled by
-        world_size / global_count: the average then equals the gradient of the global mean
-        however the selected points fall across ranks (a rank holding none adds zero).
-        """
-        per_point = (model(selection.coords) - selection.targets).square().mean(dim=1)
-        return per_point.sum() * (self.dist.world_size / selection.global_count)
+        return self.finish(quality, time.perf_counter() - wall_start)
 
     def _record(self, step: int, loss: torch.Tensor, selection: Selection, wall_start: float) -> dict:
         global_loss = all_reduce_sum(loss.reshape(1).double()) / self.dist.world_size
@@ -116,6 +124,7 @@ class Trainer:
             "wall_seconds": round(time.perf_counter() - wall_start, 4),
             "loss": float(global_loss.item()),
             "psnr": None,
+            **({"iou": None} if self.info.modality == "shape" else {}),
             "ratio": selection.ratio,
             "selected": selection.global_count,
             "selected_per_rank": selection.rank_counts,
@@ -126,22 +135,38 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """PSNR over every point of the signal, from a fresh forward, summed across ranks."""
+    def evaluate(self) -> dict:
+        """PSNR (and IoU for shapes) over every point, from a fresh forward, summed over ranks."""
         started = self._now()
-        model = self.engine.module
-        sse = torch.zeros(1, dtype=torch.float64, device=self.device)
-        for local in self.shard.blocks(self.config.data.block_points):
-            sse += (model(self.shard.coords(local)) - self.shard.targets(local)).double().square().sum()
-        all_reduce_sum(sse)
+        model, shard = self.engine.module, self.shard
+        shape = self.info.modality == "shape"
+        if shape:  # the surface value in [-1, 1] space, and which side is inside
+            surface, above = inside_threshold(self.info)
+            lo, hi = self.info.value_range
+            level = (surface - lo) * TRAINING_RANGE / (hi - lo) - 1.0
+        # [squared error, intersection, union], in float64 so large signals sum exactly enough
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for local in shard.blocks(self.config.data.block_points):
+            prediction, target = model(shard.coords(local)), shard.targets(local)
+            sums[0] += (prediction - target).double().square().sum()
+            if shape:
+                inside_p = prediction[:, 0] >= level if above else prediction[:, 0] <= level
+                inside_t = target[:, 0] >= level if above else target[:, 0] <= level
+                sums[1] += (inside_p & inside_t).sum()
+                sums[2] += (inside_p | inside_t).sum()
+        all_reduce_sum(sums)
         self.eval_seconds += self._now() - started
-        return psnr(sse.item() / (self.info.num_points * self.info.channels), TRAINING_RANGE)
+        result = {"psnr": psnr(sums[0].item() / (self.info.num_points * self.info.channels), TRAINING_RANGE)}
+        if shape:
+            result["iou"] = iou(sums[1].item(), sums[2].item())
+        return result
 
     # --- outputs ---------------------------------------------------------------------------
 
-    def finish(self, final_psnr: float, wall_seconds: float) -> dict:
+    def finish(self, quality: dict, wall_seconds: float) -> dict:
         summary = {
-            "final_psnr": final_psnr,
+            "final_psnr": quality["psnr"],
+            **({"iou": quality["iou"]} if "iou" in quality else {}),
             "steps": self.config.train.steps,
             "world_size": self.dist.world_size,
             "teacher": self.config.teacher.strategy,
@@ -159,24 +184,38 @@ class Trainer:
             "wall_seconds": wall_seconds,
             "outputs": {},
         }
+        outputs = summary["outputs"]
         if self.dist.is_main:
-            outputs = summary["outputs"]
             outputs["model"] = str(save_model(self.run_dir / "model.pt", self.engine.module, self.config, self.info))
-            if self.info.modality == "image" and self.info.num_points <= FULL_RENDER_MAX_POINTS:
-                summary["ssim"], outputs["reconstruction"] = self._image_outputs()
+        if self.config.eval.reconstruction:
+            outputs.update(self._reconstruction(summary))
+        if self.dist.is_main:
             outputs["metrics"] = str(self.run_dir / "metrics.jsonl")
             outputs["config"] = str(self.run_dir / "config.toml")
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             outputs["summary"] = str(self.run_dir / "summary.json")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         barrier()
         return summary
 
-    def _image_outputs(self) -> tuple[float, str]:
-        prediction = to_unit(predict_region(self.engine.module, self.info, self.device, self.config.data.block_points))
-        lo, hi = self.info.value_range
-        reference = (np.asarray(self.store.values[...], dtype=np.float32) - lo) / (hi - lo)
-        path = save_png(prediction, self.run_dir / "reconstruction.png")
-        return ssim(reference, prediction, data_range=1.0), str(path)
+    def _reconstruction(self, summary: dict) -> dict:
+        """Every rank renders its own chunks into run.dir/reconstruction.zarr; rank 0 the previews."""
+        info = reconstruction_info(self.info)
+        dest = self.run_dir / "reconstruction.zarr"
+        if self.dist.is_main:
+            create_store(info, dest)
+        barrier()
+        render_chunks(self.engine.module, info, staging_path(dest), self.shard.chunks, self.device,
+                      self.config.data.block_points)
+        barrier()
+        if not self.dist.is_main:
+            return {}
+        outputs = {"reconstruction": str(publish(staging_path(dest), dest))}
+        outputs.update(export_previews(dest))
+        if self.info.modality == "image" and self.info.num_points <= PREVIEW_MAX_POINTS:
+            reference = to_unit(self.store.values[...], self.info)
+            prediction = to_unit(open_store(dest).values[...], info)
+            summary["ssim"] = ssim(reference, prediction, data_range=1.0)
+        return outputs
 
     def _now(self) -> float:
         if self.device.type == "cuda":  # time the GPU work, not its launch

@@ -28,5 +28,21 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
     return path
 
 
-def load_model_file(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
+    """The model saved at `path`, the description of the signal it fits, and its config."""
+    from dint.errors import DintError
+    from dint.model import Siren
+
+    if not path.is_file():
+        raise DintError(f"{path}: no saved model (train first, or name a run folder holding model.pt)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        info = SignalInfo.from_attrs(saved["signal"], str(path))
+        m = saved["config"]["model"]
+        model = Siren(info.ndim, info.channels, m["width"], m["hidden_layers"], m["w0"], m["w0_first"])
+        model.load_state_dict(saved["model"])
+    except DintError:
+        raise
+    except Exception as e:  # unpickling, a missing key or a shape mismatch: the file is not ours
+        raise DintError(f"{path}: not a dint model file ({type(e).__name__}: {e})".splitlines()[0]) from None
+    return model.eval(), info, saved["config"]

@@ -7,6 +7,8 @@ schedule, and expose `module`, the bare model, for no-grad passes and saving.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable
 
 import torch
@@ -43,18 +45,40 @@ class DDPEngine:
 
 
 class DeepSpeedEngine:
+    """DeepSpeed's engine, ZeRO stage 0, over dint's own process group.
+
+    DeepSpeed picks its "accelerator" (device family and collective backend) once, at
+    import, from DS_ACCELERATOR or by probing; it is set here from the device dint chose so
+    the two cannot disagree (a CUDA machine with run.device = "cpu", say). The CPU
+    accelerator talks gloo unless Intel's oneccl_bindings_for_pytorch is installed, and
+    since the group already exists, deepspeed.initialize wraps it (TorchBackend) instead of
+    creating one: the collectives are those of dint's gloo (CPU) or nccl (CUDA) group.
+    """
+
     def __init__(self, model: nn.Module, dist_info: DistInfo, lr: float, total_steps: int, lr_schedule: str):
-        import deepspeed
+        deepspeed = _import_deepspeed(dist_info.device)
+        if not torch.distributed.is_initialized():
+            # One process without torchrun: DeepSpeed insists on a group and on LOCAL_RANK,
+            # so make a one-rank group (no rendezvous needed); destroy_distributed() ends it.
+            os.environ.setdefault("LOCAL_RANK", str(dist_info.local_rank))
+            torch.distributed.init_process_group(
+                "nccl" if dist_info.device.type == "cuda" else "gloo",
+                store=torch.distributed.HashStore(), rank=0, world_size=1,
+                device_id=dist_info.device if dist_info.device.type == "cuda" else None,
+            )
 
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = build_lr_scheduler(optimizer, total_steps, lr_schedule)
         config = {
-            # One "micro-batch" per step: the teacher's selection is the whole batch.
+            # One "micro-batch" per step: the teacher's selection is the whole batch, and
+            # the loss is already scaled so that the mean over ranks is the global mean.
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": 0},
-            "steps_per_print": 0,
+            "gradient_clipping": 0.0,
+            "steps_per_print": None,  # no per-step progress lines (0 would divide by zero)
             "wall_clock_breakdown": False,
+            "dump_state": False,
         }
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
@@ -64,13 +88,38 @@ class DeepSpeedEngine:
 
     def step(self, loss_fn: LossFn) -> torch.Tensor:
         loss = loss_fn(self.model)
-        self.model.backward(loss)
+        self.model.backward(loss)  # backward, then the gradient all-reduce (mean over ranks)
         self.model.step()  # optimizer step, lr schedule step and zero_grad
         return loss.detach()
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+
+def _import_deepspeed(device: torch.device):
+    """Import deepspeed with its accelerator (device family, collective backend) matching `device`."""
+    wanted = "cuda" if device.type == "cuda" else "cpu"
+    if "deepspeed" not in sys.modules:
+        os.environ["DS_ACCELERATOR"] = wanted  # read once, by deepspeed's first get_accelerator()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() != wanted:  # imported earlier, for another device
+        if wanted == "cuda":
+            from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+        else:
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+        set_accelerator(Accelerator())
+    if wanted == "cpu":
+        # The CPU accelerator's TorchBackend JIT-compiles a shared-memory all-reduce kernel
+        # (a minute of C++ on first use, and a compiler on every node) that only
+        # inference_all_reduce uses; training's gradient all-reduce is torch.distributed's
+        # on the gloo group either way. Marking it incompatible skips the build.
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
+    return deepspeed
 
 
 def build_engine(name: str, model: nn.Module, dist_info: DistInfo, lr: float, total_steps: int,

@@ -1,0 +1,74 @@
+"""Shared test helpers: real subprocesses for the CLIs and torchrun, small generated signals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` (e.g. run_cli("dint.cli", "info", path)) in a fresh process."""
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or REPO, env=_env())
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 300, cwd: Path | None = None,
+             extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """Start `nproc` real processes with torchrun (gloo on CPU) running `args`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+                          env=_env(extra_env))
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def smooth_image(height: int, width: int, channels: int = 1, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    """A smooth, learnable test image (sums of low-frequency sines), full dtype range."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    planes = []
+    for _ in range(channels):
+        a, b, c, d = rng.uniform(1, 4, size=4)
+        planes.append(np.sin(a * x + b * y) * np.cos(c * x - d * y))
+    image = (np.stack(planes, axis=-1) + 1) / 2
+    top = np.iinfo(dtype).max
+    return np.round(image * top).astype(dtype)
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(path)
+    return path
+
+
+@pytest.fixture
+def image_store(tmp_path: Path) -> Path:
+    """A 48x40 grey store chunked 16x16: 3x3 chunks, the last column 8 wide."""
+    png = write_png(tmp_path / "smooth.png", smooth_image(48, 40))
+    store = tmp_path / "smooth.zarr"
+    result = run_cli("dint.cli", "shard", png, store, "--chunk", "16")
+    assert result.returncode == 0, result.stderr
+    return store

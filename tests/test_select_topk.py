@@ -1,0 +1,185 @@
+"""Exact top-k: `topk_ordered` in one process, `select_topk` over 2 and 3 real gloo ranks.
+
+The rule: the k points of largest score; among equal scores, the lower (global) id wins.
+Expected selections are computed here from the scores with torch.topk or a plain sort.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import torchrun
+from dint.teacher import select_topk, topk_ordered
+
+WORKER = Path(__file__).parent / "workers" / "topk_worker.py"
+
+
+def expected_by_rule(scores: list[float], ids: list[int], k: int) -> set[int]:
+    """Ids of the k best points under (higher score first, then lower id)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i]))
+    return {ids[i] for i in order[: max(0, k)]}
+
+
+def identity(positions: torch.Tensor) -> torch.Tensor:
+    return positions
+
+
+# --- topk_ordered in one process ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 5, 100, 999])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_scores_match_torch_topk(k, dtype):
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randn(1000, generator=g, dtype=dtype)
+    assert torch.unique(scores).numel() == 1000  # no ties
+    ids = torch.randperm(1000, generator=g)
+    got = topk_ordered(scores, k, lambda p: ids[p])
+    assert got.dtype == torch.int64
+    assert got.shape == (k,)
+    assert set(got.tolist()) == set(torch.topk(scores, k).indices.tolist())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_away_from_the_boundary_match_torch_topk(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 6, (500,), generator=g).to(torch.float32)  # 6 values, many ties
+    values, counts = torch.unique(scores, return_counts=True)
+    # k = the number of points with a score >= some value: the k-th score's group is whole.
+    for cut in range(1, len(values)):
+        k = int(counts[cut:].sum())
+        expected = set(torch.topk(scores, k).indices.tolist())
+        assert expected == set(torch.nonzero(scores >= values[cut]).squeeze(1).tolist())
+        got = topk_ordered(scores, k, identity)
+        assert got.shape == (k,)
+        assert set(got.tolist()) == expected
+
+
+@pytest.mark.parametrize("k", [1, 3, 77, 250, 499])
+def test_ties_at_the_boundary_lower_id_wins(k):
+    g = torch.Generator().manual_seed(100 + k)
+    scores = torch.randint(0, 4, (500,), generator=g).to(torch.float32)
+    ids = torch.randperm(10_000, generator=g)[:500]  # sparse, shuffled: id order != position order
+    got = topk_ordered(scores, k, lambda p: ids[p])
+    assert got.shape == (k,)
+    assert len(set(got.tolist())) == k
+    # Same multiset of values as torch.topk ...
+    assert sorted(scores[got].tolist()) == sorted(torch.topk(scores, k).values.tolist())
+    # ... and among the tied points at the k-th score, the lowest ids.
+    assert {int(ids[p]) for p in got} == expected_by_rule(scores.tolist(), ids.tolist(), k)
+
+
+def test_id_of_is_asked_only_about_the_tied_points():
+    scores = torch.tensor([5.0, 1.0, 3.0, 3.0, 0.0, 3.0, 4.0, 3.0])
+    asked = []
+
+    def id_of(positions):
+        asked.append(positions.clone())
+        return 100 - positions  # higher position, lower id
+
+    got = topk_ordered(scores, 4, id_of)
+    # 5 and 4 are above the cut; of the four 3.0s (positions 2, 3, 5, 7) ids 98, 97, 95, 93
+    assert set(got.tolist()) == {0, 6, 7, 5}
+    asked_positions = set(torch.cat(asked).tolist())
+    assert asked_positions <= {2, 3, 5, 7}
+
+
+@pytest.mark.parametrize("n", [0, 1, 10])
+def test_k_zero_and_k_at_least_n(n):
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(n))
+    for k in (0, -3):
+        got = topk_ordered(scores, k, identity)
+        assert got.shape == (0,) and got.dtype == torch.int64
+    for k in (n, n + 1, n + 100):
+        got = topk_ordered(scores, k, identity)
+        assert sorted(got.tolist()) == list(range(n))
+
+
+def test_select_topk_without_a_process_group_is_topk_ordered():
+    g = torch.Generator().manual_seed(7)
+    scores = torch.round(torch.rand(300, generator=g) * 3)
+    ids = torch.randperm(300, generator=g)
+    for k in (0, 1, 50, 299, 300, 400):
+        got = select_topk(scores, k, lambda p: ids[p])
+        assert {int(ids[p]) for p in got} == expected_by_rule(scores.tolist(), ids.tolist(), k)
+
+
+# --- select_topk over real ranks ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
+def distributed_run(request, tmp_path_factory):
+    world = request.param
+    out = tmp_path_factory.mktemp(f"topk{world}") / "result.json"
+    result = torchrun(world, WORKER, out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    data = json.loads(out.read_text())
+    assert data["world_size"] == world
+    return data
+
+
+def test_distributed_union_is_the_exact_global_topk(distributed_run):
+    cases = distributed_run["cases"]
+    assert len(cases) >= 20
+    for case in cases:
+        scores, ids, k = case["scores"], case["ids"], case["k"]
+        union = [i for part in case["selected"] for i in part]
+        # disjoint across ranks, and k in all (or every point when k >= n)
+        assert len(union) == len(set(union)), case["name"]
+        assert len(union) == min(max(k, 0), len(scores)), case["name"]
+        assert case["counts"] == [len(part) for part in case["selected"]], case["name"]
+        assert set(union) == expected_by_rule(scores, ids, k), case["name"]
+
+
+def test_distributed_untied_cases_match_torch_topk(distributed_run):
+    checked = 0
+    for case in distributed_run["cases"]:
+        scores = torch.tensor(case["scores"], dtype=torch.float64)
+        k = case["k"]
+        if torch.unique(scores).numel() != scores.numel() or not 0 < k < scores.numel():
+            continue
+        ids = torch.tensor(case["ids"])
+        expected = set(ids[torch.topk(scores, k).indices].tolist())
+        assert {i for part in case["selected"] for i in part} == expected, case["name"]
+        checked += 1
+    assert checked >= 8
+
+
+def test_distributed_tie_cases_straddle_the_boundary(distributed_run):
+    """The tie cases really test the tie rule: the k-th score is shared inside and outside."""
+    straddling = 0
+    for case in distributed_run["cases"]:
+        if not (case["name"].startswith("ties") or case["name"] in ("all_equal", "small_ties")):
+            continue
+        scores, k = case["scores"], case["k"]
+        kth = sorted(scores, reverse=True)[k - 1]
+        inside = sum(1 for s in sorted(scores, reverse=True)[:k] if s == kth)
+        if inside < scores.count(kth):
+            straddling += 1
+            # and the tied points that got in were spread over more than one rank
+            by_id = dict(zip(case["ids"], scores))
+            ranks_with_kth = [r for r, part in enumerate(case["selected"]) if any(by_id[i] == kth for i in part)]
+            if inside >= 20:
+                assert len(ranks_with_kth) >= 2, case["name"]
+    assert straddling >= 5
+
+
+def test_distributed_rank_with_only_low_scores_selects_nothing(distributed_run):
+    world = distributed_run["world_size"]
+    (case,) = [c for c in distributed_run["cases"] if c["name"] == "low_rank_has_none"]
+    assert case["held"][world - 1] == 300
+    assert case["selected"][world - 1] == []
+    assert sum(case["counts"]) == case["k"]
+
+
+def test_distributed_rank_with_no_points(distributed_run):
+    cases = [c for c in distributed_run["cases"] if c["name"].startswith("empty_rank")]
+    assert len(cases) == 4
+    for case in cases:
+        assert case["held"][1] == 0
+        assert case["selected"][1] == []
+        assert sum(case["counts"]) == case["k"]

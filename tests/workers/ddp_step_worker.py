@@ -1,0 +1,44 @@
+"""One DDP update where the selected points are split unevenly across ranks (maybe none on a rank).
+
+usage: ddp_step_worker.py OUT.json COUNTS   (COUNTS: points per rank, e.g. "40,0")
+Rank 0 writes the updated parameters; the test compares them with one process holding all.
+"""
+
+import json
+import sys
+
+import torch
+
+from dint.distributed.engine import build_engine
+from dint.distributed.utils import destroy_distributed, init_distributed
+from dint.model import Siren
+from dint.teacher import Selection
+from dint.train import selection_loss
+
+
+def batch(total: int):
+    generator = torch.Generator().manual_seed(7)
+    return torch.rand(total, 2, generator=generator) * 2 - 1, torch.rand(total, 3, generator=generator) * 2 - 1
+
+
+def updated_parameters(counts: list[int], rank: int, world_size: int, dist_info) -> list[float]:
+    coords, targets = batch(sum(counts))
+    start = sum(counts[:rank])
+    mine = slice(start, start + counts[rank])
+    selection = Selection(coords[mine], targets[mine], sum(counts), counts, 1.0, 0)
+    torch.manual_seed(3)
+    model = Siren(2, 3, width=16, hidden_layers=2)
+    engine = build_engine("ddp", model, dist_info, lr=1e-2, total_steps=10, lr_schedule="constant")
+    for _ in range(2):
+        engine.step(lambda m: selection_loss(m, selection, world_size))
+    return torch.cat([p.detach().flatten() for p in engine.module.parameters()]).tolist()
+
+
+if __name__ == "__main__":
+    out, counts = sys.argv[1], [int(c) for c in sys.argv[2].split(",")]
+    info = init_distributed("cpu")
+    params = updated_parameters(counts, info.rank, info.world_size, info)
+    if info.is_main:
+        with open(out, "w") as f:
+            json.dump(params, f)
+    destroy_distributed()

@@ -1,0 +1,123 @@
+"""Run under torchrun (or in one process): the real Teacher on a rank's Shard of a store.
+
+Usage: torchrun --nproc_per_node=W teacher_worker.py STORE TINY_STORE OUT.json
+
+TINY_STORE has fewer chunks than there are ranks, so some rank holds no point at all.
+
+Every rank opens the store, builds its Shard and the same seeded Siren, and runs
+Teacher.select for several (strategy, schedule, step) cases. Rank 0 gathers every rank's
+selected coordinates and targets (in rank order, tagged with the rank) and writes them with
+the Selection's counts, so the test can compare the selections across world sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from dint.data import Shard
+from dint.distributed.utils import all_gather_varlen, destroy_distributed, init_distributed
+from dint.model import Siren
+from dint.store import open_store
+from dint.teacher import Teacher
+
+TOTAL_STEPS = 100
+RATIO = 0.2
+SEED = 11
+BLOCK_POINTS = 100  # blocks cross chunk boundaries
+
+# (name, strategy, ratio schedule, error, step, model); model "zero" outputs 0 everywhere, so
+# a point's error is |target|: few distinct values, many exact ties at the cut.
+CASES = [
+    ("int_step0", "int", "step", "l1", 0, "siren"),
+    ("int_step55", "int", "step", "l1", 55, "siren"),
+    ("int_linear37_l2", "int", "linear", "l2", 37, "siren"),
+    ("int_ties_step0", "int", "step", "l1", 0, "zero"),
+    ("int_ties_linear37", "int", "linear", "l1", 37, "zero"),
+    ("uniform_step0", "uniform", "step", "l1", 0, "siren"),
+    ("uniform_step55", "uniform", "step", "l1", 55, "siren"),
+    ("uniform_linear37", "uniform", "linear", "l1", 37, "siren"),
+    ("full_step0", "full", "step", "l1", 0, "siren"),
+]
+
+TINY_CASES = [
+    ("int_step0", "int", "step", "l1", 0, "siren"),
+    ("int_ties_step55", "int", "step", "l1", 55, "zero"),
+    ("uniform_step55", "uniform", "step", "l1", 55, "siren"),
+    ("full_step0", "full", "step", "l1", 0, "siren"),
+]
+
+
+def make_model(in_features: int, out_features: int) -> Siren:
+    torch.manual_seed(0)
+    return Siren(in_features, out_features, width=16, hidden_layers=2)
+
+
+def make_zero_model(in_features: int, out_features: int) -> Siren:
+    model = make_model(in_features, out_features)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
+
+
+def make_teacher(shard: Shard, strategy: str, ratio_schedule: str, error: str) -> Teacher:
+    return Teacher(shard, TOTAL_STEPS, strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule,
+                   interval_schedule="fixed", interval=5, error=error, block_points=BLOCK_POINTS, seed=SEED)
+
+
+def run(store_path: str, tiny_path: str, rank: int, world: int) -> dict | None:
+    """All cases on this rank; the gathered results on rank 0, None elsewhere."""
+    data = run_store(store_path, rank, world, CASES)
+    tiny = run_store(tiny_path, rank, world, TINY_CASES)
+    if rank != 0:
+        return None
+    data["tiny"] = tiny
+    return data
+
+
+def run_store(store_path: str, rank: int, world: int, cases: list[tuple]) -> dict:
+    store = open_store(store_path)
+    shard = Shard(store, rank, world, torch.device("cpu"))
+    models = {"siren": make_model(store.info.ndim, store.info.channels),
+              "zero": make_zero_model(store.info.ndim, store.info.channels)}
+    every_index, = all_gather_varlen(shard.global_index(torch.arange(len(shard))))
+    sizes, = all_gather_varlen(torch.tensor([len(shard)]))
+    results = []
+    for name, strategy, schedule, error, step, model in cases:
+        teacher = make_teacher(shard, strategy, schedule, error)
+        assert teacher.due(step)
+        selection = teacher.select(step, models[model])
+        assert teacher.current is selection
+        n = selection.coords.shape[0]
+        assert selection.targets.shape[0] == n
+        coords, targets, owner = all_gather_varlen(selection.coords, selection.targets,
+                                                   torch.full((n,), rank, dtype=torch.int64))
+        results.append(dict(
+            name=name,
+            step=selection.step,
+            ratio=selection.ratio,
+            global_count=selection.global_count,
+            rank_counts=list(selection.rank_counts),
+            coords=coords.tolist(),
+            targets=targets.tolist(),
+            owner=owner.tolist(),
+        ))
+    return dict(world_size=world, num_points=store.info.num_points, shape=list(store.info.shape),
+                shard_sizes=sizes.tolist(), shard_global_index=every_index.tolist(), cases=results)
+
+
+def main() -> None:
+    store_path, tiny_path, out = sys.argv[1:4]
+    info = init_distributed("cpu")
+    data = run(store_path, tiny_path, info.rank, info.world_size)
+    if info.rank == 0:
+        with open(out, "w") as f:
+            json.dump(data, f)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
