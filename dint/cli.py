@@ -63,6 +63,8 @@ def shard(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Raw binaries: sample type, e.g. uint16, <f4."),
     resolution: int = typer.Option(256, "--resolution", help="Meshes: grid points per axis."),
     field: str = typer.Option("occupancy", "--field", help="Meshes: occupancy (inside = 1) or sdf."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="Keep a box of the signal: start:stop per spatial "
+                                       "axis, e.g. 1000:2024,1500:2524 (read lazily, out of core)."),
 ) -> None:
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
@@ -70,6 +72,10 @@ def shard(
     check_destination(dest, overwrite)
     options = _read_options(modality, chunk, keep_alpha, shape, dtype, resolution, field)
     source = read_source(path, options)
+    if crop is not None:
+        box = _parse_crop(crop, source.values.shape[:-1])
+        source.values = source.values[box]
+        source.extra["crop"] = [[b.start, b.stop] for b in box]  # in the source's sample indices
     shape, channels = tuple(source.values.shape[:-1]), int(source.values.shape[-1])
     info = SignalInfo(
         modality=source.modality,
@@ -87,6 +93,22 @@ def shard(
     seconds = time.perf_counter() - started
     print(f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
           f"chunks {'x'.join(map(str, info.chunks))}, written in {seconds:.1f} s")
+
+
+def _parse_crop(text: str, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    parts = text.split(",")
+    if len(parts) != len(shape):
+        raise DintError(f"--crop {text}: give start:stop for each of the {len(shape)} axes of shape {shape}")
+    box = []
+    for part, size in zip(parts, shape):
+        try:
+            start, stop = (int(v) for v in part.split(":"))
+        except ValueError:
+            raise DintError(f"--crop {text}: {part!r} is not start:stop") from None
+        if not 0 <= start < stop <= size:
+            raise DintError(f"--crop {text}: {part} is outside the axis of size {size}")
+        box.append(slice(start, stop))
+    return tuple(box)
 
 
 def _read_options(modality, chunk, keep_alpha, shape, dtype, resolution, field) -> ReadOptions:

@@ -88,6 +88,7 @@ def topk_ordered(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], t
     `id_of(positions)` gives the unique ids of some positions; it is asked only for the
     positions tied at the k-th score, so callers need not build ids for every point.
     """
+    scores = torch.nan_to_num(scores, nan=math.inf)  # a NaN error counts as the worst, not as none
     n = scores.shape[0]
     if k >= n:
         return torch.arange(n, device=scores.device)
@@ -107,6 +108,7 @@ def select_topk(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], to
     rank's local top-k is enough to know the global k-th score and, for a tie there, the
     highest id that still gets in; each rank then keeps its candidates above that cut.
     """
+    scores = torch.nan_to_num(scores, nan=math.inf)
     local = topk_ordered(scores, k, id_of)
     cand_scores, cand_ids = scores[local], id_of(local)
     all_scores, all_ids = all_gather_varlen(cand_scores, cand_ids)

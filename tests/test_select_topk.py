@@ -99,6 +99,15 @@ def test_k_zero_and_k_at_least_n(n):
         assert sorted(got.tolist()) == list(range(n))
 
 
+def test_a_nan_score_does_not_empty_the_selection():
+    # A diverging model can give NaN errors at a few points; the selection must still have
+    # k points, and a NaN counts as the worst error.
+    scores = torch.tensor([0.5, float("nan"), 0.2, 0.9, 0.1])
+    got = topk_ordered(scores, 2, identity)
+    assert sorted(got.tolist()) == [1, 3]
+    assert sorted(select_topk(scores, 2, identity).tolist()) == [1, 3]
+
+
 def test_select_topk_without_a_process_group_is_topk_ordered():
     g = torch.Generator().manual_seed(7)
     scores = torch.round(torch.rand(300, generator=g) * 3)
