@@ -168,38 +168,114 @@ def info(
 @one_line_errors("dint render")
 def render(
     run_dir: Path = typer.Argument(..., help="A training run folder (holding model.pt)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Store to write (default: RUN_DIR/reconstruction.zarr, "
-                                       "or RUN_DIR/reconstruction_<shape>.zarr with --resolution)."),
-    resolution: Optional[str] = typer.Option(None, "--resolution", help="Grid points per axis: one number for "
-                                             "every axis, or one per axis (e.g. 1024,768)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Pyramid to write, e.g. render.zarr (default: "
+                                       "RUN_DIR/reconstruction_<shape>.zarr). Replaced if it exists."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Samples per store sample: one factor for every "
+                                        "axis or one per axis, e.g. 2, 0.25, 1/3 or 2,2,1 (default 1)."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="Samples per axis instead of --scale: "
+                                             "one number for every axis, or one per axis (e.g. 1024,768)."),
+    region: Optional[str] = typer.Option(None, "--region", help="A window of the store in its own sample indices, "
+                                         "start:stop per axis (e.g. 1000:2000,0:512; an empty end is the axis end), "
+                                         "rendered at the chosen scale."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Chunk side per spatial axis of the output "
+                                        "(default: the store's at 1x, else 256 images / 64 volumes)."),
+    pyramid_top: int = typer.Option(512, "--pyramid-top", help="Add 2x-downsampled levels until the largest "
+                                    "side is at most this."),
     block_points: int = typer.Option(65536, "--block-points", help="Points per forward block."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Render a trained model again (store + PNG/WAV/slices/PLY), at another resolution if asked."""
-    import torch
+    """Render a trained model at any scale or region into an OME-Zarr 0.5 pyramid (+ PNG/WAV/slices/PLY).
 
+    Run under torchrun to split the work: every rank renders and writes its own chunks.
+    """
     from dint.components.checkpoint import load_trained
-    from dint.data import chunk_grid
-    from dint.distributed.utils import pick_device
-    from dint.render import create_store, export_previews, publish, reconstruction_info, render_chunks
+    from dint.distributed.utils import destroy_distributed, init_distributed
+    from dint.render import plan_grid, render_pyramid
 
+    started = time.perf_counter()
+    if not run_dir.is_dir():
+        raise DintError(f"{run_dir}: run folder not found")
     model, signal, _ = load_trained(run_dir / "model.pt")
-    shape = _parse_resolution(resolution, signal.ndim) if resolution else signal.shape
-    target = reconstruction_info(signal, shape)
-    dest = out or run_dir / ("reconstruction.zarr" if resolution is None else
-                             f"reconstruction_{'x'.join(map(str, shape))}.zarr")
+    if scale is not None and resolution is not None:
+        raise DintError("--scale and --resolution both given: choose one")
+    if device not in ("auto", "cpu", "cuda"):
+        raise DintError(f"--device {device}: must be auto, cpu or cuda")
+    for option, value, least in (("--chunk", chunk, 1), ("--pyramid-top", pyramid_top, 1),
+                                 ("--block-points", block_points, 1)):
+        if value is not None and value < least:
+            raise DintError(f"{option} {value}: must be at least {least}")
+    box = _parse_region(region, signal.shape) if region is not None else None
+    grid = plan_grid(signal, scale=_parse_scale(scale, signal.ndim) if scale is not None else None,
+                     resolution=_parse_resolution(resolution, signal.ndim) if resolution is not None else None,
+                     region=box)
+    dest = out or run_dir / _default_render_name(grid, signal.shape)
+    _check_render_destination(dest, run_dir)
+    chunks = tuple(min(chunk, n) for n in grid.shape) if chunk else None
+
+    dist = init_distributed(device)
+    try:
+        model.to(dist.device)
+        outputs = render_pyramid(model, signal, grid, dest, device=dist.device, rank=dist.rank,
+                                 world_size=dist.world_size, block_points=block_points, chunks=chunks,
+                                 top_side=pyramid_top)
+    finally:
+        destroy_distributed()
+    if dist.is_main:
+        from dint.ome import open_pyramid
+
+        levels = open_pyramid(dest).info.extra["pyramid"]["paths"]
+        print(f"{dest}: {signal.modality} {'x'.join(map(str, grid.shape))} "
+              f"(scale {','.join(f'{s:g}' for s in grid.scale)} of {'x'.join(map(str, signal.shape))}), "
+              f"{len(levels)} levels, {dist.world_size} rank(s), {time.perf_counter() - started:.1f} s; "
+              f"wrote {', '.join(outputs.values())}")
+
+
+def _parse_scale(text: str, ndim: int) -> tuple:
+    from fractions import Fraction
+
+    try:
+        factors = tuple(Fraction(v.strip()) for v in text.split(","))
+    except (ValueError, ZeroDivisionError):
+        factors = ()
+    if len(factors) == 1:
+        factors = factors * ndim
+    if len(factors) != ndim or min(factors) <= 0:
+        raise DintError(f"--scale {text}: expected one positive factor (e.g. 2, 0.25, 1/3), or {ndim} separated by commas")
+    return factors
+
+
+def _parse_region(text: str, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    parts = text.split(",")
+    if len(parts) != len(shape):
+        raise DintError(f"--region {text}: give start:stop for each of the {len(shape)} axes of the store's "
+                        f"shape {'x'.join(map(str, shape))}")
+    box = []
+    for part, size in zip(parts, shape):
+        try:
+            start, stop = part.split(":")
+            box.append((int(start) if start.strip() else 0, int(stop) if stop.strip() else size))
+        except ValueError:
+            raise DintError(f"--region {text}: {part!r} is not start:stop") from None
+        if not 0 <= box[-1][0] < box[-1][1] <= size:
+            raise DintError(f"--region {text}: {part} is empty or outside the axis of size {size}")
+    return tuple(box)
+
+
+def _default_render_name(grid, store_shape: tuple[int, ...]) -> str:
+    name = "reconstruction_" + "x".join(map(str, grid.shape))
+    if grid.region != tuple((0, n) for n in store_shape):
+        name += "_at_" + "_".join(f"{a}-{b}" for a, b in grid.region)
+    return name + ".zarr"
+
+
+def _check_render_destination(dest: Path, run_dir: Path) -> None:
     if not dest.parent.is_dir():
         raise DintError(f"{dest.parent}: output folder does not exist")
-    chosen = pick_device(device, 0)
-    model.to(chosen)
-    started = time.perf_counter()
-    tmp = create_store(target, dest)
-    with torch.no_grad():
-        render_chunks(model, target, tmp, chunk_grid(target), chosen, block_points)
-    publish(tmp, dest)
-    files = [str(dest), *export_previews(dest).values()]
-    print(f"{dest}: {target.modality} {'x'.join(map(str, shape))}, rendered in {time.perf_counter() - started:.1f} s; "
-          f"wrote {', '.join(files)}")
+    resolved, run = dest.resolve(), run_dir.resolve()
+    if resolved == run or resolved in run.parents:
+        raise DintError(f"--out {dest}: would replace the run folder")
+    if dest.exists() and not (dest.is_dir() and (dest / "zarr.json").is_file()):
+        raise DintError(f"--out {dest}: exists and is not a zarr store; refusing to replace it")
 
 
 def _parse_resolution(text: str, ndim: int) -> tuple[int, ...]:

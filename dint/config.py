@@ -6,6 +6,7 @@ order. Anything unknown, mistyped or out of range is a DintError naming the key.
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -32,6 +33,7 @@ class DataConfig:
     store: str = ""  # a store made by dint-shard
     block_points: int = 65536  # points per forward block in no-grad passes (selection, evaluation)
     domain: list = dataclasses.field(default_factory=list)  # [[lo, hi], ...] per axis; empty: the store's
+    memory_budget: str = ""  # per rank, e.g. "512MB"; a larger shard is streamed chunk group by group
 
 
 @dataclasses.dataclass
@@ -50,6 +52,7 @@ class TeacherConfig:
     interval_schedule: str = "incremental"
     interval: int = 1  # steps between selections with interval_schedule = "fixed"
     error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
+    minibatch: int = 0  # points per mini-batch (mini-batch INT, one optimizer step each); 0: whole signal
 
 
 @dataclasses.dataclass
@@ -60,12 +63,14 @@ class TrainConfig:
     seed: int = 0
     engine: str = "ddp"  # ddp or deepspeed
     log_every: int = 10  # steps between metrics.jsonl lines (the last step is always logged)
+    micro_batch: int = 0  # points per forward/backward, gradients accumulated; 0: a selection at once
 
 
 @dataclasses.dataclass
 class EvalConfig:
     every: int = 0  # steps between evaluations; 0: only at the end
     reconstruction: bool = True  # render reconstruction.zarr (+ PNG/WAV/PLY previews) at the end
+    sample: int = 0  # evaluate on a fixed random sample of this many points; 0: every point
 
 
 @dataclasses.dataclass
@@ -95,7 +100,19 @@ _CHOICES = {
 }
 _POSITIVE = ("data.block_points", "model.width", "model.hidden_layers", "model.w0", "model.w0_first",
              "teacher.interval", "train.steps", "train.lr", "train.log_every")
-_NON_NEGATIVE = ("eval.every",)
+_NON_NEGATIVE = ("eval.every", "eval.sample", "teacher.minibatch", "train.micro_batch")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "1073741824", "512MB", "1.5 GiB" (0 for ""); ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if text.strip() == "":
+        return 0
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(text)
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def _set(config: Config, key: str, value: Any, origin: str, from_text: bool, origins: dict[str, str]) -> None:
@@ -160,6 +177,13 @@ def validate(config: Config, origins: dict[str, str]) -> None:
                 and interval[0] < interval[1]):
             raise DintError(f"{origins.get('data.domain')}: data.domain = {config.data.domain!r} must list "
                             "[lo, hi] with lo < hi for each axis")
+    try:
+        parse_size(config.data.memory_budget)
+    except ValueError:
+        fail("data.memory_budget", "is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
+    if config.data.memory_budget and config.teacher.minibatch == 0 and config.teacher.strategy != "full":
+        fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
+             "unless teacher.strategy = \"full\"")
     if not config.data.store:
         raise DintError(f"{origins.get('data.store', 'config')}: data.store is not set (a store made by dint-shard)")
 

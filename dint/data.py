@@ -63,18 +63,84 @@ class CoordinateMap:
         return self.start + multi_index.to(torch.float32) * self.scale
 
 
-class Shard:
-    """The points of one rank: storage-dtype values plus index arithmetic."""
+def hashed_uniform(ids: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """A uniform [0, 1) draw per id that depends only on (id, seed, step) (splitmix64)."""
+    mask = (1 << 64) - 1
 
-    def __init__(self, store: Store, rank: int, world_size: int, device: torch.device,
-                 info: SignalInfo | None = None):
+    def signed(value: int) -> int:  # a 64-bit constant as torch's int64
+        value &= mask
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    def shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:  # logical, on int64
+        return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+    x = ids.to(torch.int64) + signed(0x9E3779B97F4A7C15 * (1 + seed * 1_000_003 + step))
+    x = (x ^ shift_right(x, 30)) * signed(0xBF58476D1CE4E5B9)
+    x = (x ^ shift_right(x, 27)) * signed(0x94D049BB133111EB)
+    x = x ^ shift_right(x, 31)
+    return shift_right(x, 11).to(torch.float64) / float(1 << 53)
+
+
+class MiniBatches:
+    """A pass over a shard split into `count` mini-batches, each spread over every chunk.
+
+    Within a chunk of n points, position j of an affine permutation q = (a j + s) mod n
+    (a coprime to n) belongs to mini-batch (j + r) mod count: every mini-batch takes about
+    n / count points of every chunk, scattered over it, and the points of one mini-batch
+    are enumerated by arithmetic alone (no per-point table). a, s and r come from
+    (seed, chunk), so a mini-batch holds the same points whatever the number of ranks.
+    """
+
+    def __init__(self, shard: "Shard", count: int, seed: int):
+        self.shard, self.count = shard, count
+        device = shard.device
+        sizes = [math.prod(shape) for _, shape in shard.chunks]
+        draws = hashed_uniform(torch.tensor(shard.chunk_ids, dtype=torch.int64).repeat_interleave(3) * 3
+                               + torch.arange(3).repeat(len(sizes)), seed, -1).reshape(-1, 3).tolist()
+        multipliers, shifts, rotations = [], [], []
+        for n, (u_a, u_s, u_r) in zip(sizes, draws):
+            a = max(1, int(n * (0.5 + 0.3 * u_a))) | 1
+            while math.gcd(a, n) != 1:
+                a += 1
+            multipliers.append(a % n if n > 1 else 0)
+            shifts.append(int(u_s * n))
+            rotations.append(int(u_r * count))
+        self._n = torch.tensor(sizes, dtype=torch.int64, device=device)
+        self._a = torch.tensor(multipliers, dtype=torch.int64, device=device)
+        self._s = torch.tensor(shifts, dtype=torch.int64, device=device)
+        self._r = torch.tensor(rotations, dtype=torch.int64, device=device)
+        self._offsets = shard._offsets[:-1]
+
+    def points(self, index: int) -> torch.Tensor:
+        """Local indices of mini-batch `index` on this shard."""
+        first = (index - self._r) % self.count
+        per_chunk = torch.clamp((self._n - first + self.count - 1) // self.count, min=0)
+        chunk = torch.repeat_interleave(torch.arange(len(per_chunk), device=self._n.device), per_chunk)
+        starts = torch.cumsum(per_chunk, 0) - per_chunk
+        j = first[chunk] + self.count * (torch.arange(chunk.shape[0], device=self._n.device) - starts[chunk])
+        return self._offsets[chunk] + (self._a[chunk] * j + self._s[chunk]) % self._n[chunk]
+
+
+def rank_chunk_ids(info: SignalInfo, rank: int, world_size: int) -> list[int]:
+    """The positions in the C-order chunk grid of the chunks `rank` holds."""
+    grid = chunk_grid(info)
+    return list(partition_chunks([math.prod(shape) for _, shape in grid], world_size)[rank])
+
+
+class Shard:
+    """Some chunks of a store in memory: storage-dtype values plus index arithmetic.
+
+    A rank's whole share when it fits (`rank_chunk_ids`), or one group of it at a time
+    when streaming (`ShardStream`).
+    """
+
+    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo | None = None):
         info = info or store.info  # the trainer may override the coordinate domain
         self.info = info
         self.device = device
         grid = chunk_grid(info)
-        mine = partition_chunks([math.prod(shape) for _, shape in grid], world_size)[rank]
-        self.chunk_ids = list(mine)  # positions in the store's C-order chunk grid
-        self.chunks = [grid[i] for i in mine]
+        self.chunk_ids = list(chunk_ids)  # positions in the store's C-order chunk grid
+        self.chunks = [grid[i] for i in self.chunk_ids]
         ndim = info.ndim
         self._origins = torch.tensor([o for o, _ in self.chunks], dtype=torch.int64, device=device).reshape(-1, ndim)
         self._shapes = torch.tensor([s for _, s in self.chunks], dtype=torch.int64, device=device).reshape(-1, ndim)
@@ -86,6 +152,15 @@ class Shard:
         self._strides = torch.tensor(
             [math.prod(info.shape[d + 1 :]) for d in range(ndim)], dtype=torch.int64, device=device
         )
+        self._chunk_side = torch.tensor(info.chunks, dtype=torch.int64, device=device)
+        grid_shape = [math.ceil(size / side) for size, side in zip(info.shape, info.chunks)]
+        self._grid_strides = torch.tensor(
+            [math.prod(grid_shape[d + 1 :]) for d in range(ndim)], dtype=torch.int64, device=device
+        )
+        # chunk grid position -> this shard's chunk number (or -1), for global-to-local lookups
+        self._slot_of_chunk = torch.full((math.prod(grid_shape),), -1, dtype=torch.int64, device=device)
+        self._slot_of_chunk[torch.tensor(self.chunk_ids, dtype=torch.int64, device=device)] = torch.arange(
+            len(self.chunk_ids), device=device)
         lo, hi = info.value_range
         self._value_lo, self._value_scale = lo, 2.0 / (hi - lo)
         self.coordinates = CoordinateMap(info, device)
@@ -111,6 +186,21 @@ class Shard:
     def global_index(self, local: torch.Tensor) -> torch.Tensor:
         return (self.multi_index(local) * self._strides).sum(dim=1)
 
+    def local_index(self, global_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held, local): which of these global indices this shard holds, and where."""
+        multi = torch.stack([(global_index // stride) % size for stride, size in
+                             zip(self._strides.tolist(), self.info.shape)], dim=1)
+        chunk_pos = multi // self._chunk_side
+        slot = self._slot_of_chunk[(chunk_pos * self._grid_strides).sum(dim=1)]
+        held = slot >= 0
+        slot, multi = slot[held], multi[held]
+        within = multi - self._origins[slot]
+        shapes = self._shapes[slot]
+        rel = torch.zeros_like(slot)
+        for d in range(self.info.ndim):
+            rel = rel * shapes[:, d] + within[:, d]
+        return held, self._offsets[slot] + rel
+
     def coords(self, local: torch.Tensor) -> torch.Tensor:
         return self.coordinates(self.multi_index(local))
 
@@ -122,3 +212,52 @@ class Shard:
         """Local indices in consecutive blocks of at most `block_size` points."""
         for start in range(0, len(self), block_size):
             yield torch.arange(start, min(start + block_size, len(self)), device=self.device)
+
+
+def group_chunks(chunk_ids: list[int], info: SignalInfo, group_bytes: int) -> list[list[int]]:
+    """Consecutive runs of chunks whose values fit `group_bytes` (at least one chunk each)."""
+    grid = chunk_grid(info)
+    point_bytes = info.channels * np.dtype(info.dtype).itemsize
+    groups, current, size = [], [], 0
+    for chunk_id in chunk_ids:
+        chunk_bytes = math.prod(grid[chunk_id][1]) * point_bytes
+        if current and size + chunk_bytes > group_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(chunk_id)
+        size += chunk_bytes
+    if current:
+        groups.append(current)
+    return groups
+
+
+class ShardStream:
+    """A rank's share read one group of chunks at a time, the next read in the background.
+
+    At most three groups are in memory at once (the one the caller just let go, the one in
+    use and the one being read), so a group holds at most a third of the memory budget. Iterating gives every group once, in order: a
+    pass over the rank's points.
+    """
+
+    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo,
+                 budget_bytes: int):
+        self.store, self.device, self.info = store, device, info
+        self.groups = group_chunks(chunk_ids, info, max(1, budget_bytes // 3))
+        self.num_points = sum(math.prod(chunk_grid(info)[i][1]) for i in chunk_ids)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[Shard]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.groups:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dint-prefetch") as reader:
+            pending = reader.submit(Shard, self.store, self.groups[0], self.device, self.info)
+            for index in range(len(self.groups)):
+                current = pending.result()
+                if index + 1 < len(self.groups):
+                    pending = reader.submit(Shard, self.store, self.groups[index + 1], self.device, self.info)
+                yield current
+                del current

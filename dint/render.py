@@ -1,9 +1,16 @@
-"""Rendering a trained model back onto a grid, and the per-modality files made from it.
+"""Rendering a trained model back onto a grid, and the files made from it.
 
-A reconstruction is itself a dint store (`reconstruction.zarr`): the same modality, value
-range, dtype and domain as the signal, on the signal's grid or any other shape. Each rank
-renders and writes its own chunks, so it scales like training. Small signals also get the
-file a person opens: PNG (images), WAV (audio), middle-slice PNG (volumes), PLY (shapes).
+Two outputs:
+
+* The training run's reconstruction (`reconstruction.zarr`, written by dint.train with
+  `create_store` / `render_chunks` / `publish`): a plain dint store, the same modality, value
+  range, dtype and domain as the signal, on the signal's grid. Each rank renders its own chunks.
+* `dint render` (`render_pyramid`): the model on any grid (`RenderGrid`: a scale, explicit sizes,
+  a region of the store) as a multiscale pyramid with OME-Zarr 0.5 metadata (layout in
+  dint/ome.py), every level split across ranks chunk by chunk, published atomically.
+
+Both give the file a person opens when small enough: PNG (images), WAV (audio), middle-slice
+PNG (volumes), PLY (shapes), named after the store (X.zarr -> X.png, X_slices.png, ...).
 """
 
 from __future__ import annotations
@@ -12,16 +19,23 @@ import dataclasses
 import math
 import os
 import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import zarr
 
-from dint.data import CoordinateMap
+from dint.data import CoordinateMap, chunk_grid, partition_chunks
+from dint.errors import DintError
 from dint.store import VALUES, SignalInfo, default_chunks, open_store
 
 PREVIEW_MAX_POINTS = 1 << 26  # previews (PNG, WAV, PLY) are made on one process up to this size
+PREVIEW_MAX_SIDE = 1024  # pyramid previews (image PNG, volume slices) come from the finest level this small
+PYRAMID_TOP_SIDE = 512  # pyramids get levels until the largest side is at most this
 
 
 def reconstruction_info(info: SignalInfo, shape: tuple[int, ...] | None = None, model_name: str = "model.pt") -> SignalInfo:
@@ -35,18 +49,28 @@ def reconstruction_info(info: SignalInfo, shape: tuple[int, ...] | None = None, 
 
 
 @torch.no_grad()
-def predict_region(model: torch.nn.Module, info: SignalInfo, device: torch.device, block_points: int,
-                   origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """Model output in [-1, 1] space over a box of the grid, shaped (*shape, channels)."""
-    coordinates = CoordinateMap(info, device)
-    offset = torch.tensor(origin, dtype=torch.int64, device=device)
+def predict_box(model: torch.nn.Module, channels: int, device: torch.device, block_points: int,
+                shape: tuple[int, ...], coordinates_of: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """Model output in [-1, 1] space over a box, shaped (*shape, channels).
+
+    `coordinates_of` maps box-local integer positions (n, ndim) to model coordinates; the box is
+    evaluated in C order, `block_points` points per forward pass.
+    """
     count = math.prod(shape)
-    out = np.empty((count, info.channels), dtype=np.float32)
+    out = np.empty((count, channels), dtype=np.float32)
     for start in range(0, count, block_points):
         flat = torch.arange(start, min(start + block_points, count), device=device)
-        multi = torch.stack(torch.unravel_index(flat, shape), dim=1) + offset
-        out[start : start + flat.shape[0]] = model(coordinates(multi)).float().cpu().numpy()
-    return out.reshape(*shape, info.channels)
+        multi = torch.stack(torch.unravel_index(flat, shape), dim=1)
+        out[start : start + flat.shape[0]] = model(coordinates_of(multi)).float().cpu().numpy()
+    return out.reshape(*shape, channels)
+
+
+def predict_region(model: torch.nn.Module, info: SignalInfo, device: torch.device, block_points: int,
+                   origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Model output in [-1, 1] space over a box of `info`'s grid, shaped (*shape, channels)."""
+    coordinates = CoordinateMap(info, device)
+    offset = torch.tensor(origin, dtype=torch.int64, device=device)
+    return predict_box(model, info.channels, device, block_points, shape, lambda multi: coordinates(multi + offset))
 
 
 def to_storage(values: np.ndarray, info: SignalInfo) -> np.ndarray:
@@ -91,9 +115,22 @@ def render_chunks(model: torch.nn.Module, info: SignalInfo, tmp: Path, chunks, d
 
 
 def publish(tmp: Path, dest: Path) -> Path:
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    """Rename the finished `tmp` to `dest`; an old `dest` is moved aside first and removed after,
+    so `dest` is at every moment either the old whole store or the new whole one."""
+    if not dest.exists():
+        os.replace(tmp, dest)
+        return dest
+    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        os.replace(old, dest)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
     return dest
 
 
@@ -108,17 +145,25 @@ def export_previews(store_path: Path) -> dict[str, str]:
     if info.num_points > PREVIEW_MAX_POINTS:
         return {}
     values = np.asarray(store.values[...])
-    stem = store_path.with_suffix("")
+    names = preview_names(store_path)
     if info.modality == "image":
-        return {"png": str(save_png(to_unit(values, info), stem.with_suffix(".png")))}
+        return {"png": str(save_png(to_unit(values, info), names["png"]))}
     if info.modality == "audio":
-        return {"wav": str(save_wav(values, info, stem.with_suffix(".wav")))}
+        return {"wav": str(save_wav(values, info, names["wav"]))}
     if info.modality == "volume":
-        path = stem.with_name(stem.name + "_slices.png")
-        return {"slices_png": str(save_middle_slices(to_unit(values, info), path))}
+        return {"slices_png": str(save_middle_slices(to_unit(values, info), names["slices_png"]))}
     if info.modality == "shape":
-        return {"mesh": str(save_mesh(values, info, stem.with_suffix(".ply")))}
+        return {"mesh": str(save_mesh(values, info, names["mesh"]))}
     return {}
+
+
+def preview_names(store_path: Path) -> dict[str, Path]:
+    """Preview files named after a store: X.zarr (or X.ome.zarr) -> X.png, X.wav, X_slices.png, X.ply."""
+    name = store_path.name
+    for suffix in (".zarr", ".ome"):
+        name = name.removesuffix(suffix) or name
+    return {"png": store_path.with_name(name + ".png"), "wav": store_path.with_name(name + ".wav"),
+            "slices_png": store_path.with_name(name + "_slices.png"), "mesh": store_path.with_name(name + ".ply")}
 
 
 def save_png(unit_image: np.ndarray, path: Path) -> Path:
@@ -142,7 +187,11 @@ def save_middle_slices(unit_volume: np.ndarray, path: Path) -> Path:
     """The three middle slices (Z, Y, X) of the first channel, side by side, as a PNG."""
     volume = unit_volume[..., 0]
     z, y, x = (s // 2 for s in volume.shape)
-    slices = [volume[z], volume[:, y], volume[:, :, x]]
+    return save_slices([volume[z], volume[:, y], volume[:, :, x]], path)
+
+
+def save_slices(slices: list[np.ndarray], path: Path) -> Path:
+    """2-D planes with values in [0, 1], top-aligned side by side with a 2-pixel gap, as a grey PNG."""
     height = max(s.shape[0] for s in slices)
     padded = [np.pad(s, ((0, height - s.shape[0]), (0, 2))) for s in slices]
     return save_png(np.concatenate(padded, axis=1)[:, :, None], path)
@@ -172,3 +221,247 @@ def save_mesh(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
     coords = starts + vertices * spans / (np.array(info.shape) - 1)
     trimesh.Trimesh(vertices=coords[:, ::-1], faces=faces[:, ::-1], process=False).export(path)
     return path
+
+
+# --- dint render: any grid, as an OME-Zarr pyramid -------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderGrid:
+    """The samples of a render, placed at (fractional) sample indices of the store.
+
+    Sample k along axis d lies at store position origin[d] + k * step[d]; its coordinate is the
+    one training gave that position (the store's domain mapping, which puts sample 0 and sample
+    n - 1 at the ends of the axis's domain, continued to fractional positions). So a grid with
+    step 1/2 holds every training point at its even samples and points between them at its odd
+    ones, and a 1x grid is the training grid itself.
+    """
+
+    shape: tuple[int, ...]
+    origin: tuple[float, ...]
+    step: tuple[float, ...]
+    region: tuple[tuple[int, int], ...]  # the window of the store covered: [start, stop) per axis
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        """Samples of this grid per store sample, per axis."""
+        return tuple(1.0 / s if s else 0.0 for s in self.step)
+
+
+def plan_grid(info: SignalInfo, scale: Sequence[Fraction | float] | None = None,
+              resolution: Sequence[int] | None = None,
+              region: Sequence[tuple[int, int]] | None = None) -> RenderGrid:
+    """The grid to render for `info` (the store the model was trained on).
+
+    region: [start, stop) per axis in the store's sample indices (default: the whole store).
+    scale S per axis (default 1): samples every 1/S store samples from the region's first
+    sample, up to its last: floor((n - 1) S) + 1 samples for a region of n (so 2x of a
+    48-sample axis is 95 samples, every other one a training sample; 0.25x of 1000 is 250).
+    resolution m per axis instead: m samples from the region's first to its last sample
+    (one sample: the middle). Bad values are a DintError.
+    """
+    ndim = info.ndim
+    if scale is not None and resolution is not None:
+        raise DintError("--scale and --resolution both given: choose one")
+    box = tuple((int(a), int(b)) for a, b in region) if region is not None else tuple((0, n) for n in info.shape)
+    if len(box) != ndim:
+        raise DintError(f"region: {len(box)} axes given, the model's signal has {ndim}")
+    for (a, b), n in zip(box, info.shape):
+        if not 0 <= a < b <= n:
+            raise DintError(f"region {a}:{b} is outside the axis of size {n} (or empty)")
+    sizes = [b - a for a, b in box]
+    shape, origin, step = [], [], []
+    if resolution is not None:
+        if len(resolution) != ndim or min(resolution) < 1:
+            raise DintError(f"resolution {list(resolution)}: expected {ndim} positive sizes")
+        for (a, _), n, m in zip(box, sizes, resolution):
+            shape.append(int(m))
+            origin.append(float(a) if m > 1 else a + (n - 1) / 2)
+            step.append((n - 1) / (m - 1) if m > 1 else float(n))
+    else:
+        factors = [Fraction(1)] * ndim if scale is None else [Fraction(s) for s in scale]
+        if len(factors) != ndim or min(factors) <= 0:
+            raise DintError(f"scale {[str(f) for f in factors]}: expected {ndim} positive factors")
+        for (a, _), n, f in zip(box, sizes, factors):
+            shape.append(math.floor((n - 1) * f) + 1)
+            origin.append(float(a))
+            step.append(float(1 / f))
+    return RenderGrid(shape=tuple(shape), origin=tuple(origin), step=tuple(step), region=box)
+
+
+def grid_coordinates(info: SignalInfo, grid: RenderGrid, device: torch.device) -> list[torch.Tensor]:
+    """Per axis, the model coordinate of every sample of the grid (float32, as in training:
+    start + position * scale in float32, so whole positions give training's coordinates bit for bit)."""
+    coordinates = CoordinateMap(info, device)
+    axes = []
+    for d, (m, o, s) in enumerate(zip(grid.shape, grid.origin, grid.step)):
+        position = (o + torch.arange(m, dtype=torch.float64, device=device) * s).to(torch.float32)
+        axes.append(coordinates.start[d] + position * coordinates.scale[d])
+    return axes
+
+
+def predict_grid_box(model: torch.nn.Module, channels: int, axes: list[torch.Tensor], device: torch.device,
+                     block_points: int, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Model output in [-1, 1] space over a box of a render grid, shaped (*shape, channels)."""
+    offset = torch.tensor(origin, dtype=torch.int64, device=device)
+
+    def coordinates_of(multi: torch.Tensor) -> torch.Tensor:
+        at = multi + offset
+        return torch.stack([axis[at[:, d]] for d, axis in enumerate(axes)], dim=1)
+
+    return predict_box(model, channels, device, block_points, shape, coordinates_of)
+
+
+def _position_to_coordinate(info: SignalInfo, axis: int, position: float) -> float:
+    lo, hi = info.domain[axis]
+    n = info.shape[axis]
+    return lo + position * (hi - lo) / (n - 1) if n > 1 else (lo + hi) / 2
+
+
+def pyramid_info(info: SignalInfo, grid: RenderGrid, levels) -> SignalInfo:
+    """The "dint" attribute of a pyramid: level 0's description, and how it was rendered."""
+    base = reconstruction_info(info, grid.shape)
+    last = [o + (m - 1) * s for o, m, s in zip(grid.origin, grid.shape, grid.step)]
+    domain = tuple((_position_to_coordinate(info, d, o), _position_to_coordinate(info, d, e))
+                   for d, (o, e) in enumerate(zip(grid.origin, last)))
+    render = {"store_shape": list(info.shape), "region": [list(r) for r in grid.region],
+              "origin": list(grid.origin), "step": list(grid.step), "scale": list(grid.scale)}
+    pyramid = {"paths": [level.path for level in levels], "shapes": [list(level.shape) for level in levels],
+               "method": "mean"}
+    return dataclasses.replace(base, chunks=levels[0].chunks, domain=domain,
+                               extra={**base.extra, "render": render, "pyramid": pyramid})
+
+
+def physical_transform(info: SignalInfo, grid: RenderGrid) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Level 0's (scale, translation) per spatial axis, in the store's sample units times its
+    extra["spacing"] where it has one, offset by a --crop's start: renders at any scale and region
+    of one store (and of its crops) overlay each other."""
+    spacing = info.extra.get("spacing")
+    if not (isinstance(spacing, (list, tuple)) and len(spacing) == info.ndim
+            and all(isinstance(v, (int, float)) and v > 0 for v in spacing)):
+        spacing = [1.0] * info.ndim
+    crop = info.extra.get("crop")
+    starts = [c[0] for c in crop] if isinstance(crop, list) and len(crop) == info.ndim else [0] * info.ndim
+    scale = tuple(float(s * sp) for s, sp in zip(grid.step, spacing))
+    translation = tuple(float((c + o) * sp) for c, o, sp in zip(starts, grid.origin, spacing))
+    return scale, translation
+
+
+def _my_chunks(level, rank: int, world_size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (origin, shape) chunks of a pyramid level that `rank` writes: its share of the level's
+    C-order chunk grid by partition_chunks (contiguous, balanced by points), as training shards."""
+    grid = chunk_grid(level)  # uses .shape and .chunks only
+    share = partition_chunks([math.prod(s) for _, s in grid], world_size)[rank]
+    return [grid[i] for i in share]
+
+
+def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, dest: Path, *,
+                   device: torch.device, rank: int = 0, world_size: int = 1, block_points: int = 65536,
+                   chunks: tuple[int, ...] | None = None, top_side: int = PYRAMID_TOP_SIDE,
+                   name: str | None = None) -> dict[str, str]:
+    """Render `model` (trained on `info`) on `grid` into an OME-Zarr pyramid at `dest`.
+
+    Every rank calls this (in a process group, or alone): rank 0 creates the group under a
+    hidden staging name, each rank renders its share of level 0's chunks (partition_chunks),
+    then of each coarser level (means of the level above), with a barrier between levels;
+    rank 0 writes the OME metadata last, makes the previews and renames everything into place.
+    A failure leaves `dest` as it was. Returns {kind: path} of what was written (rank 0).
+    """
+    from dint.distributed.utils import barrier
+    from dint.ome import create_pyramid, downsample_chunk, is_ome, ome_metadata, plan_levels, write_ome_metadata
+
+    chunks = chunks or reconstruction_info(info, grid.shape).chunks
+    levels = plan_levels(grid.shape, chunks, top_side)
+    target = pyramid_info(info, grid, levels)
+    tmp = staging_path(dest)
+    previews: dict[str, tuple[Path, Path]] = {}
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            create_pyramid(tmp, target, levels)
+        barrier()
+
+        # Level 0: the model on the grid; the next chunk is computed while the last is written.
+        axes = grid_coordinates(info, grid, device)
+        array = zarr.open_array(str(tmp / levels[0].path), mode="r+")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dint-render-write") as writer:
+            pending = None
+            for origin, shape in _my_chunks(levels[0], rank, world_size):
+                values = to_storage(predict_grid_box(model, info.channels, axes, device, block_points, origin, shape),
+                                    target)
+                box = (slice(None), *(slice(o, o + s) for o, s in zip(origin, shape)))
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(array.__setitem__, box, np.moveaxis(values, -1, 0))
+            if pending is not None:
+                pending.result()
+        barrier()
+
+        # Coarser levels: means of 2-sample blocks of the level above, chunk by chunk.
+        for above, level in zip(levels, levels[1:]):
+            source = zarr.open_array(str(tmp / above.path), mode="r")
+            destination = zarr.open_array(str(tmp / level.path), mode="r+")
+            for origin, shape in _my_chunks(level, rank, world_size):
+                downsample_chunk(source, destination, level, origin, shape, level.halves(above))
+            barrier()
+
+        if rank != 0:
+            return {}
+        if is_ome(info.ndim):
+            scale, translation = physical_transform(info, grid)
+            write_ome_metadata(tmp, ome_metadata(target, levels, scale, translation, name or _stem(dest)))
+        previews = _pyramid_previews(tmp, dest, target, levels)
+        publish(tmp, dest)
+        outputs = {"store": str(dest)}
+        for kind, (staged, final) in previews.items():
+            os.replace(staged, final)
+            outputs[kind] = str(final)
+        return outputs
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for staged, _ in previews.values():
+                staged.unlink(missing_ok=True)
+        raise
+
+
+def _stem(path: Path) -> str:
+    return preview_names(path)["png"].stem
+
+
+def _pyramid_previews(tmp: Path, dest: Path, info: SignalInfo, levels) -> dict[str, tuple[Path, Path]]:
+    """Previews of the pyramid being built at `tmp`, written under hidden names beside `dest`:
+    {kind: (staged file, final name)}. Images: a PNG of the finest level whose largest side is at
+    most PREVIEW_MAX_SIDE; volumes: its three middle slices; audio (WAV) and shapes (PLY mesh):
+    from level 0, up to PREVIEW_MAX_POINTS."""
+    from dint.ome import finest_level_within, open_pyramid
+
+    names = preview_names(dest)
+
+    def staged(kind: str) -> Path:
+        final = names[kind]
+        return final.with_name(f".{final.stem}.tmp{final.suffix}")
+
+    out: dict[str, tuple[Path, Path]] = {}
+    if info.modality in ("image", "volume"):
+        level = finest_level_within(levels, PREVIEW_MAX_SIDE)
+        if level is None:
+            return out
+        store = open_pyramid(tmp, levels.index(level))
+        values = store.values
+        if info.modality == "image":
+            out["png"] = (save_png(to_unit(values[...], info), staged("png")), names["png"])
+        else:
+            z, y, x = (s // 2 for s in level.shape)
+            planes = [values[z, :, :, 0], values[:, y, :, 0], values[:, :, x, 0]]
+            out["slices_png"] = (save_slices([to_unit(p, info) for p in planes], staged("slices_png")),
+                                 names["slices_png"])
+        return out
+    if info.num_points > PREVIEW_MAX_POINTS:
+        return out
+    values = open_pyramid(tmp, 0).values[...]
+    if info.modality == "audio":
+        out["wav"] = (save_wav(values, info, staged("wav")), names["wav"])
+    elif info.modality == "shape":
+        out["mesh"] = (save_mesh(values, info, staged("mesh")), names["mesh"])
+    return out

@@ -116,10 +116,16 @@ def default_chunks(shape: tuple[int, ...], side: int | None = None) -> tuple[int
 
 
 def sha256_of(path: Path, block: int = 1 << 22) -> str:
+    """SHA-256 of a file; of a folder (a zarr source), over its files' relative names and contents, sorted."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(block):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -14,14 +14,12 @@ lower global index), so the selection does not depend on the number of ranks.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
-from dint.data import Shard
+from dint.data import Shard, hashed_uniform
 from dint.distributed.utils import all_gather_varlen
 
 STRATEGIES = ("int", "full", "uniform")
@@ -124,35 +122,63 @@ def select_topk(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], to
 # --- The teacher ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
 class Selection:
-    """The points a rank trains on until the next selection step."""
+    """The points a rank trains on until the next selection: local indices into a shard."""
 
-    coords: torch.Tensor  # (n_rank, ndim)
-    targets: torch.Tensor  # (n_rank, channels), in [-1, 1]
-    global_count: int  # points selected over all ranks: the loss is their mean
-    rank_counts: list[int]  # points selected on each rank
-    ratio: float
-    step: int
+    def __init__(self, shard: Shard, local: torch.Tensor, global_count: int, rank_counts: list[int],
+                 ratio: float, step: int, positions: torch.Tensor | None = None):
+        self.shard = shard
+        self.local = local
+        self.positions = positions  # where the chosen points stand among the candidates offered
+        self.global_count = global_count  # points selected over all ranks: the loss is their mean
+        self.rank_counts = rank_counts  # points selected on each rank
+        self.ratio = ratio
+        self.step = step
+        self._whole: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def coords(self) -> torch.Tensor:
+        return self.batches(0)[0][0]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.batches(0)[0][1]
+
+    def batches(self, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(coords, targets) of the selected points, in micro-batches of at most `micro_batch`.
+
+        The whole selection as one batch (micro_batch 0, or a selection that small) is kept
+        for reuse until the next selection; micro-batches are made afresh each step, so no
+        float copy of a large selection is kept.
+        """
+        if micro_batch <= 0 or self.local.shape[0] <= micro_batch:
+            if self._whole is None:
+                self._whole = (self.shard.coords(self.local), self.shard.targets(self.local))
+            return [self._whole]
+        return [(self.shard.coords(part), self.shard.targets(part)) for part in self.local.split(micro_batch)]
 
 
 @torch.no_grad()
-def point_errors(model: torch.nn.Module, shard: Shard, block_points: int, kind: str = "l1") -> torch.Tensor:
-    """Per-point error of `model` over the whole shard, one bounded block at a time."""
-    errors = torch.empty(len(shard), dtype=torch.float32, device=shard.device)
-    for local in shard.blocks(block_points):
+def point_errors(model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, block_points: int,
+                 kind: str = "l1") -> torch.Tensor:
+    """Per-point error of `model` at the candidate points, one bounded block at a time."""
+    errors = torch.empty(candidates.shape[0], dtype=torch.float32, device=shard.device)
+    for start in range(0, candidates.shape[0], block_points):
+        local = candidates[start : start + block_points]
         diff = model(shard.coords(local)) - shard.targets(local)
-        errors[local] = diff.abs().sum(dim=1) if kind == "l1" else diff.square().sum(dim=1)
+        errors[start : start + local.shape[0]] = diff.abs().sum(dim=1) if kind == "l1" else diff.square().sum(dim=1)
     return errors
 
 
 class Teacher:
-    """Chooses, at each step, the points every rank trains on."""
+    """Chooses which points every rank trains on: Algorithm 1's selection, and its schedules.
 
-    def __init__(self, shard: Shard, total_steps: int, *, strategy: str, ratio: float, ratio_schedule: str,
-                 interval_schedule: str, interval: int, error: str, block_points: int, seed: int):
-        self.shard = shard
-        self.total_steps = total_steps
+    `progress / total` is steps / train.steps when selecting over the whole signal, and
+    passes / total passes with mini-batches (the schedules advance per pass).
+    """
+
+    def __init__(self, *, strategy: str, ratio: float, ratio_schedule: str, interval_schedule: str,
+                 interval: int, error: str, block_points: int, seed: int):
         self.strategy = strategy
         self.ratio = ratio
         self.ratio_schedule = ratio_schedule
@@ -161,40 +187,34 @@ class Teacher:
         self.error = error
         self.block_points = block_points
         self.seed = seed
-        self.current: Selection | None = None
 
-    def due(self, step: int) -> bool:
-        if self.current is None:
-            return True
+    def due(self, progress: int, total: int) -> bool:
+        """Whether a selection made before `progress` must be made again now."""
         if self.strategy == "full":
             return False
-        return is_selection_step(step, self.total_steps, self.interval_schedule, self.interval)
+        return is_selection_step(progress, total, self.interval_schedule, self.interval)
 
-    def select(self, step: int, model: torch.nn.Module) -> Selection:
-        """A new selection at `step` (call when `due(step)`), kept as `current`."""
-        shard = self.shard
-        total = shard.info.num_points
+    def select(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
+               total: int) -> Selection:
+        """The global top-k (int), random k (uniform) or all (full) of the candidates of every rank.
+
+        `candidates` are local indices into `shard`; every rank calls this together, each
+        with its own candidates (possibly none).
+        """
+        device = candidates.device
+        (sizes,) = all_gather_varlen(torch.tensor([candidates.shape[0]], dtype=torch.int64, device=device))
+        total_candidates = int(sizes.sum())
         if self.strategy == "full":
-            local, ratio = torch.arange(len(shard), device=shard.device), 1.0
+            positions, ratio = torch.arange(candidates.shape[0], device=device), 1.0
         else:
-            ratio = ratio_at(step, self.total_steps, self.ratio, self.ratio_schedule)
-            k = min(total, max(1, round(ratio * total)))
+            ratio = ratio_at(progress, total, self.ratio, self.ratio_schedule)
+            k = min(total_candidates, max(1, round(ratio * total_candidates)))
+            ids_of = lambda positions: shard.global_index(candidates[positions])  # noqa: E731
             if self.strategy == "int":
-                scores = point_errors(model, shard, self.block_points, self.error)
+                scores = point_errors(model, shard, candidates, self.block_points, self.error)
             else:
-                scores = self._random_scores(step)
-            local = select_topk(scores, k, shard.global_index)
-        (counts,) = all_gather_varlen(torch.tensor([local.shape[0]], dtype=torch.int64, device=shard.device))
+                scores = hashed_uniform(shard.global_index(candidates), self.seed, progress)
+            positions = select_topk(scores, k, ids_of)
+        (counts,) = all_gather_varlen(torch.tensor([positions.shape[0]], dtype=torch.int64, device=device))
         counts = counts.tolist()
-        self.current = Selection(shard.coords(local), shard.targets(local), sum(counts), counts, ratio, step)
-        return self.current
-
-    def _random_scores(self, step: int) -> torch.Tensor:
-        # One generator per chunk, seeded by (seed, step, chunk): the same points are drawn
-        # whichever rank holds the chunk, so `uniform` is independent of the world size.
-        parts = []
-        for chunk_id, (_, shape) in zip(self.shard.chunk_ids, self.shard.chunks):
-            seed = int(np.random.SeedSequence([self.seed, step, chunk_id]).generate_state(1)[0])
-            parts.append(torch.rand(math.prod(shape), generator=torch.Generator().manual_seed(seed)))
-        scores = torch.cat(parts) if parts else torch.empty(0)
-        return scores.to(self.shard.device)
+        return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions)

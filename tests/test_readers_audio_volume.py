@@ -260,6 +260,10 @@ def test_multi_page_tiff_is_a_volume(tmp_path, compression, samples):
     data = volume(shape, np.uint16, seed=16)
     tifffile.imwrite(tmp_path / "stack.tif", data, compression=compression,
                      photometric="rgb" if samples > 1 else "minisblack")
+    # Uncompressed stacks are memory-mapped, compressed ones read through tifffile's zarr view.
+    source = read_source(tmp_path / "stack.tif")
+    bases = [task.base for task in dict(source.values.__dask_graph__()).values() if isinstance(task, Regions)]
+    assert [type(base) for base in bases] == [np.memmap if compression is None else zarr.Array]
     shard(tmp_path / "stack.tif", tmp_path / "s.zarr", "--chunk", "8")
     expected = data if samples > 1 else data[..., None]
     attrs = check_store(tmp_path / "s.zarr", expected, "volume", int_range(np.uint16))
@@ -403,11 +407,10 @@ def _write_bad_inputs(folder: Path) -> dict[str, tuple[Path, list[str], str]]:
     cases["raw without --shape"] = (raw, ["--dtype", "uint8"], "--shape")
     cases["raw with a bad --dtype"] = (raw, ["--shape", "10,10,10", "--dtype", "nonsense"], "--dtype nonsense")
 
-    xyz = volume((16, 16, 16), np.float32)
     gz = folder / "cut.nii.gz"
-    nib.save(nib.Nifti1Image(xyz, np.eye(4)), gz)
+    nib.save(nib.Nifti1Image(volume((16, 16, 16), np.int16), np.eye(4)), gz)
     gz.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])  # header intact, data cut
-    cases["truncated nii.gz"] = (gz, [], "")
+    cases["truncated nii.gz"] = (gz, [], "truncated")  # found while the store is written
     garbage = folder / "garbage.nii.gz"
     garbage.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
     cases["corrupt nii.gz"] = (garbage, [], "NIfTI")

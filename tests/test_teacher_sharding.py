@@ -231,17 +231,14 @@ def test_uniform_draws_new_points_each_step_spread_over_chunks(runs):
 def test_due_follows_strategy_and_interval(store_path):
     worker = load_worker()
     store = open_store(store_path)
-    shard = Shard(store, 0, 1, torch.device("cpu"))
+    shard = worker.make_shard(store, 0, 1)
     model = worker.make_model(2, 1)
-    teacher = worker.make_teacher(shard, "int", "step", "l1")  # fixed interval 5
-    assert teacher.due(3)  # nothing selected yet
-    teacher.select(0, model)
-    assert [s for s in range(12) if teacher.due(s)] == [0, 5, 10]
-    full = worker.make_teacher(shard, "full", "step", "l1")
-    assert full.due(0)
-    selection = full.select(0, model)
+    teacher = worker.make_teacher("int", "step", "l1")  # fixed interval 5
+    assert [s for s in range(12) if teacher.due(s, 12)] == [0, 5, 10]
+    full = worker.make_teacher("full", "step", "l1")
+    selection = full.select(model, shard, torch.arange(len(shard)), 0, 12)
     assert selection.global_count == N and selection.ratio == 1.0
-    assert not any(full.due(s) for s in range(12))
+    assert not any(full.due(s, 12) for s in range(12))
 
 
 def test_a_rank_with_no_points(runs):

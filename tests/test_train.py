@@ -106,7 +106,9 @@ def test_update_equals_single_process_however_points_fall(tmp_path, counts):
     assert result.returncode == 0, result.stderr
     distributed = np.array(json.loads((tmp_path / "p.json").read_text()))
     single = np.array(updated_parameters([40], 0, 1, DistInfo(0, 1, 0, torch.device("cpu"))))
+    whole = np.array(updated_parameters([40], 0, 1, DistInfo(0, 1, 0, torch.device("cpu")), micro=1000))
     np.testing.assert_allclose(distributed, single, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(single, whole, rtol=0, atol=1e-5)  # micro-batching changes nothing
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -31,13 +32,32 @@ class DDPEngine:
         else:
             self.model = model
 
-    def step(self, loss_fn: LossFn) -> torch.Tensor:
-        loss = loss_fn(self.model)
+    def step(self, parts: Iterable[LossFn]) -> torch.Tensor:
+        """One optimizer step on the sum of the parts' losses, each part backward on its own.
+
+        Gradients accumulate locally (DDP's no_sync) and are averaged over ranks once, with
+        the last part, so activation memory is that of one part; every rank runs at least
+        one part, so every rank joins the all-reduce.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total, pending = None, None
+        for part in parts:
+            if pending is not None:
+                with self._no_sync():
+                    total = self._backward(pending, total)
+            pending = part
+        total = self._backward(pending, total)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach()
+        return total
+
+    def _backward(self, part: LossFn, total: torch.Tensor | None) -> torch.Tensor:
+        loss = part(self.model)
+        loss.backward()
+        return loss.detach() if total is None else total + loss.detach()
+
+    def _no_sync(self):
+        return self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel) else nullcontext()
 
     @property
     def lr(self) -> float:
@@ -86,8 +106,10 @@ class DeepSpeedEngine:
         )
         self.module = self.model.module
 
-    def step(self, loss_fn: LossFn) -> torch.Tensor:
-        loss = loss_fn(self.model)
+    def step(self, parts: Iterable[LossFn]) -> torch.Tensor:
+        # DeepSpeed accumulates over a fixed number of micro-steps, not a varying one: the
+        # parts are summed into one backward (same update, activations of all parts at once).
+        loss = sum(part(self.model) for part in parts)
         self.model.backward(loss)  # backward, then the gradient all-reduce (mean over ranks)
         self.model.step()  # optimizer step, lr schedule step and zero_grad
         return loss.detach()

@@ -64,6 +64,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks, in place."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_gather_varlen(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Concatenate, in rank order, each rank's tensors whose first dimension may differ.
 

@@ -65,6 +65,14 @@ MARGIN = 0.9  # the longest bounding-box side maps to [-MARGIN, MARGIN]
 JITTER = (0.000131, 0.000173, 0.000197)
 SAMPLE_SPACING = 1.0  # surface samples for the SDF: at most this many cells apart on a triangle
 NEIGHBOURS = 4  # SDF: exact distances to the triangles of this many nearest samples
+DESCENT_STEPS = 2  # SDF: then this many steps to a closer edge-adjacent face
+TRUNCATION = 0.1  # SDF: |sdf| is clamped at max(TRUNCATION, TRUNCATION_CELLS grid cells)
+TRUNCATION_CELLS = 8
+
+
+def truncation(resolution: int) -> float:
+    """Where the SDF is clamped, in normalised units: 0.1 (5% of the cube), at least 8 grid cells."""
+    return max(TRUNCATION, TRUNCATION_CELLS * 2.0 / (resolution - 1))
 
 
 # --------------------------------------------------------------------------- loading
@@ -347,6 +355,26 @@ def surface_samples(points: np.ndarray, faces: np.ndarray, spacing: float) -> tu
     return np.concatenate(all_points), np.concatenate(all_owners)
 
 
+def face_neighbours(faces: np.ndarray) -> np.ndarray:
+    """(F, 3): for each face, faces sharing an edge with it (up to 3; padded with the face itself)."""
+    count = len(faces)
+    edges = np.sort(faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2), axis=1)
+    owner = np.repeat(np.arange(count), 3)
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    edges, owner = edges[order], owner[order]
+    same = (edges[1:] == edges[:-1]).all(axis=1)
+    pairs = np.concatenate([np.stack([owner[:-1][same], owner[1:][same]], 1),
+                            np.stack([owner[1:][same], owner[:-1][same]], 1)])
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    result = np.repeat(np.arange(count)[:, None], 3, axis=1)
+    if len(pairs):
+        start = np.searchsorted(pairs[:, 0], pairs[:, 0], side="left")
+        rank = np.arange(len(pairs)) - start
+        keep = rank < 3
+        result[pairs[keep, 0], rank[keep]] = pairs[keep, 1]
+    return result
+
+
 # --------------------------------------------------------------------------- the grid
 
 
@@ -385,6 +413,9 @@ class MeshGrid:
             votes = parity if votes is None else votes + parity
         return (2 * votes > len(self.axes)).astype(np.uint8)
 
+    def truncation(self) -> float:
+        return truncation(self.resolution)
+
     def tree(self):
         with self._lock:
             if self._tree is None:
@@ -392,22 +423,55 @@ class MeshGrid:
 
                 spacing = SAMPLE_SPACING * 2.0 / (self.resolution - 1)
                 samples, owners = surface_samples(self.points, self.faces, spacing)
-                self._tree = (cKDTree(samples), owners)
+                # Shared vertices and edges are sampled by every triangle around them: keep one.
+                samples, first = np.unique(samples, axis=0, return_index=True)
+                # Sliding-midpoint trees answer queries off a surface several times faster.
+                self.neighbours = face_neighbours(self.faces)
+                self._tree = (cKDTree(samples, leafsize=16, balanced_tree=False, compact_nodes=False), owners[first])
             return self._tree
 
+    def _improve(self, p, found, faces, best, best_face) -> None:
+        """Where face `faces[i]` is closer to point p[found[i]] than best, take it."""
+        tri = self.faces[faces]
+        d = point_triangle_distance(p[found], self.points[tri[:, 0]], self.points[tri[:, 1]], self.points[tri[:, 2]])
+        closer = d < best[found]
+        best[found[closer]] = d[closer]
+        best_face[found[closer]] = faces[closer]
+
     def distance(self, z: slice, y: slice, x: slice) -> np.ndarray:
+        """Unsigned distance of the block's points to the surface, clamped at the truncation."""
         tree, owners = self.tree()
+        tau = self.truncation()
+        slack = SAMPLE_SPACING * 2.0 / (self.resolution - 1) / math.sqrt(3)  # sample covering radius
         c = self.coords
+        shape = (z.stop - z.start, y.stop - y.start, x.stop - x.start)
+        # A block whose centre is far from every sample lies wholly beyond the truncation.
+        lo = np.array([c[z.start], c[y.start], c[x.start]])
+        hi = np.array([c[z.stop - 1], c[y.stop - 1], c[x.stop - 1]])
+        radius = float(np.linalg.norm(hi - lo)) / 2
+        centre_distance, _ = tree.query((lo + hi) / 2, distance_upper_bound=tau + slack + radius)
+        if not np.isfinite(centre_distance):
+            return np.full(shape, tau)
         p = np.stack(np.meshgrid(c[z], c[y], c[x], indexing="ij"), axis=-1).reshape(-1, 3)
+        # Every point within tau of the surface has its nearest sample within tau + slack.
         k = min(NEIGHBOURS, tree.n)
-        _, nearest = tree.query(p, k=k)
+        _, nearest = tree.query(p, k=k, distance_upper_bound=tau + slack)
         nearest = nearest.reshape(len(p), k)
-        best = np.full(len(p), np.inf)
+        best = np.full(len(p), tau)
+        best_face = np.full(len(p), -1)
         for column in range(k):
-            tri = self.faces[owners[nearest[:, column]]]
-            d = point_triangle_distance(p, self.points[tri[:, 0]], self.points[tri[:, 1]], self.points[tri[:, 2]])
-            np.minimum(best, d, out=best)
-        return best.reshape(z.stop - z.start, y.stop - y.start, x.stop - x.start)
+            found = np.flatnonzero(nearest[:, column] < tree.n)
+            if not len(found):
+                break
+            self._improve(p, found, owners[nearest[found, column]], best, best_face)
+        # Then walk to neighbouring faces while that gets closer (helps far from the surface,
+        # where the nearest sample's triangle may be a neighbour of the nearest triangle).
+        for _ in range(DESCENT_STEPS):
+            found = np.flatnonzero(best_face >= 0)
+            start = best_face[found]
+            for column in range(3):
+                self._improve(p, found, self.neighbours[start, column], best, best_face)
+        return best.reshape(shape)
 
     def block(self, _empty: np.ndarray, block_info=None) -> np.ndarray:
         (z0, z1), (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
@@ -464,12 +528,18 @@ def read(path: Path, options: ReadOptions) -> Source:
         "faces": int(len(faces)),
         "bounds": [[float(v) for v in b] for b in mesh.bounds],
     }
+    value_range = (0.0, 1.0)
     if options.field == "sdf":
-        extra["sdf"] = ("signed distance, negative inside, not truncated, in normalised units "
-                        "(divide by scale for the mesh's units); exact point-triangle distance, at most "
-                        f"{SAMPLE_SPACING / math.sqrt(3):.2f} grid cells above the true distance")
+        tau = truncation(r)
+        value_range = (-tau, tau)
+        extra["sdf"] = {
+            "units": "normalised [-1, 1] coordinates (divide by normalisation.scale for the mesh's units)",
+            "sign": "negative inside (the occupancy's inside)",
+            "truncation": tau,
+            "truncated": f"|sdf| is clamped at {tau:.6g}: the exact distance within the band, {tau:.6g} beyond it",
+            "max_error": SAMPLE_SPACING * 2.0 / (r - 1) / math.sqrt(3),
+        }
     if not watertight:
         extra["warning"] = ("the mesh is not watertight (it has holes or open edges): inside is decided by a "
                             "majority vote of ray parity along three axes and may be wrong near holes")
-    value_range = (0.0, 1.0) if options.field == "occupancy" else None
     return Source(values=grid.to_dask(), modality="shape", value_range=value_range, extra=extra)

@@ -98,8 +98,10 @@ class Regions:
             block = self._read(index)
         except DintError:
             raise
+        except EOFError as e:
+            raise DintError(_message(self.path, "truncated file", e)) from None
         except Exception as e:
-            raise DintError(_message(self.path, "read failed", e)) from None
+            raise DintError(_message(self.path, "corrupt or unreadable data", e)) from None
         return np.asarray(block, dtype=self.dtype)
 
 
@@ -324,7 +326,7 @@ def _read_zarr(path: Path, options: ReadOptions) -> Source:
             raise DintError(f"{path}: zarr group holds {len(arrays)} arrays ({listed}); "
                             f"dint reads a group with exactly one array, or the array's own folder")
         node = arrays[0][1]
-    source = Regions(path, node.shape, node.dtype, node.__getitem__)
+    source = Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
     return _plain(path, source, options, "zarr", source_chunks=node.chunks)
 
 
@@ -334,7 +336,7 @@ def _read_dint_store(path: Path, group, options: ReadOptions) -> Source:
 
     info = SignalInfo.from_attrs(dict(group.attrs["dint"]), str(path))
     array = group[VALUES]
-    source = Regions(path, array.shape, array.dtype, array.__getitem__)
+    source = Regions(path, array.shape, array.dtype, array.__getitem__, base=array)
     chunks = _blocks(array.shape, array.chunks, _store_chunks(tuple(array.shape), True, options))
     values = lazy_array(path, source, chunks, "dint")
     return Source(values=values, modality=info.modality, value_range=info.value_range, extra=dict(info.extra))
@@ -374,7 +376,7 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
     chunks = (*store[2::-1], *store[3:])  # the same blocks in nibabel's (X, Y, Z[, C]) order
     if extension_of(path) == ".nii.gz":  # slabs of whole slices: each read restarts the gzip stream
         chunks = (shape[0], shape[1], *chunks[2:])
-    values = lazy_array(path, Regions(path, shape, dtype.newbyteorder("="), proxy_index), chunks, "nifti")
+    values = lazy_array(path, Regions(path, shape, dtype.newbyteorder("="), proxy_index, base=proxy), chunks, "nifti")
     values = values.transpose(2, 1, 0, *range(3, len(shape)))
     return _volume(values, has_channels, {"spacing": _spacing(spacing)})
 
@@ -508,6 +510,8 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
     store = _store_chunks(final, bool(channel), options)
     try:
         array = tifffile.memmap(path, series=0, mode="r")  # uncompressed, contiguous: mapped
+        if array.shape != shape:
+            raise ValueError(f"mapped shape {array.shape} differs from the series shape {shape}")
         source, source_chunks = array, None
     except Exception:  # compressed or scattered pages: read chunk by chunk through tifffile's zarr view
         import zarr
@@ -515,7 +519,9 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
         node = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
         if isinstance(node, zarr.Group):  # a pyramid: its full-resolution level
             node = node[sorted(node.array_keys())[0]]
-        source = Regions(path, node.shape, node.dtype, node.__getitem__)
+        if tuple(node.shape) != shape:
+            raise DintError(f"{path}: TIFF series reads as {tuple(node.shape)}, its pages say {shape}")
+        source = Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
         source_chunks = node.chunks
     # Blocks in the series' own axis order, then drop unit axes and reorder lazily.
     inverse = {axis_index: store[position] for position, axis_index in enumerate(keep[i] for i in order)}

@@ -4,6 +4,7 @@ usage: ddp_step_worker.py OUT.json COUNTS   (COUNTS: points per rank, e.g. "40,0
 Rank 0 writes the updated parameters; the test compares them with one process holding all.
 """
 
+import functools
 import json
 import sys
 
@@ -12,7 +13,6 @@ import torch
 from dint.distributed.engine import build_engine
 from dint.distributed.utils import destroy_distributed, init_distributed
 from dint.model import Siren
-from dint.teacher import Selection
 from dint.train import selection_loss
 
 
@@ -21,16 +21,18 @@ def batch(total: int):
     return torch.rand(total, 2, generator=generator) * 2 - 1, torch.rand(total, 3, generator=generator) * 2 - 1
 
 
-def updated_parameters(counts: list[int], rank: int, world_size: int, dist_info) -> list[float]:
+def updated_parameters(counts: list[int], rank: int, world_size: int, dist_info, micro: int = 7) -> list[float]:
     coords, targets = batch(sum(counts))
     start = sum(counts[:rank])
     mine = slice(start, start + counts[rank])
-    selection = Selection(coords[mine], targets[mine], sum(counts), counts, 1.0, 0)
     torch.manual_seed(3)
     model = Siren(2, 3, width=16, hidden_layers=2)
     engine = build_engine("ddp", model, dist_info, lr=1e-2, total_steps=10, lr_schedule="constant")
+    # Micro-batches (7 points by default): gradients accumulate over them, then one average over ranks.
+    parts = [(c, t) for c, t in zip(coords[mine].split(micro), targets[mine].split(micro))] or [(coords[:0], targets[:0])]
     for _ in range(2):
-        engine.step(lambda m: selection_loss(m, selection, world_size))
+        engine.step(functools.partial(selection_loss, coords=c, targets=t, global_count=sum(counts),
+                                      world_size=world_size) for c, t in parts)
     return torch.cat([p.detach().flatten() for p in engine.module.parameters()]).tolist()
 
 

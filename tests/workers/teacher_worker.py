@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from dint.data import Shard
+from dint.data import Shard, rank_chunk_ids
 from dint.distributed.utils import all_gather_varlen, destroy_distributed, init_distributed
 from dint.model import Siren
 from dint.store import open_store
@@ -63,9 +63,13 @@ def make_zero_model(in_features: int, out_features: int) -> Siren:
     return model
 
 
-def make_teacher(shard: Shard, strategy: str, ratio_schedule: str, error: str) -> Teacher:
-    return Teacher(shard, TOTAL_STEPS, strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule,
+def make_teacher(strategy: str, ratio_schedule: str, error: str) -> Teacher:
+    return Teacher(strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule,
                    interval_schedule="fixed", interval=5, error=error, block_points=BLOCK_POINTS, seed=SEED)
+
+
+def make_shard(store, rank: int, world: int) -> Shard:
+    return Shard(store, rank_chunk_ids(store.info, rank, world), torch.device("cpu"))
 
 
 def run(store_path: str, tiny_path: str, rank: int, world: int) -> dict | None:
@@ -80,17 +84,17 @@ def run(store_path: str, tiny_path: str, rank: int, world: int) -> dict | None:
 
 def run_store(store_path: str, rank: int, world: int, cases: list[tuple]) -> dict:
     store = open_store(store_path)
-    shard = Shard(store, rank, world, torch.device("cpu"))
+    shard = make_shard(store, rank, world)
     models = {"siren": make_model(store.info.ndim, store.info.channels),
               "zero": make_zero_model(store.info.ndim, store.info.channels)}
     every_index, = all_gather_varlen(shard.global_index(torch.arange(len(shard))))
     sizes, = all_gather_varlen(torch.tensor([len(shard)]))
     results = []
     for name, strategy, schedule, error, step, model in cases:
-        teacher = make_teacher(shard, strategy, schedule, error)
-        assert teacher.due(step)
-        selection = teacher.select(step, models[model])
-        assert teacher.current is selection
+        teacher = make_teacher(strategy, schedule, error)
+        everything = torch.arange(len(shard))
+        selection = teacher.select(models[model], shard, everything, step, TOTAL_STEPS)
+        assert torch.equal(everything[selection.positions], selection.local)
         n = selection.coords.shape[0]
         assert selection.targets.shape[0] == n
         coords, targets, owner = all_gather_varlen(selection.coords, selection.targets,

@@ -1,0 +1,143 @@
+"""What each optimizer step trains on: the whole signal, or mini-batches of it.
+
+Four plans, one per combination of mode and memory:
+
+| plan                 | shard held        | a step trains on                                 |
+|----------------------|-------------------|--------------------------------------------------|
+| WholeSignal          | in memory         | the teacher's selection over the whole signal    |
+| MiniBatchesInMemory  | in memory         | the selection inside mini-batch (step % count)   |
+| MiniBatchesStreamed  | one group at once | the selection inside the group read for the step |
+| WholeSignalStreamed  | one group at once | every point (teacher "full"), group after group  |
+
+With mini-batches a pass is `count` steps, and the teacher's ratio and interval schedules
+advance per pass; between selection passes a mini-batch reuses its last selection, kept
+as a packed bit mask over the mini-batch's points (one bit per point).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator
+
+import torch
+
+from dint.data import MiniBatches, Shard, ShardStream
+from dint.teacher import Selection, Teacher
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A bool vector as bytes, 8 entries per byte."""
+    padded = torch.nn.functional.pad(mask.to(torch.uint8), (0, (-mask.shape[0]) % 8)).reshape(-1, 8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
+    return (padded * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, length: int) -> torch.Tensor:
+    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
+    return ((packed[:, None] & bits) != 0).reshape(-1)[:length]
+
+
+class WholeSignal:
+    """Selections over the rank's whole shard, renewed when the teacher says so."""
+
+    def __init__(self, teacher: Teacher, shard: Shard, total_steps: int):
+        self.teacher, self.shard, self.total_steps = teacher, shard, total_steps
+        self.everything = torch.arange(len(shard), device=shard.device)
+        self.current: Selection | None = None
+        self.steps_per_pass = 1
+
+    def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
+        if self.current is None or self.teacher.due(step, self.total_steps):
+            self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps)
+        return [self.current]
+
+
+class _ReusedSelections:
+    """Per mini-batch: the last selection as a packed mask over its candidates."""
+
+    def __init__(self, teacher: Teacher, count: int, passes: int):
+        self.teacher, self.count, self.passes = teacher, count, passes
+        self.saved: dict[int, tuple[torch.Tensor, int, list[int], float, int]] = {}
+        self.current: Selection | None = None
+
+    def select(self, index: int, step: int, model, shard: Shard, candidates: torch.Tensor) -> Selection:
+        pass_index = step // self.count
+        saved = self.saved.get(index)
+        if saved is None or (self.teacher.due(pass_index, self.passes) and saved[4] != pass_index):
+            selection = self.teacher.select(model, shard, candidates, pass_index, self.passes)
+            if self.teacher.strategy != "full":
+                mask = torch.zeros(candidates.shape[0], dtype=torch.bool, device=candidates.device)
+                mask[selection.positions] = True
+                self.saved[index] = (pack_mask(mask), selection.global_count,
+                                     selection.rank_counts, selection.ratio, pass_index)
+        else:
+            packed, global_count, rank_counts, ratio, made = saved
+            local = candidates[unpack_mask(packed, candidates.shape[0])]
+            selection = Selection(shard, local, global_count, rank_counts, ratio, made)
+        self.current = selection
+        return selection
+
+
+class MiniBatchesInMemory:
+    def __init__(self, teacher: Teacher, shard: Shard, minibatch: int, total_steps: int, seed: int):
+        count = max(1, math.ceil(shard.info.num_points / minibatch))
+        self.shard, self.plan = shard, MiniBatches(shard, count, seed)
+        self.steps_per_pass = count
+        self.reused = _ReusedSelections(teacher, count, math.ceil(total_steps / count))
+
+    @property
+    def current(self) -> Selection | None:
+        return self.reused.current
+
+    def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
+        index = step % self.steps_per_pass
+        return [self.reused.select(index, step, model, self.shard, self.plan.points(index))]
+
+
+class MiniBatchesStreamed:
+    """Mini-batch b of a pass is the b-th chunk group of every rank's stream."""
+
+    def __init__(self, teacher: Teacher, stream: ShardStream, count: int, total_steps: int):
+        self.stream, self.steps_per_pass = stream, count
+        self.reused = _ReusedSelections(teacher, count, math.ceil(total_steps / count))
+        self._groups: Iterator[Shard] | None = None
+        self._empty: Shard | None = None
+
+    @property
+    def current(self) -> Selection | None:
+        return self.reused.current
+
+    def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
+        index = step % self.steps_per_pass
+        if index == 0:
+            self._groups = iter(self.stream)
+        group = next(self._groups, None) or self._empty_shard()  # ranks with fewer groups join empty
+        everything = torch.arange(len(group), device=group.device)
+        return [self.reused.select(index, step, model, group, everything)]
+
+    def _empty_shard(self) -> Shard:
+        if self._empty is None:
+            self._empty = Shard(self.stream.store, [], self.stream.device, self.stream.info)
+        return self._empty
+
+
+class WholeSignalStreamed:
+    """Teacher "full" over a streamed shard: a step runs through every group of the pass."""
+
+    def __init__(self, teacher: Teacher, stream: ShardStream, rank_counts: list[int]):
+        self.stream, self.rank_counts = stream, rank_counts
+        self.steps_per_pass = 1
+        self.current: Selection | None = None
+
+    def at(self, step: int, model: torch.nn.Module) -> Iterator[Selection]:
+        total, yielded = sum(self.rank_counts), False
+        for group in self.stream:
+            self.current = Selection(group, torch.arange(len(group), device=group.device), total,
+                                     self.rank_counts, 1.0, step)
+            yielded = True
+            yield self.current
+        if not yielded:  # a rank with no chunk still joins the update, with nothing
+            empty = Shard(self.stream.store, [], self.stream.device, self.stream.info)
+            self.current = Selection(empty, torch.zeros(0, dtype=torch.int64, device=empty.device), total,
+                                     self.rank_counts, 1.0, step)
+            yield self.current
