@@ -80,9 +80,11 @@ def read_source(path: Path, options: ReadOptions = ReadOptions()) -> Source:
         raise DintError(f"{path}: file not found")
     readers = _readers()
     reader = readers.get(extension_of(path))
+    if reader is None and path.is_dir():  # a folder of image tiles (dint.readers.tiles)
+        from dint.readers import tiles
+
+        reader = tiles.read
     if reader is None:
-        if path.is_dir():
-            raise DintError(f"{path}: is a folder, expected a signal file or a zarr array")
         known = ", ".join(sorted(readers))
         raise DintError(f"{path}: unknown file type {extension_of(path)!r} (known: {known})")
     source = reader(path, options)

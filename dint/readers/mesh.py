@@ -13,12 +13,16 @@ the mesh's z coordinate, axis 1 its y, axis 2 its x, and there is one channel. S
 `values[k, j, i, 0]` is the field at mesh point (x_i, y_j, z_k).
 
 - `occupancy` (default): uint8, 1 inside, 0 outside; value_range (0, 1).
-- `sdf`: float32 signed distance to the surface, negative inside, NOT truncated, in the
-  normalised [-1, 1] units (divide by `scale` for the mesh's own units). The unsigned distance
-  is the exact point-triangle distance to the closest of the triangles that own the K nearest
-  of a dense set of surface samples (spacing at most one grid cell on every triangle); it is
-  never below the true distance and at most `SAMPLE_SPACING / sqrt(3)` cells above it (almost
-  everywhere exactly the true distance). The sign is the occupancy's.
+- `sdf`: float32 signed distance to the surface, negative inside (the occupancy's inside), in
+  the normalised [-1, 1] units (divide by `scale` for the mesh's own units), TRUNCATED: |sdf|
+  is clamped at tau = max(0.1, 8 grid cells) (`truncation()`; 0.1 is 5% of the cube, as in
+  DeepSDF), so value_range is (-tau, tau). Within the band the distance is the exact
+  point-triangle distance to the closest of the candidate triangles: those owning the 4 nearest
+  of a set of surface samples (at most one grid cell apart on every triangle), then up to two
+  steps to a closer edge-adjacent face. It is never below the true distance and at most
+  1/sqrt(3) cell above it (`extra["sdf"]["max_error"]`); in practice it is the true distance to
+  float precision almost everywhere. Truncating keeps the cost bounded: exact nearest-surface
+  queries get dearer with the distance, and blocks wholly beyond the band cost one query.
 
 Inside or outside
 -----------------
@@ -233,7 +237,11 @@ class _RayAxis:
             qa, qb = tri_a[rows, q], tri_b[rows, q]
             opposite_a, opposite_b = tri_a[:, k], tri_b[:, k]
             side = np.sign((qa - pa) * (opposite_b - pb) - (qb - pb) * (opposite_a - pa))
-            self.edges.append((pa, pb, qa - pa, qb - pb, side))
+            # A column exactly on the edge line counts as moved by (eps, eps^2) off it: the sign
+            # of the edge function there, the same rule for every edge (a consistent tie rule).
+            da, db = qa - pa, qb - pb
+            tie = np.sign(np.where(db != 0, -db, da))
+            self.edges.append((pa, pb, da, db, side, tie))
         # Bin the triangles by the column tiles their bounding boxes touch (CSR per tile).
         self.tile = tile
         self.tiles_per_side = -(-n // tile)
@@ -278,12 +286,11 @@ class _RayAxis:
         ub = -1.0 + ib * self.step
         inside = np.ones(len(tri), dtype=bool)
         weights = []
-        for pa, pb, da, db, side in self.edges:
+        for pa, pb, da, db, side, tie in self.edges:
             e = da[tri] * (ub - pb[tri]) - db[tri] * (ua - pa[tri])
-            s = side[tri]
-            # The point is on the triangle's side of this edge; a tie (e == 0) goes to the
-            # triangle on the positive side, so exactly one of two neighbours claims it.
-            inside &= (e * s > 0) | ((e == 0) & (s > 0))
+            # The column is on the triangle's side of this edge. A shared edge is evaluated bit
+            # for bit alike by both its triangles, so exactly one of them claims the column.
+            inside &= np.where(e != 0, np.sign(e), tie[tri]) * side[tri] > 0
             weights.append(np.abs(e))
         w = np.stack(weights, axis=1)[inside]
         tri, ia, ib = tri[inside], ia[inside], ib[inside]
