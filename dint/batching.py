@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 import torch
 
 from dint.data import MiniBatches, Shard, ShardStream
+from dint.distributed.utils import all_gather_varlen, all_reduce_sum
 from dint.teacher import Selection, Teacher
 
 
@@ -37,6 +38,27 @@ def unpack_mask(packed: torch.Tensor, length: int) -> torch.Tensor:
     return ((packed[:, None] & bits) != 0).reshape(-1)[:length]
 
 
+def global_bits(ids: torch.Tensor, num_points: int) -> torch.Tensor:
+    """A bit per point of the whole signal, set for `ids` of every rank (an all-reduce).
+
+    Disjoint bits add up like an OR, so the sum over ranks is the union: the same mask
+    whatever the number of ranks, N / 8 bytes.
+    """
+    bits = torch.zeros((num_points + 7) // 8, dtype=torch.uint8, device=ids.device)
+    bits.index_add_(0, ids >> 3, torch.ones_like(ids, dtype=torch.uint8) << (ids & 7).to(torch.uint8))
+    return all_reduce_sum(bits)
+
+
+def bits_at(bits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Whether each id's bit is set."""
+    return ((bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool()
+
+
+def _counts(count: int, device: torch.device) -> list[int]:
+    (counts,) = all_gather_varlen(torch.tensor([count], dtype=torch.int64, device=device))
+    return counts.tolist()
+
+
 class WholeSignal:
     """Selections over the rank's whole shard, renewed when the teacher says so."""
 
@@ -50,6 +72,21 @@ class WholeSignal:
         if self.current is None or self.teacher.due(step, self.total_steps):
             self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps)
         return [self.current]
+
+    def state_dict(self) -> dict:
+        if self.current is None or self.teacher.strategy == "full":
+            return {}
+        bits = global_bits(self.shard.global_index(self.current.local), self.shard.info.num_points)
+        return {"bits": bits.cpu(), "selections": {0: (self.current.global_count, self.current.ratio,
+                                                       self.current.step)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        global_count, ratio, made = state["selections"][0]
+        bits = state["bits"].to(self.shard.device)
+        local = self.everything[bits_at(bits, self.shard.global_index(self.everything))]
+        self.current = Selection(self.shard, local, global_count, _counts(local.shape[0], local.device), ratio, made)
 
 
 class _ReusedSelections:
@@ -78,6 +115,28 @@ class _ReusedSelections:
         return selection
 
 
+    def state_dict(self, shard: Shard, points_of) -> dict:
+        """Every mini-batch's last selection as one global bit mask, plus its numbers."""
+        if not self.saved:
+            return {}
+        ids = []
+        for index, (packed, *_) in sorted(self.saved.items()):
+            candidates = points_of(index)
+            ids.append(shard.global_index(candidates[unpack_mask(packed, candidates.shape[0])]))
+        bits = global_bits(torch.cat(ids), shard.info.num_points)
+        return {"bits": bits.cpu(), "selections": {index: (count, ratio, made) for index, (_, count, _, ratio, made)
+                                                   in self.saved.items()}}
+
+    def load_state_dict(self, state: dict, shard: Shard, points_of) -> None:
+        if not state:
+            return
+        bits = state["bits"].to(shard.device)
+        for index, (count, ratio, made) in sorted(state["selections"].items()):
+            candidates = points_of(index)
+            mask = bits_at(bits, shard.global_index(candidates))
+            self.saved[index] = (pack_mask(mask), count, _counts(int(mask.sum()), mask.device), ratio, made)
+
+
 class MiniBatchesInMemory:
     def __init__(self, teacher: Teacher, shard: Shard, minibatch: int, total_steps: int, seed: int):
         count = max(1, math.ceil(shard.info.num_points / minibatch))
@@ -92,6 +151,12 @@ class MiniBatchesInMemory:
     def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
         index = step % self.steps_per_pass
         return [self.reused.select(index, step, model, self.shard, self.plan.points(index))]
+
+    def state_dict(self) -> dict:
+        return self.reused.state_dict(self.shard, self.plan.points)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reused.load_state_dict(state, self.shard, self.plan.points)
 
 
 class MiniBatchesStreamed:
@@ -114,6 +179,14 @@ class MiniBatchesStreamed:
         group = next(self._groups, None) or self._empty_shard()  # ranks with fewer groups join empty
         everything = torch.arange(len(group), device=group.device)
         return [self.reused.select(index, step, model, group, everything)]
+
+    def state_dict(self) -> dict:
+        # A group is a mini-batch only for this world size and budget: after a resume each
+        # group selects afresh at its next visit.
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def _empty_shard(self) -> Shard:
         if self._empty is None:
@@ -141,3 +214,9 @@ class WholeSignalStreamed:
             self.current = Selection(empty, torch.zeros(0, dtype=torch.int64, device=empty.device), total,
                                      self.rank_counts, 1.0, step)
             yield self.current
+
+    def state_dict(self) -> dict:
+        return {}  # every point, every step: nothing chosen to remember
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -53,7 +53,8 @@ def resolve_source(src: str) -> Path:
 
 @one_line_errors("dint-shard")
 def shard(
-    src: str = typer.Argument(..., help="Signal file (audio, image, volume, mesh), or builtin:cameraman."),
+    src: str = typer.Argument(..., help="Signal file (audio, image, volume, mesh), a folder of image "
+                             "tiles named <prefix><row>_<col>.<ext> (e.g. tile_0_0.png), or builtin:cameraman."),
     dest: Path = typer.Argument(..., help="The zarr v3 store to write, e.g. signal.zarr."),
     modality: str = typer.Option("auto", "--modality", help="auto (from the file), audio, image, volume or shape."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Chunk side per spatial axis (default: 65536 audio, 256 images, 64 volumes)."),

@@ -6,6 +6,8 @@ order. Anything unknown, mistyped or out of range is a DintError naming the key.
 
 import dataclasses
 import json
+import math
+import os
 import re
 import tomllib
 import typing
@@ -26,6 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class RunConfig:
     dir: str = "runs/default"  # outputs: config.toml, metrics.jsonl, summary.json, model.pt, ...
     device: str = "auto"  # auto: CUDA whenever it is there
+    collective_timeout: float = 600.0  # seconds a collective may wait for a rank before the run fails
 
 
 @dataclasses.dataclass
@@ -64,6 +67,7 @@ class TrainConfig:
     engine: str = "ddp"  # ddp or deepspeed
     log_every: int = 10  # steps between metrics.jsonl lines (the last step is always logged)
     micro_batch: int = 0  # points per forward/backward, gradients accumulated; 0: a selection at once
+    max_rollbacks: int = 3  # on a non-finite loss: back to the last checkpoint with half the lr, this often
 
 
 @dataclasses.dataclass
@@ -74,6 +78,13 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints in run.dir/checkpoints; 0: only at the end
+    keep: int = 3  # newest complete checkpoints kept
+    resume: str = "auto"  # auto: from the newest complete checkpoint in run.dir, if any; never; or a folder
+
+
+@dataclasses.dataclass
 class Config:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -81,6 +92,7 @@ class Config:
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,9 +110,9 @@ _CHOICES = {
     "train.lr_schedule": LR_SCHEDULES,
     "train.engine": ENGINES,
 }
-_POSITIVE = ("data.block_points", "model.width", "model.hidden_layers", "model.w0", "model.w0_first",
+_POSITIVE = ("checkpoint.keep", "run.collective_timeout", "data.block_points", "model.width", "model.hidden_layers", "model.w0", "model.w0_first",
              "teacher.interval", "train.steps", "train.lr", "train.log_every")
-_NON_NEGATIVE = ("eval.every", "eval.sample", "teacher.minibatch", "train.micro_batch")
+_NON_NEGATIVE = ("checkpoint.every", "train.max_rollbacks", "eval.every", "eval.sample", "teacher.minibatch", "train.micro_batch")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -118,8 +130,11 @@ def parse_size(text: str) -> int:
 def _set(config: Config, key: str, value: Any, origin: str, from_text: bool, origins: dict[str, str]) -> None:
     section_name, _, field_name = key.partition(".")
     section = getattr(config, section_name, None) if section_name in _sections() else None
-    if section is None or not field_name:
+    if section is None:
         raise DintError(f"{origin}: unknown section {section_name!r} (known: {', '.join(_sections())})")
+    if not field_name:
+        raise DintError(f"{origin}: {section_name!r} is a section: name a key in it, e.g. --{section_name}."
+                        f"{dataclasses.fields(section)[0].name} VALUE")
     types = typing.get_type_hints(type(section))
     if field_name not in types:
         known = ", ".join(f"{section_name}.{f}" for f in types)
@@ -154,8 +169,9 @@ def _coerce(value: Any, kind: type, key: str, origin: str, from_text: bool) -> A
         raise DintError(f"{origin}: {key} = {value!r} is not a valid {kind.__name__}") from None
 
 
-def validate(config: Config, origins: dict[str, str]) -> None:
-    """Check ranges and choices; `origins` says where each key was set, for the message."""
+def validate(config: Config, origins: dict[str, str], source: str | None = None) -> None:
+    """Check ranges, choices and contradictions; `origins` says where each key was set, and
+    `source` (the config file, if any) names a key left unset, for the message."""
 
     def fail(key: str, problem: str) -> typing.NoReturn:
         raise DintError(f"{origins.get(key, 'default')}: {key} = {_get(config, key)!r} {problem}")
@@ -163,6 +179,9 @@ def validate(config: Config, origins: dict[str, str]) -> None:
     for key, choices in _CHOICES.items():
         if _get(config, key) not in choices:
             fail(key, f"is not one of {', '.join(choices)}")
+    for key, kind in _key_types(config).items():
+        if kind is float and not math.isfinite(_get(config, key)):
+            fail(key, "must be a finite number")
     for key in _POSITIVE:
         if not _get(config, key) > 0:
             fail(key, "must be > 0")
@@ -173,19 +192,50 @@ def validate(config: Config, origins: dict[str, str]) -> None:
         fail("teacher.ratio", "must be in (0, 1]")
     for interval in config.data.domain:
         if not (isinstance(interval, list) and len(interval) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        for v in interval)
                 and interval[0] < interval[1]):
-            raise DintError(f"{origins.get('data.domain')}: data.domain = {config.data.domain!r} must list "
-                            "[lo, hi] with lo < hi for each axis")
+            fail("data.domain", "must list [lo, hi] with finite lo < hi for each axis")
+    if not config.run.dir.strip():
+        fail("run.dir", "must name a folder")
+    run_dir = Path(config.run.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        fail("run.dir", "is a file, not a folder")
+    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        fail("run.dir", f"cannot be created: {existing} is a file")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        fail("run.dir", f"cannot be written: {existing} is not writable")
     try:
-        parse_size(config.data.memory_budget)
+        budget = parse_size(config.data.memory_budget)
     except ValueError:
         fail("data.memory_budget", "is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
-    if config.data.memory_budget and config.teacher.minibatch == 0 and config.teacher.strategy != "full":
+    if budget and config.teacher.minibatch == 0 and config.teacher.strategy != "full":
         fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
              "unless teacher.strategy = \"full\"")
+    # A default interval is harmless (a run's resolved config.toml lists every key); another
+    # value would be ignored by every schedule but "fixed".
+    if config.teacher.interval != TeacherConfig.interval and config.teacher.interval_schedule != "fixed":
+        fail("teacher.interval", f"has no effect with teacher.interval_schedule = "
+             f"\"{config.teacher.interval_schedule}\": set teacher.interval_schedule = \"fixed\" or drop the key")
     if not config.data.store:
-        raise DintError(f"{origins.get('data.store', 'config')}: data.store is not set (a store made by dint-shard)")
+        raise DintError(f"{origins.get('data.store') or source or '--data.store'}: data.store is not set "
+                        "(a store made by dint-shard)")
+
+
+def check_against_store(config: Config, info: Any) -> None:
+    """What only the store (a dint.store.SignalInfo) can tell: run after open_store."""
+    origins = getattr(config, "_origins", {})
+    if config.data.domain and len(config.data.domain) != info.ndim:
+        raise DintError(f"{origins.get('data.domain', 'default')}: data.domain = {config.data.domain!r} gives "
+                        f"{len(config.data.domain)} intervals, the store has {info.ndim} axes")
+
+
+def _key_types(config: Config) -> dict[str, type]:
+    """Every "section.key" and its type."""
+    return {f"{section}.{name}": kind
+            for section in _sections()
+            for name, kind in typing.get_type_hints(type(getattr(config, section))).items()}
 
 
 def _get(config: Config, key: str) -> Any:
@@ -213,7 +263,8 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
                 _set(config, f"{section}.{name}", value, str(path), False, origins)
     for key, value in (overrides or {}).items():
         _set(config, key, value, f"--{key}", True, origins)
-    validate(config, origins)
+    validate(config, origins, None if path is None else str(path))
+    config._origins = origins  # for check_against_store's messages; not a key
     return config
 
 
@@ -232,6 +283,8 @@ def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
             value = args.pop(0)
         if key == "config":
             config_path = value
+        elif key == "resume":  # the short form of --checkpoint.resume
+            overrides["checkpoint.resume"] = value
         else:
             overrides[key] = value
     return config_path, overrides

@@ -146,8 +146,10 @@ class Shard:
         self._shapes = torch.tensor([s for _, s in self.chunks], dtype=torch.int64, device=device).reshape(-1, ndim)
         counts = self._shapes.prod(dim=1)
         self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), counts.cumsum(0)])
-        parts = [store.read_region(o, s).reshape(-1, info.channels) for o, s in self.chunks]
-        flat = np.concatenate(parts) if parts else np.zeros((0, info.channels), dtype=info.dtype)
+        # Filled chunk by chunk, so loading never holds the shard twice.
+        flat = np.empty((int(self._offsets[-1]), info.channels), dtype=info.dtype)
+        for (origin, shape), start, stop in zip(self.chunks, self._offsets[:-1].tolist(), self._offsets[1:].tolist()):
+            flat[start:stop] = store.read_region(origin, shape).reshape(-1, info.channels)
         self.values = torch.from_numpy(flat).to(device)
         self._strides = torch.tensor(
             [math.prod(info.shape[d + 1 :]) for d in range(ndim)], dtype=torch.int64, device=device
@@ -235,14 +237,14 @@ class ShardStream:
     """A rank's share read one group of chunks at a time, the next read in the background.
 
     At most three groups are in memory at once (the one the caller just let go, the one in
-    use and the one being read), so a group holds at most a third of the memory budget. Iterating gives every group once, in order: a
+    use and the one being read), so the trainer sizes a group at a third of its budget. Iterating gives every group once, in order: a
     pass over the rank's points.
     """
 
     def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo,
-                 budget_bytes: int):
+                 group_bytes: int):
         self.store, self.device, self.info = store, device, info
-        self.groups = group_chunks(chunk_ids, info, max(1, budget_bytes // 3))
+        self.groups = group_chunks(chunk_ids, info, max(1, group_bytes))
         self.num_points = sum(math.prod(chunk_grid(info)[i][1]) for i in chunk_ids)
 
     def __len__(self) -> int:

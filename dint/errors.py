@@ -5,3 +5,7 @@ class DintError(Exception):
     """Bad input or configuration: the message names the file, key or value and what is wrong."""
 
     exit_code = 2
+
+    def __init__(self, message: str, shared: bool = False):
+        super().__init__(message)
+        self.shared = shared  # every rank raises it: rank 0 alone reports it

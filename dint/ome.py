@@ -32,7 +32,6 @@ attribute but no "ome" attribute, as OME-Zarr has no way to describe it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -272,15 +271,6 @@ def level_paths(group: zarr.Group, info: SignalInfo) -> list[str]:
     return list(info.extra.get("pyramid", {}).get("paths", ["0"]))
 
 
-def is_pyramid(path: str | Path) -> bool:
-    """Whether `path` is a pyramid written by `dint render` (a "dint" attribute and arrays "0"...)."""
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception:
-        return False
-    return "dint" in group.attrs and "pyramid" in dict(group.attrs["dint"]).get("extra", {})
-
-
 def open_pyramid(path: str | Path, level: int = 0) -> Store:
     """A pyramid's level as a dint Store (values channels last, read lazily): `dint info`,
     previews and anything reading stores work on `dint render` output through this."""
@@ -314,7 +304,3 @@ def open_pyramid(path: str | Path, level: int = 0) -> Store:
 def finest_level_within(levels: list[Level], max_side: int) -> Level | None:
     """The finest level whose largest side is at most `max_side`."""
     return next((level for level in levels if max(level.shape) <= max_side), None)
-
-
-def num_points(level: Level) -> int:
-    return math.prod(level.shape)

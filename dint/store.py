@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
 import math
+import numbers
 import os
 import shutil
+import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,15 +29,24 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from dint.errors import DintError
 
-FORMAT_VERSION = 1
+# Format versions: 1, chunks equal to the fill value could be left out (zarr's default), so a
+# missing chunk read as zeros; 2, every chunk is stored (a missing one is damage) and chunks
+# carry a zstd checksum. A reader takes every version up to its own.
+FORMAT_VERSION = 2
 VALUES = "values"
 MODALITIES = ("audio", "image", "volume", "shape")
 # Points per chunk aimed at by the default chunking: large enough for fast reads,
 # small enough that a rank's shard is balanced to within a chunk.
 _DEFAULT_CHUNK_SIDE = {1: 65536, 2: 256, 3: 64}
+# A chunk read that fails (I/O error, undecodable bytes, file gone) is tried this many times
+# in all, waiting READ_BACKOFF_S, then twice that, ... in between: a network file system's
+# hiccup passes, a damaged chunk fails the run naming it.
+READ_TRIES = 3
+READ_BACKOFF_S = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,40 +88,91 @@ class SignalInfo:
         }
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any], where: str) -> "SignalInfo":
-        try:
-            version = int(attrs["format_version"])
-            if version > FORMAT_VERSION:
-                raise DintError(
-                    f"{where}: store format version {version} is newer than this dint "
-                    f"reads ({FORMAT_VERSION}); upgrade dint"
-                )
-            info = cls(
-                modality=str(attrs["modality"]),
-                shape=tuple(int(s) for s in attrs["shape"]),
-                channels=int(attrs["channels"]),
-                dtype=str(attrs["dtype"]),
-                value_range=tuple(float(v) for v in attrs["value_range"]),
-                domain=tuple(tuple(float(v) for v in d) for d in attrs["domain"]),
-                chunks=tuple(int(c) for c in attrs["chunks"]),
-                source_name=str(attrs["source"]["name"]),
-                source_sha256=str(attrs["source"]["sha256"]),
-                extra=dict(attrs.get("extra", {})),
-                format_version=version,
-            )
-        except DintError:
-            raise
-        except KeyError as e:
-            raise DintError(f"{where}: store attribute {e} is missing") from None
-        except (TypeError, ValueError) as e:
-            raise DintError(f"{where}: store attributes are malformed ({e})") from None
-        if info.modality not in MODALITIES:
-            raise DintError(f"{where}: unknown modality {info.modality!r} (known: {', '.join(MODALITIES)})")
-        if len(info.domain) != info.ndim or len(info.chunks) != info.ndim:
-            raise DintError(f"{where}: attributes 'domain' and 'chunks' must have one entry per axis of 'shape'")
-        if not info.value_range[1] > info.value_range[0]:
-            raise DintError(f"{where}: value_range {list(info.value_range)} is empty")
-        return info
+    def from_attrs(cls, attrs: Any, where: str) -> "SignalInfo":
+        """Parse and check the "dint" attribute; any problem is a DintError naming `where` and the key."""
+        if not isinstance(attrs, dict):
+            raise DintError(f"{where}: store attribute 'dint' = {_short(attrs)} must be a JSON object")
+
+        def bad(key: str, problem: str) -> DintError:
+            return DintError(f"{where}: store attribute '{key}' = {_short(attrs[key])} {problem}")
+
+        # The version first: a newer format may name or shape the other keys differently.
+        if "format_version" not in attrs:
+            raise DintError(f"{where}: store attribute 'format_version' is missing")
+        version = attrs["format_version"]
+        if not _is_int(version) or version < 1:
+            raise bad("format_version", "is malformed (expected a positive integer)")
+        if version > FORMAT_VERSION:
+            raise DintError(f"{where}: store format version {version} is newer than this dint reads "
+                            f"({FORMAT_VERSION}); upgrade dint")
+        for key in ("modality", "shape", "channels", "dtype", "value_range", "domain", "chunks", "source"):
+            if key not in attrs:
+                raise DintError(f"{where}: store attribute '{key}' is missing")
+        modality = attrs["modality"]
+        if modality not in MODALITIES:
+            raise DintError(f"{where}: unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
+        shape = attrs["shape"]
+        if not (isinstance(shape, (list, tuple)) and shape and all(_is_int(s) and s > 0 for s in shape)):
+            raise bad("shape", "is malformed (expected a list of positive integers)")
+        ndim = len(shape)
+        if not (_is_int(attrs["channels"]) and attrs["channels"] > 0):
+            raise bad("channels", "is malformed (expected a positive integer)")
+        if not isinstance(attrs["dtype"], str):
+            raise bad("dtype", "is malformed (expected a dtype name such as \"uint8\")")
+        value_range = attrs["value_range"]
+        if not (isinstance(value_range, (list, tuple)) and len(value_range) == 2 and all(map(_is_finite, value_range))):
+            raise bad("value_range", "is malformed (expected [lo, hi], two finite numbers)")
+        if not value_range[0] < value_range[1]:
+            raise bad("value_range", "is empty (needs lo < hi)")
+        domain = attrs["domain"]
+        if not (isinstance(domain, (list, tuple)) and len(domain) == ndim):
+            raise bad("domain", f"must have one entry per axis of 'shape' ({ndim})")
+        for axis, interval in enumerate(domain):
+            if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(map(_is_finite, interval))
+                    and interval[0] < interval[1]):
+                raise bad("domain", f"is malformed at axis {axis} (expected [lo, hi], finite numbers with lo < hi)")
+        chunks = attrs["chunks"]
+        if not (isinstance(chunks, (list, tuple)) and len(chunks) == ndim):
+            raise bad("chunks", f"must have one entry per axis of 'shape' ({ndim})")
+        if not all(_is_int(c) and c > 0 for c in chunks):
+            raise bad("chunks", "is malformed (expected positive integers)")
+        source = attrs["source"]
+        if not (isinstance(source, dict) and isinstance(source.get("name"), str)
+                and isinstance(source.get("sha256"), str)):
+            raise bad("source", "is malformed (expected {\"name\": ..., \"sha256\": ...})")
+        extra = attrs.get("extra", {})
+        if not isinstance(extra, dict):
+            raise bad("extra", "is malformed (expected a JSON object)")
+        return cls(
+            modality=modality,
+            shape=tuple(int(s) for s in shape),
+            channels=int(attrs["channels"]),
+            dtype=attrs["dtype"],
+            value_range=(float(value_range[0]), float(value_range[1])),
+            domain=tuple((float(lo), float(hi)) for lo, hi in domain),
+            chunks=tuple(int(c) for c in chunks),
+            source_name=source["name"],
+            source_sha256=source["sha256"],
+            extra=dict(extra),
+            format_version=int(version),
+        )
+
+
+def _is_int(value: Any) -> bool:  # numpy integers too (an info built in code, saved in a checkpoint)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as JSON on one line, cut to `limit` characters, for messages."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_chunks(shape: tuple[int, ...], side: int | None = None) -> tuple[int, ...]:
@@ -160,6 +225,11 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
             dtype=info.dtype,
             fill_value=0,
             dimension_names=(*_axis_names(info), "c"),
+            # Every chunk is stored, even one equal to the fill value: a missing chunk is then
+            # damage that open_store reports, not zeros read in silence. The checksum makes a
+            # damaged chunk fail to decode rather than decode to wrong values.
+            config={"write_empty_chunks": True},
+            compressors=ZstdCodec(level=0, checksum=True),
         )
         # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free.
         aligned = values.astype(info.dtype).rechunk((*info.chunks, info.channels))
@@ -171,7 +241,8 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        group.attrs["dint"] = info.to_attrs()
+        # What this writes is the current format, whatever version `info` was read with.
+        group.attrs["dint"] = dataclasses.replace(info, format_version=FORMAT_VERSION).to_attrs()
         _replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,38 +271,188 @@ def _replace(tmp: Path, dest: Path) -> None:
 
 @dataclasses.dataclass
 class Store:
-    """An opened store: its description and its (lazy) zarr array."""
+    """An opened store: its description and its (lazy) zarr array.
+
+    Read through `read_region`: it retries a failing chunk and turns what the storage or codec
+    library raises into a DintError naming the store and the chunk. `values` itself reads
+    with neither (and, in a version 1 store, reads a missing chunk as zeros).
+    """
 
     path: Path
     info: SignalInfo
     values: zarr.Array
+    # Set by open_store for a dint store of format 2 or later, whose layout it checked: every
+    # chunk is a file at `chunk_key`, checked before each read. Other arrays served as a
+    # Store (e.g. a `dint render` pyramid level) get the retries without the file checks.
+    chunk_files: bool = False
 
     def read_region(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+        """Values of the box at `origin` (spatial) of `shape`, all channels: (*shape, C)."""
+        origin, shape = tuple(int(o) for o in origin), tuple(int(s) for s in shape)
+        if len(origin) != self.info.ndim or len(shape) != self.info.ndim or any(
+                o < 0 or s < 0 or o + s > size for o, s, size in zip(origin, shape, self.info.shape)):
+            raise ValueError(f"region at {origin} of shape {shape} is outside the signal of shape {self.info.shape}")
         index = tuple(slice(o, o + s) for o, s in zip(origin, shape))
-        return np.asarray(self.values[index])
+        if 0 in shape:
+            return np.empty((*shape, self.info.channels), dtype=self.info.dtype)
+        for attempt in range(1, READ_TRIES + 1):
+            try:
+                self._require_chunk_files(origin, shape)
+                return np.asarray(self.values[index])
+            except MemoryError:
+                raise
+            except Exception as e:  # OSError, the codec's RuntimeError/ValueError, ...: all name no chunk
+                reason = _one_line(e)
+            chunk = self.describe_chunk(self._failing_chunk(origin, shape))
+            if attempt == READ_TRIES:
+                raise DintError(f"{self.path}: {chunk} cannot be read ({reason}); gave up after {READ_TRIES} tries")
+            delay = READ_BACKOFF_S * 2 ** (attempt - 1)
+            _warn(f"{self.path}: {chunk} cannot be read ({reason}); retrying in {delay:g} s "
+                  f"(try {attempt + 1} of {READ_TRIES})")
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def chunk_grid_shape(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / c) for s, c in zip(self.info.shape, self.info.chunks))
+
+    def chunk_key(self, index: tuple[int, ...]) -> str:
+        """The chunk's file under the store, e.g. "values/c/1/2/0" (the channel axis is one chunk)."""
+        return f"{VALUES}/{self.values.metadata.encode_chunk_key((*index, 0))}"
+
+    def describe_chunk(self, index: tuple[int, ...]) -> str:
+        """How messages name a chunk: its grid index, first point and (when known) file."""
+        origin = tuple(i * c for i, c in zip(index, self.info.chunks))
+        where = f" ({self.chunk_key(index)})" if self.chunk_files else ""
+        return f"chunk {_tuple(index)} at {_tuple(origin)}{where}"
+
+    def verify(self) -> int:
+        """Read every chunk once (as training would, with retries); the number of chunks read."""
+        grid = self.chunk_grid_shape()
+        for index in itertools.product(*map(range, grid)):
+            origin = tuple(i * c for i, c in zip(index, self.info.chunks))
+            self.read_region(origin, tuple(min(c, size - o) for o, c, size in zip(origin, self.info.chunks,
+                                                                                   self.info.shape)))
+        return math.prod(grid)
+
+    def _chunks_of(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Grid indices of the chunks a region touches, in C order."""
+        ranges = [range(o // c, max(o // c + 1, -(-(o + s) // c))) for o, s, c in zip(origin, shape, self.info.chunks)]
+        return list(itertools.product(*ranges))
+
+    def _require_chunk_files(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> None:
+        # zarr reads a missing chunk as fill values; from format 2 on every chunk exists, so
+        # one gone since open_store (a file system failing, a file deleted) is an error.
+        if not self.chunk_files:
+            return
+        for index in self._chunks_of(origin, shape):
+            if not (self.path / self.chunk_key(index)).is_file():
+                raise FileNotFoundError("the chunk file is missing")
+
+    def _failing_chunk(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The first chunk of a region that fails a read on its own (the first chunk if none does)."""
+        chunks = self._chunks_of(origin, shape)
+        if len(chunks) > 1:
+            for index in chunks:
+                lo = [i * c for i, c in zip(index, self.info.chunks)]
+                box = tuple(slice(a, min(a + c, size)) for a, c, size in zip(lo, self.info.chunks, self.info.shape))
+                try:
+                    self._require_chunk_files(tuple(lo), tuple(b.stop - b.start for b in box))
+                    np.asarray(self.values[box])
+                except Exception:
+                    return index
+        return chunks[0]
 
 
 def open_store(path: str | os.PathLike) -> Store:
-    """Open and validate a store; any problem is a DintError naming the store."""
+    """Open and validate a store; any problem is a DintError naming the store.
+
+    Checks the metadata (valid JSON, zarr v3), the "dint" attribute (every key there, well
+    formed, a known modality, a format this dint reads), that the array agrees with it (shape,
+    dtype, chunks) and, from format 2 on, that every chunk's file exists. It reads no chunk:
+    a damaged chunk is found when `Store.read_region` reads it.
+    """
     path = Path(path)
     if not path.exists():
         raise DintError(f"{path}: store not found")
+    if not path.is_dir():
+        raise DintError(f"{path}: not a zarr v3 group (a file, not a folder)")
+    _check_json(path / "zarr.json", path)
+    if not (path / "zarr.json").is_file():
+        if (path / ".zgroup").is_file() or (path / ".zarray").is_file():
+            raise DintError(f"{path}: a zarr v2 store, not zarr v3 (make a dint store with dint-shard)")
+        raise DintError(f"{path}: not a zarr v3 group (no zarr.json)")
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except Exception as e:  # zarr raises several unrelated types for a non-store
-        raise DintError(f"{path}: not a zarr v3 group ({type(e).__name__})") from None
+        raise DintError(f"{path}: not a zarr v3 group ({type(e).__name__}: {_one_line(e)})") from None
     if "dint" not in group.attrs:
         raise DintError(f"{path}: not a dint store (group attribute 'dint' is missing; make one with dint-shard)")
-    info = SignalInfo.from_attrs(dict(group.attrs["dint"]), str(path))
+    info = SignalInfo.from_attrs(group.attrs["dint"], str(path))
+    _check_json(path / VALUES / "zarr.json", path)
     try:
         values = group[VALUES]
     except KeyError:
         raise DintError(f"{path}: array '{VALUES}' is missing") from None
+    except Exception as e:
+        raise DintError(f"{path}: array '{VALUES}' cannot be opened ({type(e).__name__}: {_one_line(e)})") from None
+    if not isinstance(values, zarr.Array):
+        raise DintError(f"{path}: '{VALUES}' is a group, not an array")
     expected = (*info.shape, info.channels)
     if tuple(values.shape) != expected:
         raise DintError(f"{path}: array '{VALUES}' has shape {tuple(values.shape)}, attributes say {expected}")
     if str(values.dtype) != info.dtype:
         raise DintError(f"{path}: array '{VALUES}' has dtype {values.dtype}, attributes say {info.dtype}")
-    if tuple(values.chunks[:-1]) != info.chunks:
-        raise DintError(f"{path}: array '{VALUES}' has chunks {tuple(values.chunks)}, attributes say {info.chunks}")
-    return Store(path=path, info=info, values=values)
+    if tuple(values.chunks) != (*info.chunks, info.channels):
+        raise DintError(f"{path}: array '{VALUES}' has chunks {tuple(values.chunks)}, attributes say "
+                        f"{info.chunks} (and all {info.channels} channels in each)")
+    if values.shards is not None:
+        raise DintError(f"{path}: array '{VALUES}' is sharded (shards {values.shards}); dint stores are not")
+    store = Store(path=path, info=info, values=values, chunk_files=info.format_version >= 2)
+    if store.chunk_files:
+        _check_chunk_files(store)
+    return store
+
+
+def _check_chunk_files(store: Store) -> None:
+    """Every chunk's file exists (one directory walk, no chunk read)."""
+    root = store.path / VALUES
+    present = set()
+    for folder, _, files in os.walk(root):
+        relative = Path(folder).relative_to(store.path).as_posix()
+        present.update(f"{relative}/{name}" for name in files)
+    grid = store.chunk_grid_shape()
+    missing = (index for index in itertools.product(*map(range, grid)) if store.chunk_key(index) not in present)
+    first = next(missing, None)
+    if first is not None:
+        count = 1 + sum(1 for _ in missing)
+        raise DintError(f"{store.path}: {store.describe_chunk(first)} is missing ({count} of {math.prod(grid)} "
+                        "chunk files missing; the store is damaged: make it again with dint-shard)")
+
+
+def _check_json(file: Path, store: Path) -> None:
+    """A metadata file that exists but is not JSON: zarr's own error names neither file nor store."""
+    try:
+        text = file.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise DintError(f"{file}: cannot be read ({_one_line(e)})") from None
+    try:
+        json.loads(text)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
+        raise DintError(f"{file}: not valid JSON ({_one_line(e)}); the store {store} is damaged") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _tuple(values: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, values)) + ")"
+
+
+def _warn(message: str) -> None:
+    """One warning line on stderr; in a multi-rank run it says which rank."""
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    print(f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{message}", file=sys.stderr, flush=True)

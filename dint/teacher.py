@@ -214,7 +214,8 @@ class Teacher:
                 scores = point_errors(model, shard, candidates, self.block_points, self.error)
             else:
                 scores = hashed_uniform(shard.global_index(candidates), self.seed, progress)
-            positions = select_topk(scores, k, ids_of)
+            # In the candidates' own order: what a resume rebuilds from a bit mask, exactly.
+            positions = select_topk(scores, k, ids_of).sort().values
         (counts,) = all_gather_varlen(torch.tensor([positions.shape[0]], dtype=torch.int64, device=device))
         counts = counts.tolist()
         return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions)

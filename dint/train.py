@@ -10,10 +10,13 @@ update is that of the mean loss over the global selection, whichever ranks hold 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
 import math
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from dint.components.checkpoint import save_model
+from dint.components.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, save_model
+from dint.components.faults import Faults
 from dint.components.metrics import MetricsLogger
 from dint.config import Config, load_config, parse_cli, parse_size
 from dint.batching import MiniBatchesInMemory, MiniBatchesStreamed, WholeSignal, WholeSignalStreamed
@@ -57,7 +61,8 @@ def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: tor
 class Trainer:
     def __init__(self, config: Config):
         self.config = config
-        self.dist = init_distributed(config.run.device)
+        self.dist = init_distributed(config.run.device, config.run.collective_timeout)
+        self.phase = "start-up"  # named in the message when a collective times out
         self.device = self.dist.device
         self.store = open_store(config.data.store)
         self.info = self.store.info
@@ -84,12 +89,17 @@ class Trainer:
         )
         self.batches = self._plan_batches()
         self.eval_points = self._eval_sample() if config.eval.sample else None
+        self.faults = Faults(self.dist.rank)
+        self.select_seconds = self.step_seconds = self.eval_seconds = 0.0
+        self.start_step, self.rollbacks = 0, 0
+        self.initial_state = self.state_dict(with_teacher=False)  # the rollback target before any checkpoint
+        resumed = self._resume()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(config.to_toml())
         barrier()
-        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", t.steps, enabled=self.dist.is_main)
-        self.select_seconds = self.step_seconds = self.eval_seconds = 0.0
+        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", t.steps, enabled=self.dist.is_main,
+                                    resume_after=self.start_step if resumed else None)
 
     def _hold_shard(self, budget: int) -> tuple[Shard | None, ShardStream | None]:
         """The rank's shard in memory, or streamed when a rank's share exceeds the budget."""
@@ -99,7 +109,11 @@ class Trainer:
         # Every rank must take the same branch: stream if any rank's share is over budget.
         streaming = bool(all_reduce_max(torch.tensor([int(budget > 0 and share > budget)], device=self.device)))
         if streaming:
-            return None, ShardStream(self.store, self.chunk_ids, self.device, self.info, budget)
+            # A group is a mini-batch (when set) and at most a third of the budget (ShardStream).
+            group_bytes = budget // 3
+            if self.config.teacher.minibatch:
+                group_bytes = min(group_bytes, self.config.teacher.minibatch * point_bytes)
+            return None, ShardStream(self.store, self.chunk_ids, self.device, self.info, group_bytes)
         return Shard(self.store, self.chunk_ids, self.device, self.info), None
 
     def _plan_batches(self):
@@ -130,20 +144,16 @@ class Trainer:
 
     def train(self) -> dict:
         steps, log_every, eval_every = self.config.train.steps, self.config.train.log_every, self.config.eval.every
-        micro_batch = self.config.train.micro_batch
+        every = self.config.checkpoint.every
         wall_start = time.perf_counter()
-        for step in range(steps):
-            started = self._now()
-            selections = self.batches.at(step, self.engine.module)
-            if isinstance(selections, list):  # chosen now; a streamed pass is chosen as it goes
-                self.select_seconds += self._now() - started
-                started = self._now()
-            loss = self.engine.step(
-                functools.partial(selection_loss, coords=coords, targets=targets, global_count=selection.global_count,
-                                  world_size=self.dist.world_size)
-                for selection in selections for coords, targets in selection.batches(micro_batch)
-            )
-            self.step_seconds += self._now() - started
+        step = first_step = self.start_step
+        self.logger.advance(step)
+        while step < steps:
+            self.faults.at_step(step)
+            loss = self.train_step(step)
+            if self._diverged(loss):
+                step = self._roll_back(step)
+                continue
 
             last = step == steps - 1
             evaluate = eval_every > 0 and (step + 1) % eval_every == 0 and not last
@@ -153,13 +163,140 @@ class Trainer:
                     record.update(self.evaluate())
                 if not last:  # the final line comes with the final evaluation below
                     self.logger.log(record)
+            if last or (every and (step + 1) % every == 0):
+                self.save_checkpoint(step + 1)
             self.logger.advance()
+            step += 1
 
         quality = self.evaluate()
-        record.update(quality)
-        self.logger.log(record)
+        if steps > first_step:
+            record.update(quality)
+            self.logger.log(record)
         self.logger.close()
         return self.finish(quality, time.perf_counter() - wall_start)
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """Choose the points (when the teacher says so) and take one optimizer step on them."""
+        self.phase = f"step {step + 1}: selection"
+        started = self._now()
+        selections = self.batches.at(step, self.engine.module)
+        if isinstance(selections, list):  # chosen now; a streamed pass is chosen as it goes
+            self.select_seconds += self._now() - started
+            started = self._now()
+        self.phase = f"step {step + 1}: gradient all-reduce"
+        poison = math.nan if self.faults.nan_loss(step) else 1.0  # an injected divergence, in tests
+        loss = self.engine.step(
+            functools.partial(selection_loss, coords=coords, targets=targets, world_size=self.dist.world_size,
+                              global_count=selection.global_count * poison)
+            for selection in selections for coords, targets in selection.batches(self.config.train.micro_batch)
+        )
+        self.step_seconds += self._now() - started
+        return loss
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def _diverged(self, loss: torch.Tensor) -> bool:
+        bad = torch.tensor([0 if torch.isfinite(loss).all() else 1], device=self.device)
+        return bool(all_reduce_max(bad).item())
+
+    def _roll_back(self, step: int) -> int:
+        """Back to the newest checkpoint (or the start) with the learning rate halved."""
+        self.rollbacks += 1
+        limit = self.config.train.max_rollbacks
+        if self.rollbacks > limit:
+            raise DintError(f"the loss is not finite at step {step + 1} after {limit} rollbacks with the learning "
+                            "rate halved each time; stopping (lower train.lr, or check the data)")
+        rollbacks = self.rollbacks
+        found = newest_checkpoint(self.run_dir, self._warn) if self.config.checkpoint.resume != "never" else None
+        self.load_state_dict(found[1] if found else self.initial_state)
+        self.rollbacks = rollbacks
+        scale = 0.5**rollbacks
+        scheduler = self.engine.scheduler
+        scheduler.base_lrs = [self.config.train.lr * scale for _ in scheduler.base_lrs]
+        for group, base, factor in zip(self.engine.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        self._warn(f"the loss is not finite at step {step + 1}: rolled back to step {self.start_step} with the "
+                   f"learning rate x{scale:g} (rollback {rollbacks} of {limit})")
+        return self.start_step
+
+    def _resume(self) -> bool:
+        mode = self.config.checkpoint.resume
+        if mode == "never":
+            return False
+        if mode == "auto":
+            found = newest_checkpoint(self.run_dir, self._warn)
+            if found is None:
+                return False
+            path, state = found
+        else:
+            path = Path(mode)
+            state = load_checkpoint(path)
+        self._check_compatible(path, state)
+        self.load_state_dict(state)
+        if self.dist.is_main:
+            print(f"dint.train: resuming from {path} (step {self.start_step})", file=sys.stderr)
+        return True
+
+    def _check_compatible(self, path: Path, state: dict) -> None:
+        saved, info = state["signal"], self.info
+        if saved["source"]["sha256"] != info.source_sha256 or tuple(saved["shape"]) != info.shape \
+                or saved["channels"] != info.channels:
+            raise DintError(f"{path}: checkpoint is of another signal ({saved['source']['name']}, shape "
+                            f"{tuple(saved['shape'])}), not of {self.store.path}; use another run.dir or "
+                            "--checkpoint.resume never")
+        for key in ("width", "hidden_layers"):
+            if state["config"]["model"][key] != getattr(self.config.model, key):
+                raise DintError(f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
+                                f"says {getattr(self.config.model, key)}: the model's shape cannot change on resume")
+
+    def state_dict(self, with_teacher: bool = True) -> dict:
+        """Everything a resume needs, the same whatever the number of ranks (collective)."""
+        (rng,) = all_gather_varlen(torch.get_rng_state()[None].to(self.device))
+        return {
+            "step": self.start_step,
+            "model": {k: v.detach().cpu().clone() for k, v in self.engine.module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.engine.optimizer.state_dict()),
+            "scheduler": self.engine.scheduler.state_dict(),
+            "teacher": self.batches.state_dict() if with_teacher else {},
+            "rng": rng.cpu(),
+            "rollbacks": self.rollbacks,
+            "seconds": {"select": self.select_seconds, "update": self.step_seconds, "eval": self.eval_seconds},
+            "config": self.config.to_dict(),
+            "signal": self.info.to_attrs(),
+            "world_size": self.dist.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.engine.module.load_state_dict(state["model"])
+        self.engine.optimizer.load_state_dict(state["optimizer"])
+        self.engine.scheduler.load_state_dict(state["scheduler"])
+        self.batches = self._plan_batches()  # fresh: no selection made after the checkpoint survives
+        self.batches.load_state_dict(state["teacher"])
+        rng = state["rng"]
+        # A row of the gathered states; cloned, since set_rng_state misreads a view at an offset.
+        torch.set_rng_state(rng[self.dist.rank if rng.shape[0] == self.dist.world_size else 0].cpu().clone())
+        self.start_step, self.rollbacks = state["step"], state["rollbacks"]
+        seconds = state["seconds"]
+        self.select_seconds, self.step_seconds, self.eval_seconds = seconds["select"], seconds["update"], seconds["eval"]
+
+    def save_checkpoint(self, next_step: int) -> None:
+        self.phase = f"step {next_step}: checkpoint"
+        self.start_step = next_step  # what state_dict records as the step to run next
+        state = self.state_dict()
+        failure = None
+        if self.dist.is_main:
+            try:
+                save_checkpoint(self.run_dir, next_step, state, self.config.checkpoint.keep,
+                                before_manifest=lambda: self.faults.saving(next_step))
+            except DintError as e:
+                failure = e
+        # Every rank stops together when rank 0 could not save.
+        if all_reduce_max(torch.tensor([int(failure is not None)], device=self.device)).item():
+            raise failure or DintError("checkpoint not saved (see rank 0)", shared=True)
+
+    def _warn(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"dint.train: warning: {message}", file=sys.stderr)
 
     def _record(self, step: int, loss: torch.Tensor, selection: Selection, wall_start: float) -> dict:
         global_loss = all_reduce_sum(loss.reshape(1).double()) / self.dist.world_size
@@ -245,6 +382,7 @@ class Trainer:
             "load_seconds": self.load_seconds,
             "eval_seconds": self.eval_seconds,
             "wall_seconds": wall_seconds,
+            "peak_rss_mb_per_rank": self._peak_rss_per_rank(),
             "outputs": {},
         }
         outputs = summary["outputs"]
@@ -281,6 +419,12 @@ class Trainer:
             summary["ssim"] = ssim(reference, prediction, data_range=1.0)
         return outputs
 
+    def _peak_rss_per_rank(self) -> list[float]:
+        """Each rank's peak resident memory so far, in MB (Linux reports ru_maxrss in KiB)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+        (peaks,) = all_gather_varlen(torch.tensor([peak], dtype=torch.float64, device=self.device))
+        return [round(p, 1) for p in peaks.tolist()]
+
     def _now(self) -> float:
         if self.device.type == "cuda":  # time the GPU work, not its launch
             torch.cuda.synchronize(self.device)
@@ -289,6 +433,8 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    rank = int(os.environ.get("RANK", 0))
+    trainer = None
     try:
         check_only = "--check" in argv
         config_path, overrides = parse_cli([a for a in argv if a != "--check"])
@@ -296,16 +442,31 @@ def main(argv: list[str] | None = None) -> int:
         if check_only:  # validate config and store, then stop (launch/run_train.sh runs this first)
             open_store(config.data.store)
             return 0
-        summary = Trainer(config).train()
+        trainer = Trainer(config)
+        summary = trainer.train()
     except DintError as e:
-        print(f"dint.train: error: {e}", file=sys.stderr)
+        if rank == 0 or not e.shared:  # an error every rank sees is printed once
+            print(f"dint.train: error: {e}", file=sys.stderr)
         return e.exit_code
+    except RuntimeError as e:  # a collective broke: say which rank saw it, and where, in one line
+        text = str(e).lower()
+        phase = trainer.phase if trainer is not None else "start-up"
+        if "timed out" in text or "timeout" in text:
+            print(f"dint.train: error: rank {rank}: {phase} timed out after {config.run.collective_timeout} s "
+                  "waiting for another rank (run.collective_timeout)", file=sys.stderr)
+            return 1
+        if "connection" in text or "peer" in text:
+            print(f"dint.train: error: rank {rank}: another rank went away during {phase}", file=sys.stderr)
+            return 1
+        raise
     finally:
         destroy_distributed()
     if summary["outputs"]:
         quality = f"final PSNR {summary['final_psnr']:.2f} dB"
         if "ssim" in summary:
             quality += f", SSIM {summary['ssim']:.4f}"
+        if "iou" in summary:
+            quality += f", IoU {summary['iou']:.4f}"
         print(f"dint.train: {quality} after {summary['steps']} steps on {summary['world_size']} rank(s), "
               f"{summary['train_seconds']:.1f} s training")
         print(f"dint.train: outputs in {Path(summary['outputs']['summary']).parent}/: "

@@ -14,10 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None,
+            extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m <module> args...` (e.g. run_cli("dint.cli", "info", path)) in a fresh process."""
     return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd or REPO, env=_env())
+                          timeout=timeout, cwd=cwd or REPO, env=_env(extra_env))
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 300, cwd: Path | None = None,

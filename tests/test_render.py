@@ -286,6 +286,30 @@ def test_shape_gets_a_mesh(tmp_path):
     assert (tmp_path / "s.ply").is_file()
 
 
+def test_render_uses_the_training_domain_mapping(tmp_path):
+    """A model trained with data.domain set (here anisotropic, off-centre) is evaluated where training
+    put each store sample: the 2x grid's even samples are predict_region's (the trainer's) values."""
+    import dataclasses
+
+    from dint.components.checkpoint import load_trained
+    from dint.render import plan_grid, predict_region, render_pyramid, to_storage
+
+    info = dataclasses.replace(signal_info("image", (30, 20), 2, "float32", (-2.0, 2.0)),
+                               domain=((-20.0, 4.0), (0.5, 1.5)))
+    run = save_tiny_model(tmp_path / "run", info, width=16, hidden_layers=2)
+    model, saved, _ = load_trained(run / "model.pt")
+    assert saved.domain == info.domain
+    grid = plan_grid(saved, scale=[2, 2], region=[(4, 19), (3, 20)])
+    render_pyramid(model, saved, grid, tmp_path / "r.zarr", device=torch.device("cpu"), chunks=(7, 9))
+    trained = to_storage(predict_region(model, saved, torch.device("cpu"), 4096, (4, 3), (15, 17)), saved)
+    rendered = level(tmp_path / "r.zarr", 0)
+    assert rendered.shape == (29, 33, 2)
+    np.testing.assert_allclose(rendered[::2, ::2], trained, rtol=0, atol=1e-6)
+    attrs = zarr.open_group(str(tmp_path / "r.zarr"), mode="r").attrs["dint"]
+    assert attrs["domain"] == [pytest.approx([-20 + 4 * 24 / 29, -20 + 18 * 24 / 29]),
+                               pytest.approx([0.5 + 3 / 19, 0.5 + 19 / 19])]
+
+
 def test_a_failed_render_leaves_the_previous_output_whole(tmp_path):
     from dint.components.checkpoint import load_trained
     from dint.render import plan_grid, render_pyramid

@@ -26,7 +26,7 @@ def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
         "eval": {"every": 20},
     }
     for section, values in sections.items():
-        config[section].update(values)
+        config.setdefault(section, {}).update(values)
     lines = []
     for section, values in config.items():
         lines.append(f"[{section}]")

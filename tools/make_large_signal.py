@@ -82,9 +82,9 @@ def resampled_block(source: np.ndarray, box: tuple[slice, ...], out_shape: tuple
         pos = _sample_positions(b.start, b.stop, n, s)
         lo = np.clip(np.floor(pos).astype(np.intp), 0, max(s - 2, 0))
         hi = np.minimum(lo + 1, s - 1)
-        weight = (pos - lo).astype(np.float32)
+        weight = pos - lo
         first = int(lo.min())  # only the source range this block needs
-        part = np.take(block, np.arange(first, int(hi.max()) + 1), axis=axis).astype(np.float32, copy=False)
+        part = np.take(block, np.arange(first, int(hi.max()) + 1), axis=axis).astype(np.float64, copy=False)
         shape = [1] * 4
         shape[axis] = len(weight)
         weight = weight.reshape(shape)

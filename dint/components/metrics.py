@@ -11,9 +11,17 @@ from tqdm import tqdm
 
 
 class MetricsLogger:
-    def __init__(self, path: Path, total_steps: int, enabled: bool):
+    def __init__(self, path: Path, total_steps: int, enabled: bool, resume_after: int | None = None):
+        """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept."""
         self.enabled = enabled
-        self._file = open(path, "w") if enabled else None
+        self._file = None
+        if enabled:
+            kept = []
+            if resume_after is not None and path.exists():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= resume_after]
+            self._file = open(path, "w")
+            self._file.write("".join(line + "\n" for line in kept))
         show_bar = enabled and sys.stderr.isatty()
         self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if show_bar else None
 

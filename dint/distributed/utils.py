@@ -44,12 +44,28 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     if "RANK" in os.environ and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
+        timeout = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group(
             backend="nccl" if chosen.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
             device_id=chosen if chosen.type == "cuda" else None,
+            **_attempt_store(rank, world_size, timeout),
         )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:
+    """After an elastic restart, a key space of the attempt's own in torchrun's store.
+
+    torchrun keeps one store across restarts; without a prefix the new processes read
+    the addresses the killed ones published and the gloo mesh never connects.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return {"store": dist.PrefixStore(f"dint/attempt-{restart}", store), "rank": rank, "world_size": world_size}
 
 
 def destroy_distributed() -> None:

@@ -151,15 +151,16 @@ def load_mesh(path: Path):
     finally:
         logger.setLevel(level)
     counts = _header_counts(path, kind)
-    if "vertex" in counts and len(vertices) != counts["vertex"]:
-        raise DintError(f"{path}: truncated or corrupt: the header promises {counts['vertex']} vertices, "
-                        f"{len(vertices)} were read")
-    if "face" in counts and len(faces) < counts["face"]:
+    if counts.get("face", 0) > len(faces):
         raise DintError(f"{path}: truncated or corrupt: the header promises {counts['face']} faces, "
                         f"{len(faces)} were read")
     if len(faces) == 0:
-        what = f"{len(vertices)} points and no faces (a point cloud?)" if len(vertices) else "no vertices and no faces"
+        points = counts.get("vertex", len(vertices))
+        what = f"{points} points and no faces (a point cloud?)" if points else "no vertices and no faces"
         raise DintError(f"{path}: holds {what}; a mesh with triangles is needed")
+    if "vertex" in counts and len(vertices) != counts["vertex"]:
+        raise DintError(f"{path}: truncated or corrupt: the header promises {counts['vertex']} vertices, "
+                        f"{len(vertices)} were read")
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise DintError(f"{path}: faces refer to vertices that do not exist (indices up to {faces.max()}, "
                         f"{len(vertices)} vertices)")
@@ -512,7 +513,8 @@ def read(path: Path, options: ReadOptions) -> Source:
     mesh = load_mesh(path)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    center, scale = normalisation(vertices)
+    used = vertices[np.unique(faces)]  # vertices that no face uses do not count
+    center, scale = normalisation(used)
     watertight = bool(mesh.is_watertight)
     r = options.resolution
     chunks = default_chunks((r, r, r), options.chunk)
@@ -533,7 +535,7 @@ def read(path: Path, options: ReadOptions) -> Source:
         "inside_rule": "crossing parity along z" if watertight else "majority vote of crossing parity along z, y and x",
         "vertices": int(len(vertices)),
         "faces": int(len(faces)),
-        "bounds": [[float(v) for v in b] for b in mesh.bounds],
+        "bounds": [[float(v) for v in used.min(axis=0)], [float(v) for v in used.max(axis=0)]],  # original units
     }
     value_range = (0.0, 1.0)
     if options.field == "sdf":

@@ -43,7 +43,7 @@ def read(path: Path, options: ReadOptions) -> Source:
     reference = _same_format(grid, headers)
     channels, dtype = _decoded_format(grid[reference], headers[reference], options)
     return Source(values=_assemble(path, grid, heights, widths, channels, dtype, options), modality="image",
-                  extra={"tiles": [rows, cols]})
+                  extra={"tiles": {"grid": [rows, cols], "size": [heights[0], widths[0]]}})
 
 
 def _grid(path: Path) -> dict[tuple[int, int], Path]:
@@ -104,7 +104,7 @@ def _header(tile: Path) -> tuple[int, int, tuple[Any, ...]]:
         with Image.open(tile) as image:
             width, height = image.size
             bits = _png_bit_depth(tile) if tile.suffix.lower() == ".png" else 8
-            return height, width, (image.format, image.mode, bits, "transparency" in image.info)
+            return height, width, (image.format, image.mode, bits, image.mode == "P" and "transparency" in image.info)
     except Exception as e:  # Pillow and tifffile each raise their own types
         raise DintError(f"{tile}: not a readable image tile ({type(e).__name__}: {e})".splitlines()[0]) from None
 

@@ -17,7 +17,7 @@ from dint.model import Siren
 from dint.store import open_store
 from dint.teacher import Teacher
 
-BUDGET = 3 * 16 * 16  # bytes: a group of one 16x16 uint8 chunk at a time
+GROUP_BYTES = 16 * 16  # bytes: a group of one 16x16 uint8 chunk at a time
 MINIBATCH = 300
 
 
@@ -42,7 +42,7 @@ def main(store_path: str, out: str) -> None:
     torch.manual_seed(0)
     model = Siren(2, 1, width=16, hidden_layers=2)
     shard = Shard(store, chunk_ids, torch.device("cpu"))
-    stream = ShardStream(store, chunk_ids, torch.device("cpu"), store.info, BUDGET)
+    stream = ShardStream(store, chunk_ids, torch.device("cpu"), store.info, GROUP_BYTES)
     groups = int(all_reduce_max(torch.tensor([len(stream)])))
     (counts,) = all_gather_varlen(torch.tensor([stream.num_points]))
     in_memory = MiniBatchesInMemory(teacher("full"), shard, MINIBATCH, 100, 5)

@@ -1,0 +1,218 @@
+"""Checkpoints, exact resume on any world size, elastic restarts, rollbacks, failed saves.
+
+Faults are injected with DINT_FAULT (dint/components/faults.py): a rank SIGKILLs itself,
+hangs, or the loss turns NaN at a given step; a save crashes or finds the disk full.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli, torchrun
+from test_train import write_config
+
+STEPS = 40
+
+
+def config_for(tmp_path: Path, store: Path, **sections) -> Path:
+    sections.setdefault("train", {})
+    sections["train"] = {"steps": STEPS, "log_every": 5, **sections["train"]}
+    sections.setdefault("eval", {"every": 10})
+    sections.setdefault("model", {"width": 24, "hidden_layers": 2})
+    return write_config(tmp_path / "c.toml", store, tmp_path / "unused", **sections,
+                        **({} if "checkpoint" in sections else {"checkpoint": {"every": 10}}))
+
+
+def train(config: Path, run_dir: Path, nproc: int = 2, fault: str | None = None, *args: str, restarts: int = 0):
+    env = {"DINT_FAULT": fault} if fault else None
+    launcher = ["--max-restarts", str(restarts)] if restarts else []
+    return torchrun(nproc, *launcher, "-m", "dint.train", "--config", config, "--run.dir", run_dir, *args,
+                    extra_env=env)
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "model.pt", weights_only=True)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 2-rank run, and its config (INT, selections every few steps)."""
+    from conftest import smooth_image, write_png
+
+    folder = tmp_path_factory.mktemp("reference")
+    png = write_png(folder / "smooth.png", smooth_image(48, 40))
+    store = folder / "smooth.zarr"
+    assert run_cli("dint.cli", "shard", png, store, "--chunk", "16").returncode == 0
+    config = config_for(folder, store, teacher={"interval_schedule": "fixed", "interval": 3})
+    result = train(config, folder / "run")
+    assert result.returncode == 0, result.stderr
+    return config, store, folder / "run"
+
+
+def test_stop_and_resume_gives_the_same_model(tmp_path, reference):
+    config, _, uninterrupted = reference
+    crashed = train(config, tmp_path / "run", 2, "kill@25:1")
+    assert crashed.returncode != 0 and not (tmp_path / "run" / "summary.json").exists()
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-00000010",
+                                                                                      "step-00000020"]
+    resumed = train(config, tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "step-00000020" in resumed.stderr
+    assert same_weights(uninterrupted, tmp_path / "run")  # bitwise: CPU operations are deterministic
+    assert summary(tmp_path / "run")["final_psnr"] == summary(uninterrupted)["final_psnr"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, STEPS + 1, 5))  # no line twice, none lost
+
+
+def test_sigkill_under_torchrun_restarts_and_finishes_the_same(tmp_path, reference):
+    config, _, uninterrupted = reference
+    result = train(config, tmp_path / "run", 2, "kill@25:1", restarts=1)
+    assert result.returncode == 0, result.stderr
+    assert same_weights(uninterrupted, tmp_path / "run")
+    assert summary(tmp_path / "run")["final_psnr"] == summary(uninterrupted)["final_psnr"]
+
+
+@pytest.mark.parametrize("nproc", [1, 3])
+def test_a_two_rank_checkpoint_resumes_on_other_world_sizes(tmp_path, reference, nproc):
+    config, _, uninterrupted = reference
+    assert train(config, tmp_path / "run", 2, "kill@25:1").returncode != 0
+    resumed = train(config, tmp_path / "run", nproc)
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary(tmp_path / "run")["world_size"] == nproc
+    # The same selections and updates; only the float summation order differs across ranks.
+    assert summary(tmp_path / "run")["final_psnr"] == pytest.approx(summary(uninterrupted)["final_psnr"], abs=0.05)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no-manifest"])
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path, reference, damage):
+    config, _, uninterrupted = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    newest = run_dir / "checkpoints" / "step-00000040"
+    state = newest / "state.pt"
+    if damage == "flip":
+        data = bytearray(state.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        state.write_bytes(bytes(data))
+    elif damage == "truncate":
+        state.write_bytes(state.read_bytes()[:100])
+    else:
+        (newest / "manifest.json").unlink()
+    (run_dir / "model.pt").unlink()
+    result = train(config, run_dir)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "step-00000040" in warnings[0], result.stderr
+    assert "step-00000030" in result.stderr
+    assert same_weights(uninterrupted, run_dir)
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):
+    config, _, uninterrupted = reference
+    crashed = train(config, tmp_path / "run", 1, "save-crash@20")
+    assert crashed.returncode != 0
+    folder = tmp_path / "run" / "checkpoints"
+    assert (folder / "step-00000010" / "manifest.json").exists() and not (folder / "step-00000020").exists()
+    resumed = train(config, tmp_path / "run", 1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step-00000010" in resumed.stderr
+    one_rank = train(config, tmp_path / "straight", 1)
+    assert one_rank.returncode == 0
+    assert same_weights(tmp_path / "straight", tmp_path / "run")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous(tmp_path, reference):
+    config, _, _ = reference
+    result = train(config, tmp_path / "run", 2, "save-full@20")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dint.train: error")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "checkpoints" in errors[0]
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000010"]
+    from dint.components.checkpoint import load_checkpoint
+
+    assert load_checkpoint(folder / "step-00000010")["step"] == 10
+
+
+def test_a_nan_loss_rolls_back_with_half_the_learning_rate(tmp_path, reference):
+    config, _, _ = reference
+    result = train(config, tmp_path / "run", 2, "nan@15")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "rolled back to step 10" in warnings[0] and "x0.5" in warnings[0]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(5, STEPS + 1, 5))
+    assert all(r["loss"] == r["loss"] for r in records)  # no NaN reached the log
+    assert records[-1]["psnr"] > records[1]["psnr"]
+    lr_after = next(r["lr"] for r in records if r["step"] == 15)
+    reference_lr = 1e-3 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 15 / STEPS))
+    assert lr_after == pytest.approx(reference_lr * 0.5)
+
+
+def test_too_many_rollbacks_stop_the_run(tmp_path, reference):
+    config, _, _ = reference
+    result = run_cli("dint.train", "--config", config, "--run.dir", tmp_path / "run", "--train.max_rollbacks", "0",
+                     extra_env={"DINT_FAULT": "nan@15"})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "not finite at step 15" in result.stderr, result.stderr
+
+
+def test_resume_refuses_another_store_or_model_shape(tmp_path, reference):
+    config, store, uninterrupted = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    result = run_cli("dint.train", "--config", config, "--run.dir", run_dir, "--model.width", "32")
+    assert result.returncode == 2 and "model.width" in result.stderr and result.stderr.count("\n") == 1
+    other = tmp_path / "other.zarr"
+    assert run_cli("dint.cli", "shard", "builtin:cameraman", other, "--chunk", "128").returncode == 0
+    result = run_cli("dint.train", "--config", config, "--run.dir", run_dir, "--data.store", other)
+    assert result.returncode == 2 and "another signal" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path, reference):
+    import hashlib
+    import pickle
+
+    config, _, uninterrupted = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    newest = run_dir / "checkpoints" / "step-00000040"
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    payload = pickle.dumps(Exploit())
+    (newest / "state.pt").write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    (newest / "manifest.json").write_text(json.dumps({"step": 40, "files": {"state.pt": digest}}))
+    result = train(config, run_dir, 1)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    assert "cannot be loaded safely" in result.stderr and "step-00000030" in result.stderr
+
+
+def test_a_hung_rank_ends_the_job_with_a_named_timeout(tmp_path, reference):
+    config, _, _ = reference
+    started = time.monotonic()
+    result = train(config, tmp_path / "run", 2, "hang@5:1", "--run.collective_timeout", "5")
+    assert result.returncode != 0
+    assert time.monotonic() - started < 120
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dint.train: error")]
+    assert errors and "rank 0" in errors[0] and "step 5" in errors[0] and "timed out after 5.0 s" in errors[0]
