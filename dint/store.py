@@ -33,10 +33,12 @@ from zarr.codecs import ZstdCodec
 
 from dint.errors import DintError
 
-# Format versions: 1, chunks equal to the fill value could be left out (zarr's default), so a
-# missing chunk read as zeros; 2, every chunk is stored (a missing one is damage) and chunks
-# carry a zstd checksum. A reader takes every version up to its own.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
+# Set in the `values` array's attributes ({"dint": {"every_chunk_stored": true}}) by
+# `create_values_array`: every chunk is a file (even one of fill values, which zarr leaves out
+# by default), so a missing file is damage, which open_store and read_region report. Arrays
+# without it (stores written before) read a missing chunk as fill values, as zarr does.
+EVERY_CHUNK_STORED = "every_chunk_stored"
 VALUES = "values"
 MODALITIES = ("audio", "image", "volume", "shape")
 # Points per chunk aimed at by the default chunking: large enough for fast reads,
@@ -218,19 +220,7 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        array = group.create_array(
-            VALUES,
-            shape=expected,
-            chunks=(*info.chunks, info.channels),
-            dtype=info.dtype,
-            fill_value=0,
-            dimension_names=(*_axis_names(info), "c"),
-            # Every chunk is stored, even one equal to the fill value: a missing chunk is then
-            # damage that open_store reports, not zeros read in silence. The checksum makes a
-            # damaged chunk fail to decode rather than decode to wrong values.
-            config={"write_empty_chunks": True},
-            compressors=ZstdCodec(level=0, checksum=True),
-        )
+        array = create_values_array(group, info)
         # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free.
         aligned = values.astype(info.dtype).rechunk((*info.chunks, info.channels))
         # Our own pool: when a task fails dask re-raises at once while sibling tasks still
@@ -241,13 +231,39 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        # What this writes is the current format, whatever version `info` was read with.
-        group.attrs["dint"] = dataclasses.replace(info, format_version=FORMAT_VERSION).to_attrs()
+        group.attrs["dint"] = info.to_attrs()
         _replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def create_values_array(group: zarr.Group, info: SignalInfo) -> zarr.Array:
+    """The `values` array of a new store in `group`, opened for writing every chunk.
+
+    Every chunk written is stored, even one equal to the fill value, and the array says so
+    (EVERY_CHUNK_STORED): a missing chunk is then damage that open_store reports, not zeros
+    read in silence. Chunks carry a zstd checksum, so a damaged one fails to decode rather
+    than decoding to wrong values. A writer that opens the array again must write with
+    `writable_values`, or chunks of fill values are left out.
+    """
+    return group.create_array(
+        VALUES,
+        shape=(*info.shape, info.channels),
+        chunks=(*info.chunks, info.channels),
+        dtype=info.dtype,
+        fill_value=0,
+        dimension_names=(*_axis_names(info), "c"),
+        compressors=ZstdCodec(level=0, checksum=True),
+        attributes={"dint": {EVERY_CHUNK_STORED: True}},
+        config={"write_empty_chunks": True},
+    )
+
+
+def writable_values(store: str | os.PathLike) -> zarr.Array:
+    """The `values` array of the store at `store`, opened to write chunks that are all stored."""
+    return zarr.open_array(str(Path(store) / VALUES), mode="r+").with_config({"write_empty_chunks": True})
 
 
 def _axis_names(info: SignalInfo) -> tuple[str, ...]:
@@ -281,9 +297,9 @@ class Store:
     path: Path
     info: SignalInfo
     values: zarr.Array
-    # Set by open_store for a dint store of format 2 or later, whose layout it checked: every
-    # chunk is a file at `chunk_key`, checked before each read. Other arrays served as a
-    # Store (e.g. a `dint render` pyramid level) get the retries without the file checks.
+    # Set by open_store where the array says EVERY_CHUNK_STORED: every chunk is a file at
+    # `chunk_key`, checked before each read. Other stores, and other arrays served as a Store
+    # (e.g. a `dint render` pyramid level), get the retries without the file checks.
     chunk_files: bool = False
 
     def read_region(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
@@ -340,8 +356,8 @@ class Store:
         return list(itertools.product(*ranges))
 
     def _require_chunk_files(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> None:
-        # zarr reads a missing chunk as fill values; from format 2 on every chunk exists, so
-        # one gone since open_store (a file system failing, a file deleted) is an error.
+        # zarr reads a missing chunk as fill values; where every chunk was stored, one gone
+        # since open_store (a file system failing, a file deleted) is an error.
         if not self.chunk_files:
             return
         for index in self._chunks_of(origin, shape):
@@ -368,7 +384,7 @@ def open_store(path: str | os.PathLike) -> Store:
 
     Checks the metadata (valid JSON, zarr v3), the "dint" attribute (every key there, well
     formed, a known modality, a format this dint reads), that the array agrees with it (shape,
-    dtype, chunks) and, from format 2 on, that every chunk's file exists. It reads no chunk:
+    dtype, chunks) and, where every chunk was stored, that every chunk's file exists. It reads no chunk:
     a damaged chunk is found when `Store.read_region` reads it.
     """
     path = Path(path)
@@ -407,7 +423,9 @@ def open_store(path: str | os.PathLike) -> Store:
                         f"{info.chunks} (and all {info.channels} channels in each)")
     if values.shards is not None:
         raise DintError(f"{path}: array '{VALUES}' is sharded (shards {values.shards}); dint stores are not")
-    store = Store(path=path, info=info, values=values, chunk_files=info.format_version >= 2)
+    marker = values.attrs.get("dint")
+    store = Store(path=path, info=info, values=values,
+                  chunk_files=isinstance(marker, dict) and marker.get(EVERY_CHUNK_STORED) is True)
     if store.chunk_files:
         _check_chunk_files(store)
     return store
@@ -454,5 +472,5 @@ def _tuple(values: tuple[int, ...]) -> str:
 
 def _warn(message: str) -> None:
     """One warning line on stderr; in a multi-rank run it says which rank."""
-    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None
     print(f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{message}", file=sys.stderr, flush=True)

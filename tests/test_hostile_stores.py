@@ -1,8 +1,9 @@
 """Hostile stores: every damaged or contradictory store is one line naming it, exit code 2.
 
 The store S.zarr is a 48x40 grey image chunked 16x16 (3x3 chunks). What `python -m dint.train
---config C` prints on stderr, exit code 2, before any training (no run folder is made); `dint
-info S.zarr` prints the same message after "dint info: error: " where it says so.
+--config C` prints on stderr, exit code 2, before any training (no run folder is made) but
+in the two mid-run rows; `dint info S.zarr` prints the same message after "dint info: error: "
+where it says so.
 
 | Bad input | What the user sees |
 |---|---|
@@ -12,7 +13,7 @@ info S.zarr` prints the same message after "dint info: error: " where it says so
 | `values/zarr.json` is not valid JSON | `dint.train: error: S.zarr/values/zarr.json: not valid JSON (Expecting value: line 1 column 1 (char 0)); the store S.zarr is damaged` (also `dint info`) |
 | a zarr group without the `dint` attribute | `dint.train: error: S.zarr: not a dint store (group attribute 'dint' is missing; make one with dint-shard)` (also `dint info`) |
 | the `dint` attribute is not an object | `dint.train: error: S.zarr: store attribute 'dint' = "image" must be a JSON object` (also `dint info`) |
-| written by a newer dint (`format_version` 3) | `dint.train: error: S.zarr: store format version 3 is newer than this dint reads (2); upgrade dint` (also `dint info`) |
+| written by a newer dint (`format_version` 2) | `dint.train: error: S.zarr: store format version 2 is newer than this dint reads (1); upgrade dint` (also `dint info`) |
 | a modality dint does not know | `dint.train: error: S.zarr: unknown modality 'hologram' (known: audio, image, volume, shape)` (also `dint info`) |
 | an attribute is missing | `dint.train: error: S.zarr: store attribute 'value_range' is missing` (also `dint info`) |
 | `value_range` is not two numbers | `dint.train: error: S.zarr: store attribute 'value_range' = [0] is malformed (expected [lo, hi], two finite numbers)` (also `dint info`) |
@@ -23,12 +24,14 @@ info S.zarr` prints the same message after "dint info: error: " where it says so
 | `dtype` contradicts the array | `dint.train: error: S.zarr: array 'values' has dtype uint8, attributes say uint16` (also `dint info`) |
 | a chunk file is missing | `dint.train: error: S.zarr: chunk (1, 2) at (16, 32) (values/c/1/2/0) is missing (1 of 9 chunk files missing; the store is damaged: make it again with dint-shard)` (also `dint info`) |
 | a chunk file is truncated (or otherwise undecodable) | two warnings, then the error: `dint: warning: S.zarr: chunk (1, 1) at (16, 16) (values/c/1/1/0) cannot be read (Zstd decompression error: invalid input data); retrying in 0.5 s (try 2 of 3)`, the same with `retrying in 1 s (try 3 of 3)`, `dint.train: error: S.zarr: chunk (1, 1) at (16, 16) (values/c/1/1/0) cannot be read (Zstd decompression error: invalid input data); gave up after 3 tries` (`dint info` reads no chunk: no error) |
-| a chunk with one byte flipped (caught by the zstd checksum of format 2) | as above, for chunk (0, 0) at (0, 0) (values/c/0/0/0), the reason `Zstd decompression error: ...` |
+| a chunk with one byte flipped (caught by the zstd checksum every chunk now carries) | as above, for chunk (0, 0) at (0, 0) (values/c/0/0/0), with the reason `Zstd decompression error: b"Restored data doesn't match checksum"` |
 | a chunk that fails mid-run (streaming), for good | the two warnings and the error above, after the steps before it were trained and logged; the run folder holds what was written so far |
 | a chunk that fails mid-run, then reads again (a file system hiccup) | one warning per failed try (`... retrying in 0.5 s (try 2 of 3)`), then the run goes on |
 
-A format 1 store (written before every chunk was stored) is still read, a missing chunk as
-zeros, as before; only format 2 stores are checked for missing chunk files.
+Missing chunk files are found in stores whose `values` array says every chunk is stored
+(attribute `{"dint": {"every_chunk_stored": true}}`, written by dint-shard from now on). A
+store written before is still read as it was, a missing chunk as zeros (zarr left out chunks
+of fill values).
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ CASES = [
     ("not_found", lambda s: shutil.rmtree(s), "{S}: store not found", None, True),
     ("not_a_zarr_group", not_a_zarr_group, "{S}: not a zarr v3 group (no zarr.json)", None, True),
     ("zarr_json_not_json", lambda s: (s / "zarr.json").write_text('{"zarr_format": 3,'),
-     "{S}/zarr.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 20 "
-     "(char 19)); the store {S} is damaged", None, True),
+     "{S}/zarr.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 19 "
+     "(char 18)); the store {S} is damaged", None, True),
     ("values_zarr_json_not_json", lambda s: (s / "values" / "zarr.json").write_text("garbage"),
      "{S}/values/zarr.json: not valid JSON (Expecting value: line 1 column 1 (char 0)); the store {S} is damaged",
      None, True),
@@ -387,9 +390,13 @@ def test_verify_finds_a_damaged_chunk(store, quick_retries):
         open_store(store).verify()
 
 
-def test_a_format_1_store_reads_a_missing_chunk_as_zeros(store):
-    edit_dint_attrs(store, format_version=1)
+def test_a_store_written_before_every_chunk_was_stored_reads_a_missing_chunk_as_zeros(store):
+    meta_file = store / "values" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["attributes"] == {"dint": {dint.store.EVERY_CHUNK_STORED: True}}
+    meta["attributes"] = {}  # as write_store wrote it before
+    meta_file.write_text(json.dumps(meta))
     (store / "values" / "c" / "1" / "2" / "0").unlink()
-    opened = open_store(store)  # format 1 stores could leave out chunks of fill values
-    assert opened.info.format_version == 1 and not opened.chunk_files
+    opened = open_store(store)  # zarr left out chunks of fill values: a missing one may be zeros
+    assert not opened.chunk_files
     assert not opened.read_region((16, 32), (16, 8)).any()

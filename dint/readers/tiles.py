@@ -62,7 +62,7 @@ def _grid(path: Path) -> dict[tuple[int, int], Path]:
         group[position] = file
     if not found:
         raise DintError(f"{path}: is a folder but holds no image tiles named {NAMING} "
-                        f"(or pass a signal file, or a zarr array)")
+                        f"(a zarr array's folder name must end in .zarr)")
     if len(found) > 1:
         kinds = ", ".join(f"{prefix}<row>_<col>{ext} ({len(tiles)})" for (prefix, ext), tiles in sorted(found.items()))
         raise DintError(f"{path}: holds tiles of several names or types: {kinds}; keep one kind per folder")
