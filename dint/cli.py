@@ -137,10 +137,13 @@ def _read_options(modality, chunk, keep_alpha, shape, dtype, resolution, field) 
 def info(
     store: Path = typer.Argument(..., help="A store made by dint-shard."),
     as_json: bool = typer.Option(False, "--json", help="Print the attributes as JSON."),
+    verify: bool = typer.Option(False, "--verify", help="Also read every chunk, to find damaged ones."),
 ) -> None:
-    """Describe what a store holds."""
-    opened = open_store(store)
+    """Describe what a store holds (a dint-shard store, or level 0 of a dint render pyramid)."""
+    opened = _open_store_or_pyramid(store)
     signal = opened.info
+    if verify:
+        print(f"{opened.path}: all {opened.verify()} chunks read", file=sys.stderr)
     if as_json:
         print(json.dumps(signal.to_attrs(), indent=2))
         return
@@ -164,6 +167,21 @@ def info(
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def _open_store_or_pyramid(path: Path):
+    import zarr
+
+    from dint.ome import open_pyramid
+
+    if (path / "zarr.json").is_file() and (path / "0").is_dir() and not (path / "values").exists():
+        try:
+            extra = dict(zarr.open_group(str(path), mode="r").attrs.get("dint", {})).get("extra", {})
+        except Exception:  # open_store below names what is wrong
+            extra = {}
+        if "pyramid" in extra:
+            return open_pyramid(path)
+    return open_store(path)
 
 
 @one_line_errors("dint render")

@@ -245,7 +245,8 @@ class ShardStream:
                  group_bytes: int):
         self.store, self.device, self.info = store, device, info
         self.groups = group_chunks(chunk_ids, info, max(1, group_bytes))
-        self.num_points = sum(math.prod(chunk_grid(info)[i][1]) for i in chunk_ids)
+        grid = chunk_grid(info)
+        self.num_points = sum(math.prod(grid[i][1]) for i in chunk_ids)
 
     def __len__(self) -> int:
         return len(self.groups)

@@ -19,7 +19,6 @@ import dataclasses
 import math
 import os
 import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -31,7 +30,8 @@ import zarr
 
 from dint.data import CoordinateMap, chunk_grid, partition_chunks
 from dint.errors import DintError
-from dint.store import VALUES, SignalInfo, default_chunks, open_store
+from dint.store import (VALUES, SignalInfo, create_values_array, default_chunks, open_store, replace_folder,
+                        writable_values)
 
 PREVIEW_MAX_POINTS = 1 << 26  # previews (PNG, WAV, PLY) are made on one process up to this size
 PREVIEW_MAX_SIDE = 1024  # pyramid previews (image PNG, volume slices) come from the finest level this small
@@ -99,8 +99,7 @@ def create_store(info: SignalInfo, dest: Path) -> Path:
     tmp = staging_path(dest)
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    group.create_array(VALUES, shape=(*info.shape, info.channels), chunks=(*info.chunks, info.channels),
-                       dtype=info.dtype, fill_value=0)
+    create_values_array(group, info)  # every chunk stored, so open_store can tell a missing one
     group.attrs["dint"] = info.to_attrs()
     return tmp
 
@@ -108,30 +107,15 @@ def create_store(info: SignalInfo, dest: Path) -> Path:
 def render_chunks(model: torch.nn.Module, info: SignalInfo, tmp: Path, chunks, device: torch.device,
                   block_points: int) -> None:
     """Render the given (origin, shape) chunks of `info`'s grid into the store at `tmp`."""
-    array = zarr.open_array(str(tmp / VALUES), mode="r+")
+    array = writable_values(tmp)  # writes chunks of fill values too
     for origin, shape in chunks:
         region = tuple(slice(o, o + s) for o, s in zip(origin, shape))
         array[region] = to_storage(predict_region(model, info, device, block_points, origin, shape), info)
 
 
 def publish(tmp: Path, dest: Path) -> Path:
-    """Rename the finished `tmp` to `dest`; an old `dest` is moved aside first and removed after,
-    so `dest` is at every moment either the old whole store or the new whole one."""
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return dest
-    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(dest, old)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
-    return dest
+    """Rename the finished staging store into place (the old one stays whole until then)."""
+    return replace_folder(tmp, dest)
 
 
 def export_previews(store_path: Path) -> dict[str, str]:
@@ -144,7 +128,7 @@ def export_previews(store_path: Path) -> dict[str, str]:
     info = store.info
     if info.num_points > PREVIEW_MAX_POINTS:
         return {}
-    values = np.asarray(store.values[...])
+    values = store.read_region((0,) * info.ndim, info.shape)
     names = preview_names(store_path)
     if info.modality == "image":
         return {"png": str(save_png(to_unit(values, info), names["png"]))}

@@ -232,7 +232,7 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         group.attrs["dint"] = info.to_attrs()
-        _replace(tmp, dest)
+        replace_folder(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -270,11 +270,13 @@ def _axis_names(info: SignalInfo) -> tuple[str, ...]:
     return {1: ("t",), 2: ("y", "x"), 3: ("z", "y", "x")}.get(info.ndim, tuple(f"d{i}" for i in range(info.ndim)))
 
 
-def _replace(tmp: Path, dest: Path) -> None:
+def replace_folder(tmp: Path, dest: Path) -> Path:
+    """Rename the finished folder `tmp` to `dest`. An old `dest` is moved aside first and
+    removed after (a folder cannot be swapped for another atomically), so `dest` is at every
+    moment either the old whole store or the new whole one."""
     if not dest.exists():
         os.replace(tmp, dest)
-        return
-    # Move the old store aside first: a directory cannot be atomically swapped for another.
+        return dest
     old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(dest, old)
     try:
@@ -282,7 +284,11 @@ def _replace(tmp: Path, dest: Path) -> None:
     except BaseException:
         os.replace(old, dest)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+    return dest
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ import torch
 from dint.components.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, save_model
 from dint.components.faults import Faults
 from dint.components.metrics import MetricsLogger
-from dint.config import Config, load_config, parse_cli, parse_size
+from dint.config import Config, check_against_store, load_config, parse_cli, parse_size
 from dint.batching import MiniBatchesInMemory, MiniBatchesStreamed, WholeSignal, WholeSignalStreamed
 from dint.data import Shard, ShardStream, chunk_grid, rank_chunk_ids
 from dint.distributed.engine import build_engine
@@ -66,10 +66,8 @@ class Trainer:
         self.device = self.dist.device
         self.store = open_store(config.data.store)
         self.info = self.store.info
+        check_against_store(config, self.info)
         if config.data.domain:
-            if len(config.data.domain) != self.info.ndim:
-                raise DintError(f"data.domain: {len(config.data.domain)} intervals given, the store has "
-                                f"{self.info.ndim} axes")
             self.info = dataclasses.replace(self.info, domain=tuple((float(lo), float(hi)) for lo, hi in config.data.domain))
         self.run_dir = Path(config.run.dir)
 
@@ -414,8 +412,9 @@ class Trainer:
         outputs = {"reconstruction": str(publish(staging_path(dest), dest))}
         outputs.update(export_previews(dest))
         if self.info.modality == "image" and self.info.num_points <= PREVIEW_MAX_POINTS:
-            reference = to_unit(self.store.values[...], self.info)
-            prediction = to_unit(open_store(dest).values[...], info)
+            whole = ((0,) * self.info.ndim, self.info.shape)  # read_region: retries, and one line if it fails
+            reference = to_unit(self.store.read_region(*whole), self.info)
+            prediction = to_unit(open_store(dest).read_region(*whole), info)
             summary["ssim"] = ssim(reference, prediction, data_range=1.0)
         return outputs
 
@@ -440,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path, overrides = parse_cli([a for a in argv if a != "--check"])
         config = load_config(config_path, overrides)
         if check_only:  # validate config and store, then stop (launch/run_train.sh runs this first)
-            open_store(config.data.store)
+            check_against_store(config, open_store(config.data.store).info)
             return 0
         trainer = Trainer(config)
         summary = trainer.train()

@@ -111,7 +111,8 @@ def test_shape_trains_and_reports_iou(tmp_path, field):
         sdf = (np.sqrt((x - 0.1) ** 2 + y**2 + (z + 0.1) ** 2) - 0.55).astype(np.float32)[..., None]
         store = make_store(tmp_path / "s.zarr", sdf, "shape", (float(sdf.min()), float(sdf.max())),
                            {"field": "sdf"}, chunk=12)
-    summary, evals = train_two_ranks(tmp_path, store, 120, model={"width": 32, "hidden_layers": 3})
+    summary, evals = train_two_ranks(tmp_path, store, 120, model={"width": 32, "hidden_layers": 3},
+                                     eval={"every": 10})
     assert "iou" in summary and summary["iou"] == evals[-1]["iou"]
     # Boundary voxels are most of a 24^3 sphere, so an SDF fit's IoU is lower than occupancy's.
     assert summary["iou"] > (0.9 if field == "occupancy" else 0.7), [e["iou"] for e in evals]

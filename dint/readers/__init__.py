@@ -36,6 +36,7 @@ class Source:
     values: Any  # dask array (*spatial, C)
     modality: str
     value_range: tuple[float, float] | None = None  # None: the data's min and max (floats)
+    finite: bool = False  # the reader vouches for finite values (so the NaN scan, a full pass, is skipped)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -97,6 +98,8 @@ def _checked(path: Path, source: Source) -> Source:
     values = source.values
     if values.ndim < 2 or 0 in values.shape:
         raise DintError(f"{path}: the signal is empty (shape {tuple(values.shape)})")
+    if source.finite and source.value_range is not None:
+        return source
     if np.dtype(values.dtype).kind == "f":
         import dask
 

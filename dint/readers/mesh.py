@@ -567,9 +567,6 @@ def read(path: Path, options: ReadOptions) -> Source:
     if not watertight:
         extra["warning"] = ("the mesh is not watertight (it has holes or open edges): inside is decided by a "
                             "majority vote of ray parity along three axes and may be wrong near holes")
-    source = Source(values=grid.to_dask(), modality="shape", value_range=value_range, extra=extra)
-    # The grid is finite by construction and its range is known: a full pass to scan it for
-    # NaN (read_source does so for float values) would double the cost of an SDF. read_source
-    # can skip the scan for sources that say so (see the patch proposed with this reader).
-    source.finite = True
-    return source
+    # The grid is finite by construction and its range is known: read_source's NaN scan (a full
+    # pass over the float values) would double the cost of an SDF.
+    return Source(values=grid.to_dask(), modality="shape", value_range=value_range, extra=extra, finite=True)
