@@ -115,15 +115,18 @@ class _ReusedSelections:
         return selection
 
 
-    def state_dict(self, shard: Shard, points_of) -> dict:
-        """Every mini-batch's last selection as one global bit mask, plus its numbers."""
+    def state_dict(self, ids_of, num_points: int) -> dict:
+        """Every mini-batch's last selection as one global bit mask, plus its numbers.
+
+        `ids_of(index)`: the global indices of mini-batch `index`'s candidates on this rank.
+        """
         if not self.saved:
             return {}
         ids = []
         for index, (packed, *_) in sorted(self.saved.items()):
-            candidates = points_of(index)
-            ids.append(shard.global_index(candidates[unpack_mask(packed, candidates.shape[0])]))
-        bits = global_bits(torch.cat(ids), shard.info.num_points)
+            candidates = ids_of(index)
+            ids.append(candidates[unpack_mask(packed, candidates.shape[0])])
+        bits = global_bits(torch.cat(ids), num_points)
         return {"bits": bits.cpu(), "selections": {index: (count, ratio, made) for index, (_, count, _, ratio, made)
                                                    in self.saved.items()}}
 
@@ -131,10 +134,15 @@ class _ReusedSelections:
         if not state:
             return
         bits = state["bits"].to(shard.device)
-        for index, (count, ratio, made) in sorted(state["selections"].items()):
-            candidates = points_of(index)
-            mask = bits_at(bits, shard.global_index(candidates))
-            self.saved[index] = (pack_mask(mask), count, _counts(int(mask.sum()), mask.device), ratio, made)
+        for index, (_, ratio, made) in sorted(state["selections"].items()):
+            self.restore(index, bits, shard, points_of(index), ratio, made)
+
+    def restore(self, index: int, bits: torch.Tensor, shard: Shard, candidates: torch.Tensor, ratio: float,
+                made: int) -> None:
+        """Mini-batch `index`'s selection from the global bit mask (collective: counts per rank)."""
+        mask = bits_at(bits, shard.global_index(candidates))
+        counts = _counts(int(mask.sum()), mask.device)
+        self.saved[index] = (pack_mask(mask), sum(counts), counts, ratio, made)
 
 
 class MiniBatchesInMemory:
@@ -153,7 +161,8 @@ class MiniBatchesInMemory:
         return [self.reused.select(index, step, model, self.shard, self.plan.points(index))]
 
     def state_dict(self) -> dict:
-        return self.reused.state_dict(self.shard, self.plan.points)
+        return self.reused.state_dict(lambda index: self.shard.global_index(self.plan.points(index)),
+                                      self.shard.info.num_points)
 
     def load_state_dict(self, state: dict) -> None:
         self.reused.load_state_dict(state, self.shard, self.plan.points)
@@ -167,6 +176,8 @@ class MiniBatchesStreamed:
         self.reused = _ReusedSelections(teacher, count, math.ceil(total_steps / count))
         self._groups: Iterator[Shard] | None = None
         self._empty: Shard | None = None
+        self._restored: dict[int, tuple[float, int]] = {}
+        self._restored_bits: torch.Tensor | None = None
 
     @property
     def current(self) -> Selection | None:
@@ -174,19 +185,31 @@ class MiniBatchesStreamed:
 
     def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
         index = step % self.steps_per_pass
-        if index == 0:
-            self._groups = iter(self.stream)
+        if index == 0 or self._groups is None:  # a new pass, or one resumed in its middle
+            self._groups = self.stream.iter_from(index)
         group = next(self._groups, None) or self._empty_shard()  # ranks with fewer groups join empty
         everything = torch.arange(len(group), device=group.device)
+        if index in self._restored:  # from a checkpoint: applied when the group is in memory
+            self.reused.restore(index, self._restored_bits, group, everything, *self._restored.pop(index))
         return [self.reused.select(index, step, model, group, everything)]
 
     def state_dict(self) -> dict:
-        # A group is a mini-batch only for this world size and budget: after a resume each
-        # group selects afresh at its next visit.
-        return {}
+        """The groups' last selections as one global bit mask (the points of a group found by
+        index arithmetic alone, without reading it)."""
+        layouts = [Shard(self.stream.store, ids, self.stream.device, self.stream.info, read=False)
+                   for ids in self.stream.groups]
+        return self.reused.state_dict(lambda index: self._points_of(layouts, index), self.stream.info.num_points)
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if state:
+            self._restored_bits = state["bits"].to(self.stream.device)
+            self._restored = {index: (ratio, made) for index, (_, ratio, made) in state["selections"].items()}
+
+    def _points_of(self, layouts: list[Shard], index: int) -> torch.Tensor:
+        """Global indices of group `index`'s points (none where this rank has fewer groups)."""
+        if index >= len(layouts):
+            return torch.zeros(0, dtype=torch.int64, device=self.stream.device)
+        return layouts[index].global_index(torch.arange(len(layouts[index]), device=layouts[index].device))
 
     def _empty_shard(self) -> Shard:
         if self._empty is None:

@@ -134,7 +134,8 @@ class Shard:
     when streaming (`ShardStream`).
     """
 
-    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo | None = None):
+    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo | None = None,
+                 read: bool = True):
         info = info or store.info  # the trainer may override the coordinate domain
         self.info = info
         self.device = device
@@ -146,11 +147,15 @@ class Shard:
         self._shapes = torch.tensor([s for _, s in self.chunks], dtype=torch.int64, device=device).reshape(-1, ndim)
         counts = self._shapes.prod(dim=1)
         self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), counts.cumsum(0)])
-        # Filled chunk by chunk, so loading never holds the shard twice.
-        flat = np.empty((int(self._offsets[-1]), info.channels), dtype=info.dtype)
-        for (origin, shape), start, stop in zip(self.chunks, self._offsets[:-1].tolist(), self._offsets[1:].tolist()):
-            flat[start:stop] = store.read_region(origin, shape).reshape(-1, info.channels)
-        self.values = torch.from_numpy(flat).to(device)
+        self._count = int(self._offsets[-1])
+        self.values = None  # read=False: index arithmetic only (where a group's points are)
+        if read:
+            # Filled chunk by chunk, so loading never holds the shard twice.
+            flat = np.empty((self._count, info.channels), dtype=info.dtype)
+            for (origin, shape), start, stop in zip(self.chunks, self._offsets[:-1].tolist(),
+                                                    self._offsets[1:].tolist()):
+                flat[start:stop] = store.read_region(origin, shape).reshape(-1, info.channels)
+            self.values = torch.from_numpy(flat).to(device)
         self._strides = torch.tensor(
             [math.prod(info.shape[d + 1 :]) for d in range(ndim)], dtype=torch.int64, device=device
         )
@@ -168,7 +173,7 @@ class Shard:
         self.coordinates = CoordinateMap(info, device)
 
     def __len__(self) -> int:
-        return self.values.shape[0]
+        return self._count
 
     @property
     def nbytes(self) -> int:
@@ -252,13 +257,17 @@ class ShardStream:
         return len(self.groups)
 
     def __iter__(self) -> Iterator[Shard]:
+        return self.iter_from(0)
+
+    def iter_from(self, first: int) -> Iterator[Shard]:
+        """The groups from `first` on (a pass resumed in its middle starts there)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        if not self.groups:
+        if first >= len(self.groups):
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dint-prefetch") as reader:
-            pending = reader.submit(Shard, self.store, self.groups[0], self.device, self.info)
-            for index in range(len(self.groups)):
+            pending = reader.submit(Shard, self.store, self.groups[first], self.device, self.info)
+            for index in range(first, len(self.groups)):
                 current = pending.result()
                 if index + 1 < len(self.groups):
                     pending = reader.submit(Shard, self.store, self.groups[index + 1], self.device, self.info)

@@ -234,3 +234,25 @@ def test_a_hung_rank_ends_the_job_with_a_named_timeout(tmp_path, reference):
     assert time.monotonic() - started < 120
     errors = [line for line in result.stderr.splitlines() if line.startswith("dint.train: error")]
     assert errors and "rank 0" in errors[0] and "step 5" in errors[0] and "timed out after 3.0 s" in errors[0]
+
+
+@pytest.mark.parametrize("mode", ["in memory", "streamed"])
+def test_minibatch_selections_survive_a_resume_exactly(tmp_path, reference, mode):
+    """Mini-batch INT reusing its selections for 2 passes: a resume between a mini-batch's
+    selection and its reuse must reuse the same points (restored from the checkpoint)."""
+    _, store, _ = reference
+    extra = {"data": {"memory_budget": "1KB"}} if mode == "streamed" else {}
+    config = config_for(tmp_path, store, teacher={"minibatch": 400, "interval_schedule": "fixed", "interval": 2},
+                        checkpoint={"every": 7}, **extra)
+
+    def one_process(run_dir, fault=None):
+        return run_cli("dint.train", "--config", config, "--run.dir", run_dir,
+                       extra_env={"DINT_FAULT": fault} if fault else None)
+
+    assert one_process(tmp_path / "straight").returncode == 0
+    assert one_process(tmp_path / "run", "kill@16").returncode != 0  # checkpoint 14: mid-pass, mid-interval
+    resumed = one_process(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step-00000014" in resumed.stderr
+    assert summary(tmp_path / "run")["streamed"] == (mode == "streamed")
+    assert same_weights(tmp_path / "straight", tmp_path / "run")
