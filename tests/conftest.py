@@ -65,11 +65,15 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-@pytest.fixture
-def image_store(tmp_path: Path) -> Path:
+def make_image_store(folder: Path) -> Path:
     """A 48x40 grey store chunked 16x16: 3x3 chunks, the last column 8 wide."""
-    png = write_png(tmp_path / "smooth.png", smooth_image(48, 40))
-    store = tmp_path / "smooth.zarr"
+    png = write_png(folder / "smooth.png", smooth_image(48, 40))
+    store = folder / "smooth.zarr"
     result = run_cli("dint.cli", "shard", png, store, "--chunk", "16")
     assert result.returncode == 0, result.stderr
     return store
+
+
+@pytest.fixture
+def image_store(tmp_path: Path) -> Path:
+    return make_image_store(tmp_path)

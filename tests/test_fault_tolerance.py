@@ -52,12 +52,10 @@ def summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 2-rank run, and its config (INT, selections every few steps)."""
-    from conftest import smooth_image, write_png
+    from conftest import make_image_store
 
     folder = tmp_path_factory.mktemp("reference")
-    png = write_png(folder / "smooth.png", smooth_image(48, 40))
-    store = folder / "smooth.zarr"
-    assert run_cli("dint.cli", "shard", png, store, "--chunk", "16").returncode == 0
+    store = make_image_store(folder)
     config = config_for(folder, store, teacher={"interval_schedule": "fixed", "interval": 3})
     result = train(config, folder / "run")
     assert result.returncode == 0, result.stderr

@@ -28,13 +28,9 @@ def passes(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def image_store_module(tmp_path_factory):
-    from conftest import smooth_image, write_png
+    from conftest import make_image_store
 
-    folder = tmp_path_factory.mktemp("store")
-    png = write_png(folder / "smooth.png", smooth_image(48, 40))
-    store = folder / "smooth.zarr"
-    assert run_cli("dint.cli", "shard", png, store, "--chunk", "16").returncode == 0
-    return store
+    return make_image_store(tmp_path_factory.mktemp("store"))
 
 
 @pytest.mark.parametrize("plan", ["whole", "whole_streamed", "minibatches", "minibatches_streamed"])
