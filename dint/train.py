@@ -149,7 +149,7 @@ class Trainer:
         while step < steps:
             self.faults.at_step(step)
             loss = self.train_step(step)
-            if self._diverged(loss):
+            if self._diverged():
                 step = self._roll_back(step)
                 continue
 
@@ -193,9 +193,10 @@ class Trainer:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def _diverged(self, loss: torch.Tensor) -> bool:
-        bad = torch.tensor([0 if torch.isfinite(loss).all() else 1], device=self.device)
-        return bool(all_reduce_max(bad).item())
+    def _diverged(self) -> bool:
+        # Gradients are averaged over ranks, so a non-finite loss on any rank leaves the
+        # parameters of every rank non-finite alike: all ranks agree without a collective.
+        return not bool(torch.stack([p.isfinite().all() for p in self.engine.module.parameters()]).all())
 
     def _roll_back(self, step: int) -> int:
         """Back to the newest checkpoint (or the start) with the learning rate halved."""
@@ -311,7 +312,7 @@ class Trainer:
             **({"pass": step // self.batches.steps_per_pass + 1, "minibatch": step % self.batches.steps_per_pass + 1}
                if self.batches.steps_per_pass > 1 else {}),
             "select_seconds": round(self.select_seconds, 4),
-            "train_seconds": round(self.step_seconds, 4),
+            "update_seconds": round(self.step_seconds, 4),
             "lr": self.engine.lr,
         }
 

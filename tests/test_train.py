@@ -82,7 +82,7 @@ def test_end_to_end_two_ranks_beats_a_constant_prediction(tmp_path):
     assert len(evaluated) == 3 and evaluated[-1] == summary["final_psnr"] and evaluated[-1] > evaluated[0]
     ratios = [r["ratio"] for r in records]
     assert ratios[0] == pytest.approx(0.2) and ratios == sorted(ratios) and ratios[-1] > 0.8
-    for key in ("wall_seconds", "loss", "selected", "selected_per_rank", "select_seconds", "train_seconds"):
+    for key in ("wall_seconds", "loss", "selected", "selected_per_rank", "select_seconds", "update_seconds"):
         assert key in records[-1]
 
     resolved = tomllib.loads((run_dir / "config.toml").read_text())
