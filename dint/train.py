@@ -31,7 +31,7 @@ from dint.components.metrics import MetricsLogger
 from dint.config import Config, check_against_store, load_config, parse_cli, parse_size
 from dint.batching import MiniBatchesInMemory, MiniBatchesStreamed, WholeSignal, WholeSignalStreamed
 from dint.data import Shard, ShardStream, chunk_grid, rank_chunk_ids
-from dint.distributed.engine import build_engine
+from dint.distributed.engine import build_engine, import_engine_library
 from dint.distributed.utils import (all_gather_varlen, all_reduce_max, all_reduce_sum, barrier, destroy_distributed,
                                     init_distributed)
 from dint.errors import DintError
@@ -61,6 +61,7 @@ def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: tor
 class Trainer:
     def __init__(self, config: Config):
         self.config = config
+        import_engine_library(config.train.engine, config.run.device)
         self.dist = init_distributed(config.run.device, config.run.collective_timeout)
         self.phase = "start-up"  # named in the message when a collective times out
         self.device = self.dist.device
@@ -460,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     finally:
+        trainer = None  # the engine holds the process group; release it before the group is destroyed
         destroy_distributed()
     if summary["outputs"]:
         quality = f"final PSNR {summary['final_psnr']:.2f} dB"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dint.components.lr_schedule import build_lr_scheduler
-from dint.distributed.utils import DistInfo
+from dint.distributed.utils import DistInfo, pick_device
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
@@ -142,6 +142,17 @@ def _import_deepspeed(device: torch.device):
         if isinstance(compatible, dict):
             compatible["deepspeed_shm_comm"] = False
     return deepspeed
+
+
+def import_engine_library(name: str, device_preference: str) -> None:
+    """Import the engine's library before the process group exists (call before init_distributed).
+
+    DeepSpeed binds the default group into default arguments when first imported
+    (deepspeed.comm.torch's barrier). Bound to a live group, those would keep it alive past
+    destroy_distributed(), and with it gloo threads that may then outlive the interpreter.
+    """
+    if name == "deepspeed":
+        _import_deepspeed(pick_device(device_preference, local_rank=0))
 
 
 def build_engine(name: str, model: nn.Module, dist_info: DistInfo, lr: float, total_steps: int,

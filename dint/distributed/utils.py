@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
+import sys
 
 import torch
 import torch.distributed as dist
+# Imported before any group exists: this module binds `group=group.WORLD` as default
+# arguments when first imported (DDP imports it), and bound to a live group those
+# defaults would keep it from ever being freed (see destroy_distributed).
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +75,22 @@ def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> d
 
 
 def destroy_distributed() -> None:
+    """Leave the group while the interpreter is still fully alive.
+
+    A gloo worker thread drops its reference to a finished collective a moment after the
+    caller's wait() returns. If that last drop falls into interpreter shutdown, it needs the
+    GIL, cannot get it, and the process aborts ("terminate called without an active
+    exception"). Freeing the group here joins those threads first. Callers drop their
+    engine before calling this: DDP holds the group too, inside a reference cycle, hence
+    the collection.
+    """
     if dist.is_initialized():
-        dist.destroy_process_group()
+        deepspeed_comm = sys.modules.get("deepspeed.comm")
+        if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+            deepspeed_comm.destroy_process_group()  # also drops DeepSpeed's own references to the groups
+        else:
+            dist.destroy_process_group()
+    gc.collect()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
