@@ -12,18 +12,67 @@ Four plans, one per combination of mode and memory:
 With mini-batches a pass is `count` steps, and the teacher's ratio and interval schedules
 advance per pass; between selection passes a mini-batch reuses its last selection, kept
 as a packed bit mask over the mini-batch's points (one bit per point).
+
+`build_batch_plan` picks the plan from the config and the size of the rank's share.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
+import numpy as np
 import torch
 
-from dint.data import MiniBatches, Shard, ShardStream
-from dint.distributed.utils import all_gather_varlen, all_reduce_sum
+from dint.config import Config
+from dint.data import MiniBatches, Shard, ShardStream, chunk_grid
+from dint.distributed.utils import all_reduce_max, all_reduce_sum, gather_counts
+from dint.store import SignalInfo, Store
 from dint.teacher import Selection, Teacher
+
+
+class BatchPlan(Protocol):
+    steps_per_pass: int  # optimizer steps in a pass over the signal (1 without mini-batches)
+    eager: bool  # at() chooses every selection before returning; False: chosen as it is iterated
+    streamed: bool  # the rank's points are read group by group, not held in memory
+    current: Selection | None  # the selection of the last step (for its metrics)
+
+    def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
+        """The selections the optimizer step `step` (from 0) trains on."""
+
+    def shards(self) -> Iterable[Shard]:
+        """The rank's points, in memory at once or group after group (evaluation)."""
+
+    def state_dict(self) -> dict:
+        """The selections in use, the same whatever the number of ranks (collective)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Forget every selection made, then restore those of `state` (may be {})."""
+
+
+def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: list[int], teacher: Teacher,
+                     device: torch.device) -> BatchPlan:
+    """The plan for the rank's chunks: in memory, or streamed when any rank's share is over
+    data.memory_budget; over the whole signal, or in mini-batches (teacher.minibatch)."""
+    steps, minibatch, budget = config.train.steps, config.teacher.minibatch, config.data.memory_budget_bytes
+    point_bytes = info.channels * np.dtype(info.dtype).itemsize
+    grid = chunk_grid(info)
+    share = sum(math.prod(grid[i][1]) for i in chunk_ids) * point_bytes
+    # Every rank must take the same branch: stream if any rank's share is over budget.
+    if not all_reduce_max(torch.tensor([int(budget > 0 and share > budget)], device=device)):
+        shard = Shard(store, chunk_ids, device, info)
+        if minibatch:
+            return MiniBatchesInMemory(teacher, shard, minibatch, steps, config.train.seed)
+        return WholeSignal(teacher, shard, steps)
+    # A group is a mini-batch (when set) and at most a third of the budget (ShardStream).
+    group_bytes = budget // 3
+    if minibatch:
+        group_bytes = min(group_bytes, minibatch * point_bytes)
+    stream = ShardStream(store, chunk_ids, device, info, group_bytes)
+    if minibatch:
+        groups = int(all_reduce_max(torch.tensor([len(stream)], device=device)))
+        return MiniBatchesStreamed(teacher, stream, groups, steps)
+    return WholeSignalStreamed(teacher, stream, gather_counts(stream.num_points, device))
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -54,39 +103,40 @@ def bits_at(bits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return ((bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool()
 
 
-def _counts(count: int, device: torch.device) -> list[int]:
-    (counts,) = all_gather_varlen(torch.tensor([count], dtype=torch.int64, device=device))
-    return counts.tolist()
-
-
 class WholeSignal:
     """Selections over the rank's whole shard, renewed when the teacher says so."""
+
+    steps_per_pass, eager, streamed = 1, True, False
 
     def __init__(self, teacher: Teacher, shard: Shard, total_steps: int):
         self.teacher, self.shard, self.total_steps = teacher, shard, total_steps
         self.everything = torch.arange(len(shard), device=shard.device)
         self.current: Selection | None = None
-        self.steps_per_pass = 1
 
     def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
-        if self.current is None or self.teacher.due(step, self.total_steps):
+        if self.teacher.must_select(self.current and self.current.step, step, self.total_steps):
             self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps)
         return [self.current]
 
+    def shards(self) -> Iterable[Shard]:
+        return [self.shard]
+
     def state_dict(self) -> dict:
-        if self.current is None or self.teacher.strategy == "full":
+        if self.current is None or not self.teacher.chooses:
             return {}
         bits = global_bits(self.shard.global_index(self.current.local), self.shard.info.num_points)
         return {"bits": bits.cpu(), "selections": {0: (self.current.global_count, self.current.ratio,
                                                        self.current.step)}}
 
     def load_state_dict(self, state: dict) -> None:
+        self.current = None
         if not state:
             return
         global_count, ratio, made = state["selections"][0]
         bits = state["bits"].to(self.shard.device)
         local = self.everything[bits_at(bits, self.shard.global_index(self.everything))]
-        self.current = Selection(self.shard, local, global_count, _counts(local.shape[0], local.device), ratio, made)
+        self.current = Selection(self.shard, local, global_count, gather_counts(local.shape[0], local.device), ratio,
+                                 made)
 
 
 class _ReusedSelections:
@@ -100,9 +150,9 @@ class _ReusedSelections:
     def select(self, index: int, step: int, model, shard: Shard, candidates: torch.Tensor) -> Selection:
         pass_index = step // self.count
         saved = self.saved.get(index)
-        if saved is None or (self.teacher.due(pass_index, self.passes) and saved[4] != pass_index):
+        if self.teacher.must_select(saved and saved[4], pass_index, self.passes):
             selection = self.teacher.select(model, shard, candidates, pass_index, self.passes)
-            if self.teacher.strategy != "full":
+            if self.teacher.chooses:
                 mask = torch.zeros(candidates.shape[0], dtype=torch.bool, device=candidates.device)
                 mask[selection.positions] = True
                 self.saved[index] = (pack_mask(mask), selection.global_count,
@@ -114,6 +164,8 @@ class _ReusedSelections:
         self.current = selection
         return selection
 
+    def clear(self) -> None:
+        self.saved, self.current = {}, None
 
     def state_dict(self, ids_of, num_points: int) -> dict:
         """Every mini-batch's last selection as one global bit mask, plus its numbers.
@@ -131,6 +183,7 @@ class _ReusedSelections:
                                                    in self.saved.items()}}
 
     def load_state_dict(self, state: dict, shard: Shard, points_of) -> None:
+        self.clear()
         if not state:
             return
         bits = state["bits"].to(shard.device)
@@ -141,11 +194,13 @@ class _ReusedSelections:
                 made: int) -> None:
         """Mini-batch `index`'s selection from the global bit mask (collective: counts per rank)."""
         mask = bits_at(bits, shard.global_index(candidates))
-        counts = _counts(int(mask.sum()), mask.device)
+        counts = gather_counts(int(mask.sum()), mask.device)
         self.saved[index] = (pack_mask(mask), sum(counts), counts, ratio, made)
 
 
 class MiniBatchesInMemory:
+    eager, streamed = True, False
+
     def __init__(self, teacher: Teacher, shard: Shard, minibatch: int, total_steps: int, seed: int):
         count = max(1, math.ceil(shard.info.num_points / minibatch))
         self.shard, self.plan = shard, MiniBatches(shard, count, seed)
@@ -160,6 +215,9 @@ class MiniBatchesInMemory:
         index = step % self.steps_per_pass
         return [self.reused.select(index, step, model, self.shard, self.plan.points(index))]
 
+    def shards(self) -> Iterable[Shard]:
+        return [self.shard]
+
     def state_dict(self) -> dict:
         return self.reused.state_dict(lambda index: self.shard.global_index(self.plan.points(index)),
                                       self.shard.info.num_points)
@@ -170,6 +228,8 @@ class MiniBatchesInMemory:
 
 class MiniBatchesStreamed:
     """Mini-batch b of a pass is the b-th chunk group of every rank's stream."""
+
+    eager, streamed = True, True
 
     def __init__(self, teacher: Teacher, stream: ShardStream, count: int, total_steps: int):
         self.stream, self.steps_per_pass = stream, count
@@ -193,6 +253,9 @@ class MiniBatchesStreamed:
             self.reused.restore(index, self._restored_bits, group, everything, *self._restored.pop(index))
         return [self.reused.select(index, step, model, group, everything)]
 
+    def shards(self) -> Iterable[Shard]:
+        return self.stream
+
     def state_dict(self) -> dict:
         """The groups' last selections as one global bit mask (the points of a group found by
         index arithmetic alone, without reading it)."""
@@ -201,6 +264,8 @@ class MiniBatchesStreamed:
         return self.reused.state_dict(lambda index: self._points_of(layouts, index), self.stream.info.num_points)
 
     def load_state_dict(self, state: dict) -> None:
+        self.reused.clear()
+        self._groups, self._restored, self._restored_bits = None, {}, None
         if state:
             self._restored_bits = state["bits"].to(self.stream.device)
             self._restored = {index: (ratio, made) for index, (_, ratio, made) in state["selections"].items()}
@@ -220,9 +285,10 @@ class MiniBatchesStreamed:
 class WholeSignalStreamed:
     """Teacher "full" over a streamed shard: a step runs through every group of the pass."""
 
+    steps_per_pass, eager, streamed = 1, False, True
+
     def __init__(self, teacher: Teacher, stream: ShardStream, rank_counts: list[int]):
         self.stream, self.rank_counts = stream, rank_counts
-        self.steps_per_pass = 1
         self.current: Selection | None = None
 
     def at(self, step: int, model: torch.nn.Module) -> Iterator[Selection]:
@@ -238,8 +304,11 @@ class WholeSignalStreamed:
                                      self.rank_counts, 1.0, step)
             yield self.current
 
+    def shards(self) -> Iterable[Shard]:
+        return self.stream
+
     def state_dict(self) -> dict:
         return {}  # every point, every step: nothing chosen to remember
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.current = None

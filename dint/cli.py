@@ -13,7 +13,8 @@ import typer
 
 from dint.errors import DintError
 from dint.readers import MODALITY_CHOICES, ReadOptions, read_source
-from dint.store import SignalInfo, check_destination, default_chunks, open_store, sha256_of, write_store
+from dint.files import sha256_of
+from dint.store import SignalInfo, check_destination, default_chunks, open_store, write_store
 
 BUILTIN_SIGNALS = {
     # scikit-image ships this 512x512 grey photograph (CC0) in its wheel.

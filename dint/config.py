@@ -12,16 +12,36 @@ import re
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import tomli_w
 
 from dint.errors import DintError
-from dint.teacher import ERRORS, INTERVAL_SCHEDULES, RATIO_SCHEDULES, STRATEGIES
 
+# The choices of each key, here so that reading a config imports no torch.
+DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("int", "full", "uniform")
+RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
+INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
+ERRORS = ("l1", "l2")
 LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("ddp", "deepspeed")
-DEVICES = ("auto", "cpu", "cuda")
+
+# fail(name, problem): report the section's key `name` as wrong, naming where it was set.
+Fail = Callable[[str, str], typing.NoReturn]
+
+
+def _require(fail: Fail, section: Any, *, choices: dict[str, tuple] = {}, positive: tuple = (),
+             non_negative: tuple = ()) -> None:
+    for name, allowed in choices.items():
+        if getattr(section, name) not in allowed:
+            fail(name, f"is not one of {', '.join(allowed)}")
+    for name in positive:
+        if not getattr(section, name) > 0:
+            fail(name, "must be > 0")
+    for name in non_negative:
+        if getattr(section, name) < 0:
+            fail(name, "must be >= 0")
 
 
 @dataclasses.dataclass
@@ -29,6 +49,19 @@ class RunConfig:
     dir: str = "runs/default"  # outputs: config.toml, metrics.jsonl, summary.json, model.pt, ...
     device: str = "auto"  # auto: CUDA whenever it is there
     collective_timeout: float = 600.0  # seconds a collective may wait for a rank before the run fails
+
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, choices={"device": DEVICES}, positive=("collective_timeout",))
+        if not self.dir.strip():
+            fail("dir", "must name a folder")
+        run_dir = Path(self.dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            fail("dir", "is a file, not a folder")
+        existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            fail("dir", f"cannot be created: {existing} is a file")
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            fail("dir", f"cannot be written: {existing} is not writable")
 
 
 @dataclasses.dataclass
@@ -38,6 +71,23 @@ class DataConfig:
     domain: list = dataclasses.field(default_factory=list)  # [[lo, hi], ...] per axis; empty: the store's
     memory_budget: str = ""  # per rank, e.g. "512MB"; a larger shard is streamed chunk group by group
 
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, positive=("block_points",))
+        for interval in self.domain:
+            if not (isinstance(interval, list) and len(interval) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                            for v in interval)
+                    and interval[0] < interval[1]):
+                fail("domain", "must list [lo, hi] with finite lo < hi for each axis")
+        try:
+            parse_size(self.memory_budget)
+        except ValueError:
+            fail("memory_budget", "is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return parse_size(self.memory_budget)
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -45,6 +95,9 @@ class ModelConfig:
     hidden_layers: int = 5  # sine layers; a linear output layer follows
     w0: float = 30.0
     w0_first: float = 30.0
+
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, positive=("width", "hidden_layers", "w0", "w0_first"))
 
 
 @dataclasses.dataclass
@@ -56,6 +109,18 @@ class TeacherConfig:
     interval: int = 1  # steps between selections with interval_schedule = "fixed"
     error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
     minibatch: int = 0  # points per mini-batch (mini-batch INT, one optimizer step each); 0: whole signal
+
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, choices={"strategy": STRATEGIES, "ratio_schedule": RATIO_SCHEDULES,
+                                      "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS},
+                 positive=("interval",), non_negative=("minibatch",))
+        if not 0.0 < self.ratio <= 1.0:
+            fail("ratio", "must be in (0, 1]")
+        # A default interval is harmless (a run's resolved config.toml lists every key); another
+        # value would be ignored by every schedule but "fixed".
+        if self.interval != TeacherConfig.interval and self.interval_schedule != "fixed":
+            fail("interval", f"has no effect with teacher.interval_schedule = \"{self.interval_schedule}\": "
+                 "set teacher.interval_schedule = \"fixed\" or drop the key")
 
 
 @dataclasses.dataclass
@@ -69,6 +134,10 @@ class TrainConfig:
     micro_batch: int = 0  # points per forward/backward, gradients accumulated; 0: a selection at once
     max_rollbacks: int = 3  # on a non-finite loss: back to the last checkpoint with half the lr, this often
 
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, choices={"lr_schedule": LR_SCHEDULES, "engine": ENGINES},
+                 positive=("steps", "lr", "log_every"), non_negative=("micro_batch", "max_rollbacks"))
+
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -76,12 +145,18 @@ class EvalConfig:
     reconstruction: bool = True  # render reconstruction.zarr (+ PNG/WAV/PLY previews) at the end
     sample: int = 0  # evaluate on a fixed random sample of this many points; 0: every point
 
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, non_negative=("every", "sample"))
+
 
 @dataclasses.dataclass
 class CheckpointConfig:
     every: int = 0  # steps between checkpoints in run.dir/checkpoints; 0: only at the end
     keep: int = 3  # newest complete checkpoints kept
     resume: str = "auto"  # auto: from the newest complete checkpoint in run.dir, if any; never; or a folder
+
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, positive=("keep",), non_negative=("every",))
 
 
 @dataclasses.dataclass
@@ -100,19 +175,18 @@ class Config:
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
+    def validate(self, fail: Callable[[str, str], typing.NoReturn]) -> None:
+        """Every section's own checks, then what involves several; `fail("section.key", problem)`."""
+        for key, kind in _key_types(self).items():
+            if kind is float and not math.isfinite(_get(self, key)):
+                fail(key, "must be a finite number")
+        for section in _sections():
+            getattr(self, section).validate(lambda name, problem, s=section: fail(f"{s}.{name}", problem))
+        if self.data.memory_budget_bytes and self.teacher.minibatch == 0 and self.teacher.strategy != "full":
+            fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
+                 "unless teacher.strategy = \"full\"")
 
-_CHOICES = {
-    "run.device": DEVICES,
-    "teacher.strategy": STRATEGIES,
-    "teacher.ratio_schedule": RATIO_SCHEDULES,
-    "teacher.interval_schedule": INTERVAL_SCHEDULES,
-    "teacher.error": ERRORS,
-    "train.lr_schedule": LR_SCHEDULES,
-    "train.engine": ENGINES,
-}
-_POSITIVE = ("checkpoint.keep", "run.collective_timeout", "data.block_points", "model.width", "model.hidden_layers", "model.w0", "model.w0_first",
-             "teacher.interval", "train.steps", "train.lr", "train.log_every")
-_NON_NEGATIVE = ("checkpoint.every", "train.max_rollbacks", "eval.every", "eval.sample", "teacher.minibatch", "train.micro_batch")
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -176,59 +250,22 @@ def validate(config: Config, origins: dict[str, str], source: str | None = None)
     def fail(key: str, problem: str) -> typing.NoReturn:
         raise DintError(f"{origins.get(key, 'default')}: {key} = {_get(config, key)!r} {problem}")
 
-    for key, choices in _CHOICES.items():
-        if _get(config, key) not in choices:
-            fail(key, f"is not one of {', '.join(choices)}")
-    for key, kind in _key_types(config).items():
-        if kind is float and not math.isfinite(_get(config, key)):
-            fail(key, "must be a finite number")
-    for key in _POSITIVE:
-        if not _get(config, key) > 0:
-            fail(key, "must be > 0")
-    for key in _NON_NEGATIVE:
-        if _get(config, key) < 0:
-            fail(key, "must be >= 0")
-    if not 0.0 < config.teacher.ratio <= 1.0:
-        fail("teacher.ratio", "must be in (0, 1]")
-    for interval in config.data.domain:
-        if not (isinstance(interval, list) and len(interval) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                        for v in interval)
-                and interval[0] < interval[1]):
-            fail("data.domain", "must list [lo, hi] with finite lo < hi for each axis")
-    if not config.run.dir.strip():
-        fail("run.dir", "must name a folder")
-    run_dir = Path(config.run.dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        fail("run.dir", "is a file, not a folder")
-    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        fail("run.dir", f"cannot be created: {existing} is a file")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        fail("run.dir", f"cannot be written: {existing} is not writable")
-    try:
-        budget = parse_size(config.data.memory_budget)
-    except ValueError:
-        fail("data.memory_budget", "is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
-    if budget and config.teacher.minibatch == 0 and config.teacher.strategy != "full":
-        fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
-             "unless teacher.strategy = \"full\"")
-    # A default interval is harmless (a run's resolved config.toml lists every key); another
-    # value would be ignored by every schedule but "fixed".
-    if config.teacher.interval != TeacherConfig.interval and config.teacher.interval_schedule != "fixed":
-        fail("teacher.interval", f"has no effect with teacher.interval_schedule = "
-             f"\"{config.teacher.interval_schedule}\": set teacher.interval_schedule = \"fixed\" or drop the key")
+    config.validate(fail)
     if not config.data.store:
         raise DintError(f"{origins.get('data.store') or source or '--data.store'}: data.store is not set "
                         "(a store made by dint-shard)")
 
 
-def check_against_store(config: Config, info: Any) -> None:
-    """What only the store (a dint.store.SignalInfo) can tell: run after open_store."""
+def check_against_store(config: Config, info: Any) -> Any:
+    """What only the store (a dint.store.SignalInfo) can tell: run after open_store. Returns the
+    signal as training sees it (data.domain, when set, replaces the store's domain)."""
     origins = getattr(config, "_origins", {})
-    if config.data.domain and len(config.data.domain) != info.ndim:
+    if not config.data.domain:
+        return info
+    if len(config.data.domain) != info.ndim:
         raise DintError(f"{origins.get('data.domain', 'default')}: data.domain = {config.data.domain!r} gives "
                         f"{len(config.data.domain)} intervals, the store has {info.ndim} axes")
+    return dataclasses.replace(info, domain=tuple((float(lo), float(hi)) for lo, hi in config.data.domain))
 
 
 def _key_types(config: Config) -> dict[str, type]:
@@ -266,6 +303,19 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
     validate(config, origins, None if path is None else str(path))
     config._origins = origins  # for check_against_store's messages; not a key
     return config
+
+
+USAGE = """usage: python -m dint.train --config PATH [--section.key VALUE ...] [--check]
+       torchrun --nproc_per_node N -m dint.train --config PATH [--section.key VALUE ...]
+
+Train one SIREN over a dint store with Implicit Neural Teaching. Every key of the config
+(sections run, data, model, teacher, train, eval, checkpoint) can be set in the TOML file
+and overridden on the command line, e.g. --train.steps 100 or --teacher.strategy=uniform.
+
+  --config PATH     the TOML config (configs/demo.toml, configs/cpu/, configs/paper/)
+  --resume FOLDER   short for --checkpoint.resume FOLDER (auto, never, or a checkpoint folder)
+  --check           check the config and the store, then stop
+  -h, --help        this help"""
 
 
 def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from dint.store import SignalInfo, Store
+from dint.store import SignalInfo, Store, to_training
 
 
 def chunk_grid(info: SignalInfo) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -58,9 +58,15 @@ class CoordinateMap:
         start = torch.where(sizes > 1, starts, starts + spans / 2)
         self.scale = scale.to(device=device, dtype=torch.float32)
         self.start = start.to(device=device, dtype=torch.float32)
+        self._scale64, self._start64 = scale.numpy(), start.numpy()
 
     def __call__(self, multi_index: torch.Tensor) -> torch.Tensor:
+        """Training's float32 coordinates of integer positions (n, ndim)."""
         return self.start + multi_index.to(torch.float32) * self.scale
+
+    def exact(self, positions: np.ndarray) -> np.ndarray:
+        """Float64 coordinates of (fractional) positions (..., ndim): metadata, meshes."""
+        return self._start64 + np.asarray(positions, dtype=np.float64) * self._scale64
 
 
 def hashed_uniform(ids: torch.Tensor, seed: int, step: int) -> torch.Tensor:
@@ -168,16 +174,10 @@ class Shard:
         self._slot_of_chunk = torch.full((math.prod(grid_shape),), -1, dtype=torch.int64, device=device)
         self._slot_of_chunk[torch.tensor(self.chunk_ids, dtype=torch.int64, device=device)] = torch.arange(
             len(self.chunk_ids), device=device)
-        lo, hi = info.value_range
-        self._value_lo, self._value_scale = lo, 2.0 / (hi - lo)
         self.coordinates = CoordinateMap(info, device)
 
     def __len__(self) -> int:
         return self._count
-
-    @property
-    def nbytes(self) -> int:
-        return self.values.numel() * self.values.element_size()
 
     def multi_index(self, local: torch.Tensor) -> torch.Tensor:
         """Integer position (n, ndim) in the whole signal of each local index."""
@@ -213,7 +213,7 @@ class Shard:
 
     def targets(self, local: torch.Tensor) -> torch.Tensor:
         """Values of the points, mapped from the store's value range to [-1, 1]."""
-        return (self.values[local].to(torch.float32) - self._value_lo) * self._value_scale - 1.0
+        return to_training(self.values[local].to(torch.float32), self.info.value_range)
 
     def blocks(self, block_size: int) -> Iterator[torch.Tensor]:
         """Local indices in consecutive blocks of at most `block_size` points."""

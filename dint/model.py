@@ -7,9 +7,14 @@ of 256, 6 layers in all" (5 sine layers and a linear output layer).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dint.config import ModelConfig
+    from dint.store import SignalInfo
 
 
 class SineLayer(nn.Module):
@@ -48,3 +53,8 @@ class Siren(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(coords))
+
+
+def build_model(config: "ModelConfig", info: "SignalInfo") -> Siren:
+    """The SIREN of `config` for `info`'s coordinates in and channels out (training and dint render)."""
+    return Siren(info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first)

@@ -39,11 +39,10 @@ import numpy as np
 import zarr
 
 from dint.errors import DintError
-from dint.store import SignalInfo, Store
+from dint.store import SignalInfo, Store, axis_names, to_dtype
 
 OME_VERSION = "0.5"
 CHANNEL_AXIS = "c"
-SPACE_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 METHOD = "mean"
 
 
@@ -76,17 +75,13 @@ def plan_levels(shape: tuple[int, ...], chunks: tuple[int, ...], top_side: int =
     return levels
 
 
-def spatial_axis_names(ndim: int) -> tuple[str, ...]:
-    return SPACE_AXES.get(ndim, ("t",) if ndim == 1 else tuple(f"d{i}" for i in range(ndim)))
-
-
 def is_ome(ndim: int) -> bool:
     """OME-Zarr images have 2 or 3 space axes."""
-    return ndim in SPACE_AXES
+    return ndim in (2, 3)
 
 
 def dimension_names(ndim: int) -> tuple[str, ...]:
-    return (CHANNEL_AXIS, *spatial_axis_names(ndim))
+    return (CHANNEL_AXIS, *axis_names(ndim))
 
 
 def create_pyramid(path: Path, info: SignalInfo, levels: list[Level]) -> zarr.Group:
@@ -117,7 +112,7 @@ def ome_metadata(info: SignalInfo, levels: list[Level], base_scale: tuple[float,
     """The value of the group attribute "ome" (OME-Zarr 0.5) for a pyramid of `info`."""
     if not is_ome(info.ndim):
         raise ValueError(f"OME-Zarr images have 2 or 3 space axes, not {info.ndim}")
-    space = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in spatial_axis_names(info.ndim)]
+    space = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in axis_names(info.ndim)]
     axes = [{"name": CHANNEL_AXIS, "type": "channel"}, *space]
     datasets = [{"path": level.path, "coordinateTransformations": level_transforms(level, base_scale, base_translation)}
                 for level in levels]
@@ -180,17 +175,6 @@ def block_mean(block: np.ndarray, halve: tuple[bool, ...]) -> np.ndarray:
             counts[-1] = 1.0
         x = total / counts.reshape((-1,) + (1,) * (x.ndim - axis - 1))
     return x
-
-
-def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Float values (already in the store's units) to the storage dtype: rounded and clipped for integers."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "b":
-        return values >= 0.5
-    if dtype.kind in "ui":
-        limits = np.iinfo(dtype)
-        return np.clip(np.rint(values), limits.min, limits.max).astype(dtype)
-    return values.astype(dtype)
 
 
 def downsample_chunk(source: zarr.Array, target: zarr.Array, level: Level, origin: tuple[int, ...],

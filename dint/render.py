@@ -2,14 +2,15 @@
 
 Two outputs:
 
-* The training run's reconstruction (`reconstruction.zarr`, written by dint.train with
-  `create_store` / `render_chunks` / `publish`): a plain dint store, the same modality, value
-  range, dtype and domain as the signal, on the signal's grid. Each rank renders its own chunks.
+* The training run's reconstruction (`render_reconstruction`, reconstruction.zarr): a plain
+  dint store, the same modality, value range, dtype and domain as the signal, on the signal's
+  grid. Each rank renders its own chunks.
 * `dint render` (`render_pyramid`): the model on any grid (`RenderGrid`: a scale, explicit sizes,
   a region of the store) as a multiscale pyramid with OME-Zarr 0.5 metadata (layout in
   dint/ome.py), every level split across ranks chunk by chunk, published atomically.
 
-Both give the file a person opens when small enough: PNG (images), WAV (audio), middle-slice
+Both are made the same way (`build_together`: staged, filled by every rank, published by rank
+0) and give the file a person opens when small enough: PNG (images), WAV (audio), middle-slice
 PNG (volumes), PLY (shapes), named after the store (X.zarr -> X.png, X_slices.png, ...).
 """
 
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +29,9 @@ import zarr
 
 from dint.data import CoordinateMap, chunk_grid, partition_chunks
 from dint.errors import DintError
-from dint.store import (VALUES, SignalInfo, create_values_array, default_chunks, open_store, replace_folder,
+from dint.evaluate import inside_threshold
+from dint.files import publish, remove, staging_path
+from dint.store import (SignalInfo, create_values_array, default_chunks, from_training, open_store, to_dtype, to_unit,
                         writable_values)
 
 PREVIEW_MAX_POINTS = 1 << 26  # previews (PNG, WAV, PLY) are made on one process up to this size
@@ -75,69 +76,83 @@ def predict_region(model: torch.nn.Module, info: SignalInfo, device: torch.devic
 
 def to_storage(values: np.ndarray, info: SignalInfo) -> np.ndarray:
     """[-1, 1] training space back to the store's units and dtype (clipped, rounded)."""
-    lo, hi = info.value_range
-    raw = lo + (values.astype(np.float64) + 1.0) * 0.5 * (hi - lo)
-    dtype = np.dtype(info.dtype)
-    if dtype.kind in "uib":
-        limits = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
-        raw = np.clip(np.rint(raw), max(limits.min, lo), min(limits.max, hi))
-    return raw.astype(dtype)
+    return to_dtype(from_training(values.astype(np.float64), info.value_range), info.dtype, info.value_range)
 
 
-def to_unit(values: np.ndarray, info: SignalInfo) -> np.ndarray:
-    """Store units to [0, 1] (the value range's ends), as float32."""
-    lo, hi = info.value_range
-    return ((np.asarray(values, dtype=np.float32) - lo) / (hi - lo)).clip(0.0, 1.0)
+def build_together(dest: Path, rank: int, device: torch.device, create: Callable[[Path], None],
+                   fill: Callable[[Path], None], finish: Callable[[Path], dict[str, Path]],
+                   name: str = "store") -> dict[str, str]:
+    """How every store that ranks write together is made: rank 0 creates it under a staging
+    name (the same on every rank), every rank fills in its own chunks, rank 0 finishes it
+    (metadata, previews staged beside `dest`: {kind: staged file}) and publishes it, then the
+    previews. A failure leaves `dest` and its previews as they were. Returns {kind: path}
+    of what was written (rank 0; {} on the others)."""
+    from dint.distributed.utils import barrier, shared_token
+
+    tmp = staging_path(dest, shared_token(device))
+    previews: dict[str, Path] = {}
+    try:
+        if rank == 0:
+            create(tmp)
+        barrier()
+        fill(tmp)
+        barrier()
+        if rank != 0:
+            return {}
+        previews = finish(tmp)
+        outputs = {name: str(publish(tmp, dest))}
+        final_names = preview_names(dest)
+        for kind, staged_file in previews.items():
+            outputs[kind] = str(publish(staged_file, final_names[kind]))
+        return outputs
+    except BaseException:
+        if rank == 0:
+            remove(tmp)
+            for staged_file in previews.values():
+                remove(staged_file)
+        raise
 
 
-def staging_path(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.tmp")
+def render_reconstruction(model: torch.nn.Module, info: SignalInfo, dest: Path, *, device: torch.device,
+                          rank: int = 0, world_size: int = 1, block_points: int = 65536) -> dict[str, str]:
+    """The model on the training grid as a plain dint store at `dest` (same modality, value range,
+    dtype and domain as `info`), each rank rendering its own chunks (training's partition), with
+    the previews a person opens. Every rank calls this."""
+    target = reconstruction_info(info)
+
+    def create(tmp: Path) -> None:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        create_values_array(group, target)  # every chunk stored, so open_store can tell a missing one
+        group.attrs["dint"] = target.to_attrs()
+
+    def fill(tmp: Path) -> None:
+        array = writable_values(tmp)  # writes chunks of fill values too
+        for origin, shape in _my_chunks(target, rank, world_size):
+            region = tuple(slice(o, o + s) for o, s in zip(origin, shape))
+            array[region] = to_storage(predict_region(model, info, device, block_points, origin, shape), target)
+
+    def finish(tmp: Path) -> dict[str, Path]:
+        if info.num_points > PREVIEW_MAX_POINTS:
+            return {}
+        return _previews(open_store(tmp).values, target, dest)
+
+    return build_together(dest, rank, device, create, fill, finish, name="reconstruction")
 
 
-def create_store(info: SignalInfo, dest: Path) -> Path:
-    """An empty store at `staging_path(dest)`; `publish` renames it into place when full."""
-    tmp = staging_path(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    create_values_array(group, info)  # every chunk stored, so open_store can tell a missing one
-    group.attrs["dint"] = info.to_attrs()
-    return tmp
-
-
-def render_chunks(model: torch.nn.Module, info: SignalInfo, tmp: Path, chunks, device: torch.device,
-                  block_points: int) -> None:
-    """Render the given (origin, shape) chunks of `info`'s grid into the store at `tmp`."""
-    array = writable_values(tmp)  # writes chunks of fill values too
-    for origin, shape in chunks:
-        region = tuple(slice(o, o + s) for o, s in zip(origin, shape))
-        array[region] = to_storage(predict_region(model, info, device, block_points, origin, shape), info)
-
-
-def publish(tmp: Path, dest: Path) -> Path:
-    """Rename the finished staging store into place (the old one stays whole until then)."""
-    return replace_folder(tmp, dest)
-
-
-def export_previews(store_path: Path) -> dict[str, str]:
-    """The file a person opens, next to the store and named after it (X.zarr -> X.png, ...).
-
-    Images give a PNG, audio a WAV, volumes a PNG of the middle slices, shapes a PLY mesh;
-    signals larger than PREVIEW_MAX_POINTS get none (the store is the output).
-    """
-    store = open_store(store_path)
-    info = store.info
-    if info.num_points > PREVIEW_MAX_POINTS:
-        return {}
-    values = store.read_region((0,) * info.ndim, info.shape)
-    names = preview_names(store_path)
+def _previews(values, info: SignalInfo, dest: Path) -> dict[str, Path]:
+    """The file a person opens for a store of `info` whose (*spatial, C) array is `values` (read
+    here, lazily where it can be), staged beside `dest` and named after it (X.zarr -> X.png, ...):
+    a PNG for images, a WAV for audio, a PNG of the middle slices for volumes, a PLY mesh for
+    shapes. {kind: staged file}."""
+    staged_names = {kind: staging_path(final) for kind, final in preview_names(dest).items()}
     if info.modality == "image":
-        return {"png": str(save_png(to_unit(values, info), names["png"]))}
+        return {"png": save_png(to_unit(values[...], info), staged_names["png"])}
     if info.modality == "audio":
-        return {"wav": str(save_wav(values, info, names["wav"]))}
+        return {"wav": save_wav(values[...], info, staged_names["wav"])}
     if info.modality == "volume":
-        return {"slices_png": str(save_middle_slices(to_unit(values, info), names["slices_png"]))}
+        return {"slices_png": save_middle_slices(values, info, staged_names["slices_png"])}
     if info.modality == "shape":
-        return {"mesh": str(save_mesh(values, info, names["mesh"]))}
+        return {"mesh": save_mesh(values[...], info, staged_names["mesh"])}
     return {}
 
 
@@ -167,11 +182,12 @@ def save_wav(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
     return path
 
 
-def save_middle_slices(unit_volume: np.ndarray, path: Path) -> Path:
-    """The three middle slices (Z, Y, X) of the first channel, side by side, as a PNG."""
-    volume = unit_volume[..., 0]
-    z, y, x = (s // 2 for s in volume.shape)
-    return save_slices([volume[z], volume[:, y], volume[:, :, x]], path)
+def save_middle_slices(values, info: SignalInfo, path: Path) -> Path:
+    """The three middle slices (Z, Y, X) of the first channel of a volume's (Z, Y, X, C) array,
+    side by side, as a PNG; only those planes are read."""
+    z, y, x = (s // 2 for s in values.shape[:3])
+    planes = [values[z, :, :, 0], values[:, y, :, 0], values[:, :, x, 0]]
+    return save_slices([to_unit(np.asarray(p), info) for p in planes], path)
 
 
 def save_slices(slices: list[np.ndarray], path: Path) -> Path:
@@ -179,13 +195,6 @@ def save_slices(slices: list[np.ndarray], path: Path) -> Path:
     height = max(s.shape[0] for s in slices)
     padded = [np.pad(s, ((0, height - s.shape[0]), (0, 2))) for s in slices]
     return save_png(np.concatenate(padded, axis=1)[:, :, None], path)
-
-
-def inside_threshold(info: SignalInfo) -> tuple[float, bool]:
-    """For a shape store: the value at the surface and whether inside is above it."""
-    if info.extra.get("field", "occupancy") == "sdf":
-        return 0.0, False  # signed distance: inside where sdf <= 0
-    return 0.5, True  # occupancy: inside where the value is >= 0.5
 
 
 def save_mesh(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
@@ -200,9 +209,7 @@ def save_mesh(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
         return path
     vertices, faces, _, _ = marching_cubes(field, level=level)
     # Grid index (z, y, x) to coordinates, then to (x, y, z) vertex order.
-    starts = np.array([d[0] for d in info.domain])
-    spans = np.array([d[1] - d[0] for d in info.domain])
-    coords = starts + vertices * spans / (np.array(info.shape) - 1)
+    coords = CoordinateMap(info, torch.device("cpu")).exact(vertices)
     trimesh.Trimesh(vertices=coords[:, ::-1], faces=faces[:, ::-1], process=False).export(path)
     return path
 
@@ -296,18 +303,12 @@ def predict_grid_box(model: torch.nn.Module, channels: int, axes: list[torch.Ten
     return predict_box(model, channels, device, block_points, shape, coordinates_of)
 
 
-def _position_to_coordinate(info: SignalInfo, axis: int, position: float) -> float:
-    lo, hi = info.domain[axis]
-    n = info.shape[axis]
-    return lo + position * (hi - lo) / (n - 1) if n > 1 else (lo + hi) / 2
-
-
 def pyramid_info(info: SignalInfo, grid: RenderGrid, levels) -> SignalInfo:
     """The "dint" attribute of a pyramid: level 0's description, and how it was rendered."""
     base = reconstruction_info(info, grid.shape)
     last = [o + (m - 1) * s for o, m, s in zip(grid.origin, grid.shape, grid.step)]
-    domain = tuple((_position_to_coordinate(info, d, o), _position_to_coordinate(info, d, e))
-                   for d, (o, e) in enumerate(zip(grid.origin, last)))
+    coordinates = CoordinateMap(info, torch.device("cpu"))
+    domain = tuple((float(lo), float(hi)) for lo, hi in zip(coordinates.exact(grid.origin), coordinates.exact(last)))
     render = {"store_shape": list(info.shape), "region": [list(r) for r in grid.region],
               "origin": list(grid.origin), "step": list(grid.step), "scale": list(grid.scale)}
     pyramid = {"paths": [level.path for level in levels], "shapes": [list(level.shape) for level in levels],
@@ -357,14 +358,8 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
     chunks = chunks or reconstruction_info(info, grid.shape).chunks
     levels = plan_levels(grid.shape, chunks, top_side)
     target = pyramid_info(info, grid, levels)
-    tmp = staging_path(dest)
-    previews: dict[str, tuple[Path, Path]] = {}
-    try:
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            create_pyramid(tmp, target, levels)
-        barrier()
 
+    def fill(tmp: Path) -> None:
         # Level 0: the model on the grid; the next chunk is computed while the last is written.
         axes = grid_coordinates(info, grid, device)
         array = zarr.open_array(str(tmp / levels[0].path), mode="r+")
@@ -379,73 +374,39 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
                 pending = writer.submit(array.__setitem__, box, np.moveaxis(values, -1, 0))
             if pending is not None:
                 pending.result()
-        barrier()
-
         # Coarser levels: means of 2-sample blocks of the level above, chunk by chunk.
         for above, level in zip(levels, levels[1:]):
+            barrier()
             source = zarr.open_array(str(tmp / above.path), mode="r")
             destination = zarr.open_array(str(tmp / level.path), mode="r+")
             for origin, shape in _my_chunks(level, rank, world_size):
                 downsample_chunk(source, destination, level, origin, shape, level.halves(above))
-            barrier()
 
-        if rank != 0:
-            return {}
+    def finish(tmp: Path) -> dict[str, Path]:
         if is_ome(info.ndim):
             scale, translation = physical_transform(info, grid)
             write_ome_metadata(tmp, ome_metadata(target, levels, scale, translation, name or _stem(dest)))
-        previews = _pyramid_previews(tmp, dest, target, levels)
-        publish(tmp, dest)
-        outputs = {"store": str(dest)}
-        for kind, (staged, final) in previews.items():
-            os.replace(staged, final)
-            outputs[kind] = str(final)
-        return outputs
-    except BaseException:
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for staged, _ in previews.values():
-                staged.unlink(missing_ok=True)
-        raise
+        return _pyramid_previews(tmp, dest, target, levels)
+
+    return build_together(dest, rank, device, lambda tmp: create_pyramid(tmp, target, levels), fill, finish)
 
 
 def _stem(path: Path) -> str:
     return preview_names(path)["png"].stem
 
 
-def _pyramid_previews(tmp: Path, dest: Path, info: SignalInfo, levels) -> dict[str, tuple[Path, Path]]:
+def _pyramid_previews(tmp: Path, dest: Path, info: SignalInfo, levels) -> dict[str, Path]:
     """Previews of the pyramid being built at `tmp`, written under hidden names beside `dest`:
     {kind: (staged file, final name)}. Images: a PNG of the finest level whose largest side is at
     most PREVIEW_MAX_SIDE; volumes: its three middle slices; audio (WAV) and shapes (PLY mesh):
     from level 0, up to PREVIEW_MAX_POINTS."""
     from dint.ome import finest_level_within, open_pyramid
 
-    names = preview_names(dest)
-
-    def staged(kind: str) -> Path:
-        final = names[kind]
-        return final.with_name(f".{final.stem}.tmp{final.suffix}")
-
-    out: dict[str, tuple[Path, Path]] = {}
     if info.modality in ("image", "volume"):
         level = finest_level_within(levels, PREVIEW_MAX_SIDE)
         if level is None:
-            return out
-        store = open_pyramid(tmp, levels.index(level))
-        values = store.values
-        if info.modality == "image":
-            out["png"] = (save_png(to_unit(values[...], info), staged("png")), names["png"])
-        else:
-            z, y, x = (s // 2 for s in level.shape)
-            planes = [values[z, :, :, 0], values[:, y, :, 0], values[:, :, x, 0]]
-            out["slices_png"] = (save_slices([to_unit(p, info) for p in planes], staged("slices_png")),
-                                 names["slices_png"])
-        return out
+            return {}
+        return _previews(open_pyramid(tmp, levels.index(level)).values, info, dest)
     if info.num_points > PREVIEW_MAX_POINTS:
-        return out
-    values = open_pyramid(tmp, 0).values[...]
-    if info.modality == "audio":
-        out["wav"] = (save_wav(values, info, staged("wav")), names["wav"])
-    elif info.modality == "shape":
-        out["mesh"] = (save_mesh(values, info, staged("mesh")), names["mesh"])
-    return out
+        return {}
+    return _previews(open_pyramid(tmp, 0).values, info, dest)

@@ -7,22 +7,19 @@ Layout (documented in README, "Store format"):
                             spatial axes only (a chunk holds every channel of its points)
 
 Writing goes through dask so chunks are written in parallel and out of core, under a
-temporary name that is renamed into place only once complete.
+staging name that is renamed into place only once complete (dint.files).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
 import numbers
 import os
-import shutil
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from dint.errors import DintError
+from dint.files import staged
 
 FORMAT_VERSION = 1
 # Set in the `values` array's attributes ({"dint": {"every_chunk_stored": true}}) by
@@ -182,20 +180,6 @@ def default_chunks(shape: tuple[int, ...], side: int | None = None) -> tuple[int
     return tuple(max(1, min(side, s)) for s in shape)
 
 
-def sha256_of(path: Path, block: int = 1 << 22) -> str:
-    """SHA-256 of a file; of a folder (a zarr source), over its files' relative names and contents, sorted."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(block):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_destination(dest: Path, overwrite: bool) -> None:
     """Refuse early, before any reading, what write_store would refuse late."""
     if dest.exists() and not overwrite:
@@ -217,8 +201,7 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
     expected = (*info.shape, info.channels)
     if tuple(values.shape) != expected:
         raise ValueError(f"values shape {values.shape} does not match the signal info {expected}")
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with staged(dest) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         array = create_values_array(group, info)
         # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free.
@@ -232,10 +215,6 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         group.attrs["dint"] = info.to_attrs()
-        replace_folder(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -254,7 +233,7 @@ def create_values_array(group: zarr.Group, info: SignalInfo) -> zarr.Array:
         chunks=(*info.chunks, info.channels),
         dtype=info.dtype,
         fill_value=0,
-        dimension_names=(*_axis_names(info), "c"),
+        dimension_names=(*axis_names(info.ndim), "c"),
         compressors=ZstdCodec(level=0, checksum=True),
         attributes={"dint": {EVERY_CHUNK_STORED: True}},
         config={"write_empty_chunks": True},
@@ -266,29 +245,43 @@ def writable_values(store: str | os.PathLike) -> zarr.Array:
     return zarr.open_array(str(Path(store) / VALUES), mode="r+").with_config({"write_empty_chunks": True})
 
 
-def _axis_names(info: SignalInfo) -> tuple[str, ...]:
-    return {1: ("t",), 2: ("y", "x"), 3: ("z", "y", "x")}.get(info.ndim, tuple(f"d{i}" for i in range(info.ndim)))
+def axis_names(ndim: int) -> tuple[str, ...]:
+    """Names of the spatial axes, as zarr's dimension names and OME-Zarr's axes give them."""
+    return {1: ("t",), 2: ("y", "x"), 3: ("z", "y", "x")}.get(ndim, tuple(f"d{i}" for i in range(ndim)))
 
 
-def replace_folder(tmp: Path, dest: Path) -> Path:
-    """Rename the finished folder `tmp` to `dest`. An old `dest` is moved aside first and
-    removed after (a folder cannot be swapped for another atomically), so `dest` is at every
-    moment either the old whole store or the new whole one."""
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return dest
-    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(dest, old)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
-    return dest
+# --- Values: the store's units, the training range [-1, 1], the storage dtype ---------------
+
+
+def to_training(values, value_range: tuple[float, float]):
+    """Store units to the training range: value_range maps onto [-1, 1] (numpy or torch)."""
+    lo, hi = value_range
+    return (values - lo) * (2.0 / (hi - lo)) - 1.0
+
+
+def from_training(values, value_range: tuple[float, float]):
+    """The training range [-1, 1] back to store units (numpy or torch)."""
+    lo, hi = value_range
+    return lo + (values + 1.0) * 0.5 * (hi - lo)
+
+
+def to_unit(values: np.ndarray, info: SignalInfo) -> np.ndarray:
+    """Store units to [0, 1] (the value range's ends), as float32, for pictures."""
+    lo, hi = info.value_range
+    return ((np.asarray(values, dtype=np.float32) - lo) / (hi - lo)).clip(0.0, 1.0)
+
+
+def to_dtype(values: np.ndarray, dtype: str, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Float values in store units to the storage dtype: integers rounded and clipped to the
+    dtype (and to `value_range` when given), booleans true from 0.5."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return values >= 0.5
+    if dtype.kind in "ui":
+        limits = np.iinfo(dtype)
+        lo, hi = value_range or (limits.min, limits.max)
+        return np.clip(np.rint(values), max(limits.min, lo), min(limits.max, hi)).astype(dtype)
+    return values.astype(dtype)
 
 
 @dataclasses.dataclass

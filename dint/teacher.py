@@ -19,13 +19,10 @@ from typing import Callable
 
 import torch
 
+from dint.config import TeacherConfig
 from dint.data import Shard, hashed_uniform
-from dint.distributed.utils import all_gather_varlen
+from dint.distributed.utils import all_gather_varlen, gather_counts
 
-STRATEGIES = ("int", "full", "uniform")
-RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
-INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
-ERRORS = ("l1", "l2")
 STAGES = 10  # the `step` ratio schedule's stages
 DENSE_FRACTION = 0.25  # `incremental`: select every step for this first part of training
 PHASE_INTERVALS = (10, 20, 30, 40, 50)  # `incremental`: then these intervals, equal phases
@@ -136,14 +133,6 @@ class Selection:
         self.step = step
         self._whole: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @property
-    def coords(self) -> torch.Tensor:
-        return self.batches(0)[0][0]
-
-    @property
-    def targets(self) -> torch.Tensor:
-        return self.batches(0)[0][1]
-
     def batches(self, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(coords, targets) of the selected points, in micro-batches of at most `micro_batch`.
 
@@ -177,22 +166,25 @@ class Teacher:
     passes / total passes with mini-batches (the schedules advance per pass).
     """
 
-    def __init__(self, *, strategy: str, ratio: float, ratio_schedule: str, interval_schedule: str,
-                 interval: int, error: str, block_points: int, seed: int):
-        self.strategy = strategy
-        self.ratio = ratio
-        self.ratio_schedule = ratio_schedule
-        self.interval_schedule = interval_schedule
-        self.interval = interval
-        self.error = error
+    def __init__(self, config: TeacherConfig, *, block_points: int, seed: int):
+        self.config = config
         self.block_points = block_points
         self.seed = seed
 
-    def due(self, progress: int, total: int) -> bool:
-        """Whether a selection made before `progress` must be made again now."""
-        if self.strategy == "full":
-            return False
-        return is_selection_step(progress, total, self.interval_schedule, self.interval)
+    @property
+    def chooses(self) -> bool:
+        """False for `full`: its selection is every candidate, made once and never saved."""
+        return self.config.strategy != "full"
+
+    def must_select(self, last: int | None, progress: int, total: int) -> bool:
+        """Whether to select now, when the selection in use was made at `last` (None: none yet).
+
+        Algorithm 1: S is reused until the next selection step.
+        """
+        if last is None:
+            return True
+        c = self.config
+        return self.chooses and last != progress and is_selection_step(progress, total, c.interval_schedule, c.interval)
 
     def select(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
                total: int) -> Selection:
@@ -201,21 +193,19 @@ class Teacher:
         `candidates` are local indices into `shard`; every rank calls this together, each
         with its own candidates (possibly none).
         """
-        device = candidates.device
-        (sizes,) = all_gather_varlen(torch.tensor([candidates.shape[0]], dtype=torch.int64, device=device))
-        total_candidates = int(sizes.sum())
-        if self.strategy == "full":
+        device, strategy = candidates.device, self.config.strategy
+        total_candidates = sum(gather_counts(candidates.shape[0], device))
+        if not self.chooses:
             positions, ratio = torch.arange(candidates.shape[0], device=device), 1.0
         else:
-            ratio = ratio_at(progress, total, self.ratio, self.ratio_schedule)
+            ratio = ratio_at(progress, total, self.config.ratio, self.config.ratio_schedule)
             k = min(total_candidates, max(1, round(ratio * total_candidates)))
             ids_of = lambda positions: shard.global_index(candidates[positions])  # noqa: E731
-            if self.strategy == "int":
-                scores = point_errors(model, shard, candidates, self.block_points, self.error)
+            if strategy == "int":
+                scores = point_errors(model, shard, candidates, self.block_points, self.config.error)
             else:
                 scores = hashed_uniform(shard.global_index(candidates), self.seed, progress)
             # In the candidates' own order: what a resume rebuilds from a bit mask, exactly.
             positions = select_topk(scores, k, ids_of).sort().values
-        (counts,) = all_gather_varlen(torch.tensor([positions.shape[0]], dtype=torch.int64, device=device))
-        counts = counts.tolist()
+        counts = gather_counts(positions.shape[0], device)
         return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions)

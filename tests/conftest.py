@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dint.distributed.launch import torchrun_command
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -24,9 +26,7 @@ def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None,
 def torchrun(nproc: int, *args: str, timeout: float = 300, cwd: Path | None = None,
              extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """Start `nproc` real processes with torchrun (gloo on CPU) running `args`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
                           env=_env(extra_env))
 
 

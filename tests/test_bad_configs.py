@@ -227,3 +227,11 @@ def test_a_runs_resolved_config_loads_again(tmp_path, store):
     resolved = tmp_path / "resolved.toml"
     resolved.write_text(config.to_toml())
     assert load_config(resolved).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage_not_an_error(flag):
+    result = run_cli("dint.train", flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m dint.train --config PATH") and "--section.key" in result.stdout
+    assert result.stderr == ""

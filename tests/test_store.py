@@ -21,9 +21,9 @@ from dint.store import (
     SignalInfo,
     default_chunks,
     open_store,
-    sha256_of,
     write_store,
 )
+from dint.files import sha256_of
 
 
 def make_info(shape=(20, 24), channels=1, dtype="uint8", chunks=(8, 8), **overrides) -> SignalInfo:

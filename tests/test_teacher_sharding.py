@@ -228,17 +228,19 @@ def test_uniform_draws_new_points_each_step_spread_over_chunks(runs):
     assert fraction.min() > 0.08 and fraction.max() < 0.35, fraction
 
 
-def test_due_follows_strategy_and_interval(store_path):
+def test_selection_steps_follow_strategy_and_interval(store_path):
     worker = load_worker()
     store = open_store(store_path)
     shard = worker.make_shard(store, 0, 1)
     model = worker.make_model(2, 1)
     teacher = worker.make_teacher("int", "step", "l1")  # fixed interval 5
-    assert [s for s in range(12) if teacher.due(s, 12)] == [0, 5, 10]
+    # A first selection at step 0, then each selection is reused until the next selection step.
+    assert [s for s in range(12) if teacher.must_select(0 if s else None, s, 12)] == [0, 5, 10]
+    assert not teacher.must_select(5, 5, 12)  # a selection made at this step is not made again
     full = worker.make_teacher("full", "step", "l1")
     selection = full.select(model, shard, torch.arange(len(shard)), 0, 12)
     assert selection.global_count == N and selection.ratio == 1.0
-    assert not any(full.due(s, 12) for s in range(12))
+    assert [s for s in range(12) if full.must_select(0 if s else None, s, 12)] == [0]
 
 
 def test_a_rank_with_no_points(runs):

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from dint.distributed.launch import torchrun_command
 
 
 def run(config: str, nproc: int, strategy: str, run_dir: Path, overrides: list[str]) -> dict:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "dint.train", "--config", config, "--teacher.strategy", strategy,
-               "--run.dir", str(run_dir), *overrides]
+    command = torchrun_command(nproc, "-m", "dint.train", "--config", config, "--teacher.strategy", strategy,
+                               "--run.dir", run_dir, *overrides)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from dint.config import parse_size  # noqa: E402
 from dint.data import chunk_grid, rank_chunk_ids  # noqa: E402
+from dint.distributed.launch import torchrun_command  # noqa: E402
 from dint.store import open_store  # noqa: E402
 
 
@@ -41,12 +42,11 @@ def shard_bytes(store_path: str, nproc: int) -> list[int]:
 
 def run(args, name: str, extra: list[str]) -> dict:
     run_dir = Path(args.out) / name
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "dint.train", "--data.store", args.store, "--run.dir", str(run_dir),
+    command = torchrun_command(args.nproc, "-m", "dint.train", "--data.store", args.store, "--run.dir", run_dir,
                "--model.width", str(args.width), "--model.hidden_layers", "3",
                "--teacher.minibatch", str(args.minibatch), "--train.steps", str(args.steps),
                "--train.micro_batch", "16384", "--data.block_points", "16384", "--train.log_every", "5",
-               "--eval.sample", "100000", "--eval.reconstruction", "false", *extra]
+               "--eval.sample", "100000", "--eval.reconstruction", "false", *extra)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run_dir / "summary.json").read_text())

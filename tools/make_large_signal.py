@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shlex
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +41,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from dint.errors import DintError  # noqa: E402
 from dint.readers import ReadOptions, read_source  # noqa: E402
-from dint.store import SignalInfo, check_destination, default_chunks, sha256_of, write_store  # noqa: E402
+from dint.files import sha256_of, staged  # noqa: E402
+from dint.store import SignalInfo, check_destination, default_chunks, write_store  # noqa: E402
 
 TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}
 
@@ -133,16 +132,11 @@ def write_tiff(values, out: Path, tile: int, compression: str, description: str)
                 yield block if channels > 1 else block[..., 0]
 
     codec = TIFF_COMPRESSIONS[compression]
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with staged(out) as tmp:
         tifffile.imwrite(tmp, tiles(), shape=(height, width, channels) if channels > 1 else (height, width),
                          dtype=values.dtype, tile=(tile, tile), bigtiff=True,
                          photometric="rgb" if channels == 3 else "minisblack",
                          compression=codec, description=description, metadata=None)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_npy(values, out: Path) -> None:
@@ -150,16 +144,11 @@ def write_npy(values, out: Path) -> None:
     import dask.array as da
 
     squeezed = values[..., 0] if values.shape[-1] == 1 else values
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with staged(out) as tmp:
         target = np.lib.format.open_memmap(tmp, mode="w+", dtype=values.dtype, shape=squeezed.shape)
         da.store(squeezed, target, lock=False, scheduler="threads")
         target.flush()
         del target
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # Commands

@@ -17,6 +17,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from dint.distributed.launch import torchrun_command
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -45,9 +47,8 @@ def main() -> None:
             store.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(shard_command(config_path), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc_per_node={args.nproc}", "-m", "dint.train", "--config", str(config_path),
-                        "--checkpoint.resume", "never"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        subprocess.run(torchrun_command(args.nproc, "-m", "dint.train", "--config", config_path,
+                                        "--checkpoint.resume", "never"), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         s = json.loads((REPO / config["run"]["dir"] / "summary.json").read_text())
         quality = f"PSNR {s['final_psnr']:.2f} dB"

@@ -13,25 +13,134 @@ with 1 or 3.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
-from dint.config import Config
+from dint.config import CheckpointConfig, Config
+from dint.distributed.utils import DistInfo, all_gather_varlen, all_reduce_max
 from dint.errors import DintError
+from dint.files import fsync, sha256_of, staged
 from dint.store import SignalInfo
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
 MANIFEST = "manifest.json"
+FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "signal", "world_size"}
 _NAME = re.compile(r"step-(\d{8})")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class RngState:
+    """Every rank's torch RNG state, so a resume on the same number of ranks draws the same."""
+
+    def __init__(self, dist: DistInfo):
+        self.dist = dist
+
+    def state_dict(self) -> dict:
+        (states,) = all_gather_varlen(torch.get_rng_state()[None].to(self.dist.device))
+        return {"states": states.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state["states"]
+        # A row of the gathered states; cloned, since set_rng_state misreads a view at an offset.
+        torch.set_rng_state(states[self.dist.rank if states.shape[0] == self.dist.world_size else 0].cpu().clone())
+
+
+class CheckpointManager:
+    """When to save, how many to keep, where to resume from, and where a rollback goes.
+
+    What a checkpoint holds comes from the registered stateful parts ({name: part}), each
+    saved under its name; the run's config and signal description go with them so that a
+    resume can refuse another signal or another model shape.
+    """
+
+    def __init__(self, config: CheckpointConfig, run_dir: Path, dist: DistInfo, parts: dict[str, Stateful], *,
+                 run_config: Config, info: SignalInfo, before_manifest: Callable[[int], None] = lambda step: None):
+        self.config, self.run_dir, self.dist, self.parts = config, run_dir, dist, parts
+        self.run_config, self.info = run_config, info
+        self.before_manifest = before_manifest  # fault injection: a crash or a full disk while saving
+        self._rollback_target: Path | dict | None = None  # newest checkpoint of this run, or its start
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or bool(self.config.every and step % self.config.every == 0)
+
+    def state_dict(self, step: int) -> dict:
+        """The whole state, the same whatever the number of ranks (collective)."""
+        return {"format": FORMAT, "step": step, "parts": {name: part.state_dict() for name, part in self.parts.items()},
+                "config": self.run_config.to_dict(), "signal": self.info.to_attrs(),
+                "world_size": self.dist.world_size}
+
+    def load_state_dict(self, state: dict) -> int:
+        """Load every part; the step to run next."""
+        for name, part in self.parts.items():
+            part.load_state_dict(state["parts"][name])
+        return state["step"]
+
+    def resume(self) -> int:
+        """The step to run next: from checkpoint.resume (auto: the newest sound checkpoint in the
+        run folder, if any; never; or a folder), or 0. Keeps the run's start as the rollback target."""
+        mode, found = self.config.resume, None
+        if mode == "auto":
+            found = newest_checkpoint(self.run_dir, self._warn)
+        elif mode != "never":
+            found = Path(mode), load_checkpoint(Path(mode))
+        if found is None:
+            self._rollback_target = self.state_dict(0)
+            return 0
+        path, state = found
+        self._check_compatible(path, state)
+        step = self.load_state_dict(state)
+        self._rollback_target = path
+        if self.dist.is_main:
+            print(f"dint.train: resuming from {path} (step {step})", file=sys.stderr)
+        return step
+
+    def save(self, step: int) -> None:
+        """Save the state before step `step + 1` as checkpoint `step` (collective); keep the newest
+        checkpoint.keep. Every rank stops together when rank 0 could not save."""
+        state, failure = self.state_dict(step), None
+        if self.dist.is_main:
+            try:
+                save_checkpoint(self.run_dir, step, state, self.config.keep, lambda: self.before_manifest(step))
+            except DintError as e:
+                failure = e
+        if all_reduce_max(torch.tensor([int(failure is not None)], device=self.dist.device)).item():
+            raise failure or DintError("checkpoint not saved (see rank 0)", shared=True)
+        self._rollback_target = dest_of(self.run_dir, step)
+
+    def roll_back(self) -> int:
+        """Back to the newest checkpoint this run wrote (or resumed from), else to the run's start;
+        the step to run next."""
+        target = self._rollback_target
+        return self.load_state_dict(load_checkpoint(target) if isinstance(target, Path) else target)
+
+    def _check_compatible(self, path: Path, state: dict) -> None:
+        saved, info = state["signal"], self.info
+        if saved["source"]["sha256"] != info.source_sha256 or tuple(saved["shape"]) != info.shape \
+                or saved["channels"] != info.channels:
+            raise DintError(f"{path}: checkpoint is of another signal ({saved['source']['name']}, shape "
+                            f"{tuple(saved['shape'])}), not of {self.run_config.data.store}; use another run.dir or "
+                            "--checkpoint.resume never")
+        for key in ("width", "hidden_layers"):
+            if state["config"]["model"][key] != getattr(self.run_config.model, key):
+                raise DintError(f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
+                                f"says {getattr(self.run_config.model, key)}: the model's shape cannot change on resume")
+
+    def _warn(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"dint.train: warning: {message}", file=sys.stderr)
 
 
 def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -> Path:
@@ -40,23 +149,22 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "config": config.to_dict(),
         "signal": info.to_attrs(),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash mid-save leaves the previous model.pt whole
+    with staged(path) as tmp:  # a crash mid-save leaves the previous model.pt whole
+        torch.save(payload, tmp)
     return path
 
 
 def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     """The model saved at `path`, the description of the signal it fits, and its config."""
-    from dint.model import Siren
+    from dint.config import ModelConfig
+    from dint.model import build_model
 
     if not path.is_file():
         raise DintError(f"{path}: no saved model (train first, or name a run folder holding model.pt)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         info = SignalInfo.from_attrs(saved["signal"], str(path))
-        m = saved["config"]["model"]
-        model = Siren(info.ndim, info.channels, m["width"], m["hidden_layers"], m["w0"], m["w0_first"])
+        model = build_model(ModelConfig(**saved["config"]["model"]), info)
         model.load_state_dict(saved["model"])
     except DintError:
         raise
@@ -65,20 +173,8 @@ def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     return model.eval(), info, saved["config"]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def dest_of(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{step:08d}"
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
@@ -86,28 +182,23 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
     """Write `state` as the checkpoint of `step` (the next step to run); keep the newest `keep`.
 
     Any OSError (a full disk, a read-only folder) becomes a DintError naming the folder;
-    the temporary folder is removed and older checkpoints are left as they were.
+    the staging folder is removed and older checkpoints are left as they were.
     """
-    folder = run_dir / CHECKPOINTS
-    dest = folder / f"step-{step:08d}"
-    tmp = folder / f".step-{step:08d}.tmp"
+    dest = dest_of(run_dir, step)
+    folder = dest.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save(state, tmp / STATE)
-        _fsync(tmp / STATE)
-        if before_manifest is not None:  # a hook for fault-injection tests: a crash mid-save
-            before_manifest()
-        manifest = {"step": step, "files": {STATE: _sha256(tmp / STATE)}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync(tmp / MANIFEST)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-        _fsync(folder)
+        with staged(dest) as tmp:
+            tmp.mkdir()
+            torch.save(state, tmp / STATE)
+            fsync(tmp / STATE)
+            if before_manifest is not None:  # a hook for fault-injection tests: a crash mid-save
+                before_manifest()
+            manifest = {"step": step, "files": {STATE: sha256_of(tmp / STATE)}}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            fsync(tmp / MANIFEST)
+        fsync(folder)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise DintError(f"{folder}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
     for old in list_checkpoints(run_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
@@ -136,12 +227,22 @@ def load_checkpoint(path: Path) -> dict:
     for name, digest in files.items():
         if not (path / name).is_file():
             raise DintError(f"{path}: {name} is missing")
-        if _sha256(path / name) != digest:
+        if sha256_of(path / name) != digest:
             raise DintError(f"{path}: {name} does not match its checksum (truncated or altered)")
     try:
-        return torch.load(path / STATE, map_location="cpu", weights_only=True)
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # the checksum matched, so this is a file we did not write
         raise DintError(f"{path}: {STATE} cannot be loaded safely ({type(e).__name__})") from None
+    return state if state.get("format") == FORMAT else _from_format_1(state)
+
+
+def _from_format_1(state: dict) -> dict:
+    """A checkpoint of the first format (every part's fields at the top) in today's layout."""
+    return {"format": FORMAT, "step": state["step"], "config": state["config"], "signal": state["signal"],
+            "world_size": state["world_size"],
+            "parts": {"engine": {k: state[k] for k in ("model", "optimizer", "scheduler")},
+                      "teacher": state["teacher"], "rng": {"states": state["rng"]},
+                      "trainer": {"rollbacks": state["rollbacks"]}, "timers": state["seconds"]}}
 
 
 def newest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict] | None:

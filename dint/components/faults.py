@@ -12,9 +12,11 @@ Steps count from 1, like metrics.jsonl. Unset, nothing here does anything.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import time
+from typing import Callable, Iterable
 
 
 class Faults:
@@ -30,14 +32,16 @@ class Faults:
         self.first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         self._spent = False
 
-    def nan_loss(self, step: int) -> bool:
-        if self.kind == "nan" and step + 1 == self.step and self.mine and not self._spent:
-            self._spent = True
-            return True
-        return False
+    def poison(self, step: int, parts: Iterable[Callable]) -> Iterable[Callable]:
+        """The loss parts of `step`, made NaN at the fault's step (once): the rest of the time
+        the parts themselves, so the step's arithmetic never carries the fault."""
+        if not (self.kind == "nan" and step == self.step and self.mine and not self._spent):
+            return parts
+        self._spent = True
+        return (lambda model, part=part: part(model) * math.nan for part in parts)
 
     def at_step(self, step: int) -> None:
-        if step + 1 != self.step or not self.mine:
+        if step != self.step or not self.mine:
             return
         if self.kind == "kill" and self.first_attempt:
             os.kill(os.getpid(), signal.SIGKILL)

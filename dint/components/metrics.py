@@ -1,29 +1,104 @@
-"""Run logging: metrics.jsonl lines and a progress bar, written by rank 0 only."""
+"""Run logging: when to log, what a metrics.jsonl line holds, and the step's timers.
+
+Rank 0 writes metrics.jsonl (and a progress bar on a terminal); every rank keeps timers,
+since the summary reports them. Steps count from 1, as in metrics.jsonl.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import torch
 from tqdm import tqdm
+
+from dint.config import Config
+from dint.distributed.utils import all_gather_varlen
+
+
+class Timer:
+    """Seconds spent in one part of the step, summed over steps.
+
+    On CUDA a span is a pair of events, so timing adds no host-device synchronisation to the
+    step: the events are resolved (synchronising once) only when `seconds` is read.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._seconds, self._spans = 0.0, []
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if not self.cuda:
+            started = time.perf_counter()
+            yield
+            self._seconds += time.perf_counter() - started
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._spans.append((start, end))
+
+    @property
+    def seconds(self) -> float:
+        if self._spans:
+            self._spans[-1][1].synchronize()
+            self._seconds += sum(start.elapsed_time(end) for start, end in self._spans) / 1000.0
+            self._spans = []
+        return self._seconds
+
+    @seconds.setter
+    def seconds(self, value: float) -> None:
+        self._seconds, self._spans = value, []
+
+
+class Timers(dict):
+    """The step's timers by name (select, update, eval), saved with checkpoints."""
+
+    NAMES = ("select", "update", "eval")
+
+    def __init__(self, device: torch.device):
+        super().__init__({name: Timer(device) for name in self.NAMES})
+
+    def state_dict(self) -> dict:
+        return {name: timer.seconds for name, timer in self.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, timer in self.items():
+            timer.seconds = state[name]
 
 
 class MetricsLogger:
-    def __init__(self, path: Path, total_steps: int, enabled: bool, resume_after: int | None = None):
+    """Decides which steps are logged and evaluated, and writes their lines (rank 0)."""
+
+    def __init__(self, config: Config, path: Path, enabled: bool, resume_after: int | None = None):
         """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept."""
+        self.total_steps, self.log_every, self.eval_every = config.train.steps, config.train.log_every, config.eval.every
         self.enabled = enabled
         self._file = None
         if enabled:
             kept = []
-            if resume_after is not None and path.exists():
+            if resume_after and path.exists():
                 kept = [line for line in path.read_text().splitlines()
                         if line.strip() and json.loads(line).get("step", 0) <= resume_after]
             self._file = open(path, "w")
             self._file.write("".join(line + "\n" for line in kept))
         show_bar = enabled and sys.stderr.isatty()
-        self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if show_bar else None
+        self._bar = tqdm(total=self.total_steps, initial=resume_after or 0, unit="step", dynamic_ncols=True) \
+            if show_bar else None
+
+    def should_evaluate(self, step: int) -> bool:
+        """An evaluation on the way (the last step's is the final one, made anyway)."""
+        return self.eval_every > 0 and step % self.eval_every == 0 and step != self.total_steps
+
+    def should_log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps or self.should_evaluate(step)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -34,12 +109,19 @@ class MetricsLogger:
             shown = {k: record[k] for k in ("loss", "psnr", "ratio") if record.get(k) is not None}
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
-    def advance(self, steps: int = 1) -> None:
+    def advance(self) -> None:
         if self._bar is not None:
-            self._bar.update(steps)
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:
             self._file.close()
+
+
+def peak_rss_mb_per_rank(device: torch.device) -> list[float]:
+    """Each rank's peak resident memory so far, in MB (Linux reports ru_maxrss in KiB); collective."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    (peaks,) = all_gather_varlen(torch.tensor([peak], dtype=torch.float64, device=device))
+    return [round(p, 1) for p in peaks.tolist()]

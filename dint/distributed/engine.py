@@ -7,6 +7,7 @@ schedule, and expose `module`, the bare model, for no-grad passes and saving.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from contextlib import nullcontext
@@ -16,16 +17,51 @@ import torch
 from torch import nn
 
 from dint.components.lr_schedule import build_lr_scheduler
+from dint.config import TrainConfig
 from dint.distributed.utils import DistInfo, pick_device
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
 
-class DDPEngine:
-    def __init__(self, model: nn.Module, dist_info: DistInfo, lr: float, total_steps: int, lr_schedule: str):
+class _Engine:
+    """What both engines share: Adam and the schedule, their state, the learning rate."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def _build_optimizer(self, model: nn.Module, config: TrainConfig) -> None:
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.scheduler = build_lr_scheduler(self.optimizer, config.steps, config.lr_schedule)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def scale_lr(self, scale: float) -> None:
+        """From now on (this step included) the learning rate is `scale` times the schedule's."""
+        for factor in self.scheduler.lr_lambdas:
+            factor.scale = scale
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DDPEngine(_Engine):
+    def __init__(self, model: nn.Module, dist_info: DistInfo, config: TrainConfig):
         self.module = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        self.scheduler = build_lr_scheduler(self.optimizer, total_steps, lr_schedule)
+        self._build_optimizer(model, config)
         if dist_info.distributed:
             device_ids = [dist_info.device] if dist_info.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -59,12 +95,8 @@ class DDPEngine:
     def _no_sync(self):
         return self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel) else nullcontext()
 
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
 
-
-class DeepSpeedEngine:
+class DeepSpeedEngine(_Engine):
     """DeepSpeed's engine, ZeRO stage 0, over dint's own process group.
 
     DeepSpeed picks its "accelerator" (device family and collective backend) once, at
@@ -75,21 +107,12 @@ class DeepSpeedEngine:
     creating one: the collectives are those of dint's gloo (CPU) or nccl (CUDA) group.
     """
 
-    def __init__(self, model: nn.Module, dist_info: DistInfo, lr: float, total_steps: int, lr_schedule: str):
+    def __init__(self, model: nn.Module, dist_info: DistInfo, config: TrainConfig):
+        # DeepSpeed insists on a process group, even for one process: init_distributed makes
+        # one (group_required, see needs_process_group) before the engine is built.
         deepspeed = _import_deepspeed(dist_info.device)
-        if not torch.distributed.is_initialized():
-            # One process without torchrun: DeepSpeed insists on a group and on LOCAL_RANK,
-            # so make a one-rank group (no rendezvous needed); destroy_distributed() ends it.
-            os.environ.setdefault("LOCAL_RANK", str(dist_info.local_rank))
-            torch.distributed.init_process_group(
-                "nccl" if dist_info.device.type == "cuda" else "gloo",
-                store=torch.distributed.HashStore(), rank=0, world_size=1,
-                device_id=dist_info.device if dist_info.device.type == "cuda" else None,
-            )
-
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        scheduler = build_lr_scheduler(optimizer, total_steps, lr_schedule)
-        config = {
+        self._build_optimizer(model, config)
+        settings = {
             # One "micro-batch" per step: the teacher's selection is the whole batch, and
             # the loss is already scaled so that the mean over ranks is the global mean.
             "train_micro_batch_size_per_gpu": 1,
@@ -101,7 +124,7 @@ class DeepSpeedEngine:
             "dump_state": False,
         }
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
+            model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=settings,
             dist_init_required=False,
         )
         self.module = self.model.module
@@ -113,10 +136,6 @@ class DeepSpeedEngine:
         self.model.backward(loss)  # backward, then the gradient all-reduce (mean over ranks)
         self.model.step()  # optimizer step, lr schedule step and zero_grad
         return loss.detach()
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
 
 
 def _import_deepspeed(device: torch.device):
@@ -155,7 +174,11 @@ def import_engine_library(name: str, device_preference: str) -> None:
         _import_deepspeed(pick_device(device_preference, local_rank=0))
 
 
-def build_engine(name: str, model: nn.Module, dist_info: DistInfo, lr: float, total_steps: int,
-                 lr_schedule: str) -> DDPEngine | DeepSpeedEngine:
-    engine = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}[name]
-    return engine(model, dist_info, lr, total_steps, lr_schedule)
+def needs_process_group(name: str) -> bool:
+    """DeepSpeed wants a process group even in one process (init_distributed's group_required)."""
+    return name == "deepspeed"
+
+
+def build_engine(config: TrainConfig, model: nn.Module, dist_info: DistInfo) -> DDPEngine | DeepSpeedEngine:
+    engine = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}[config.engine]
+    return engine(model, dist_info, config)

@@ -42,20 +42,27 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float = 600.0, group_required: bool = False) -> DistInfo:
+    """Join torchrun's group when RANK is set; otherwise run as one process, with a one-rank
+    group only when `group_required` (DeepSpeed insists on one)."""
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     chosen = pick_device(device, local_rank)
-    if "RANK" in os.environ and not dist.is_initialized():
+    if not dist.is_initialized() and ("RANK" in os.environ or group_required):
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
         timeout = datetime.timedelta(seconds=timeout_s)
+        if "RANK" in os.environ:
+            where = _attempt_store(rank, world_size, timeout)
+        else:  # one process: no rendezvous needed
+            os.environ.setdefault("LOCAL_RANK", str(local_rank))
+            where = {"store": dist.HashStore(), "rank": 0, "world_size": 1}
         dist.init_process_group(
             backend="nccl" if chosen.type == "cuda" else "gloo",
             timeout=timeout,
             device_id=chosen if chosen.type == "cuda" else None,
-            **_attempt_store(rank, world_size, timeout),
+            **where,
         )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
 
@@ -130,6 +137,35 @@ def all_gather_varlen(*tensors: torch.Tensor) -> list[torch.Tensor]:
         dist.all_gather(parts, padded)
         gathered.append(torch.cat([part[:n] for part, n in zip(parts, sizes)]))
     return gathered
+
+
+def gather_counts(count: int, device: torch.device) -> list[int]:
+    """Every rank's `count`, in rank order."""
+    (counts,) = all_gather_varlen(torch.tensor([count], dtype=torch.int64, device=device))
+    return counts.tolist()
+
+
+def shared_token(device: torch.device) -> str:
+    """A random token, the same on every rank (rank 0's): names a staging folder all ranks write."""
+    token = torch.tensor([int.from_bytes(os.urandom(4), "little")], dtype=torch.int64)
+    if dist.is_initialized():
+        token = token.to(device)
+        dist.broadcast(token, src=0)
+    return f"{int(token.item()):08x}"
+
+
+def collective_failure(error: RuntimeError, phase: str, timeout_s: float | None) -> str | None:
+    """One line for a collective that broke (a rank timed out or went away), naming this rank
+    and what it was doing; None for any other error. torch raises these as RuntimeError (gloo)
+    or its DistBackendError subclass (nccl), told apart only by their text."""
+    rank = os.environ.get("RANK", "0")
+    text = str(error).lower()
+    if "timed out" in text or "timeout" in text:
+        return (f"rank {rank}: {phase} timed out after {timeout_s} s waiting for another rank "
+                "(run.collective_timeout)")
+    if "connection" in text or "peer" in text:
+        return f"rank {rank}: another rank went away during {phase}"
+    return None
 
 
 def barrier() -> None:

@@ -1,67 +1,42 @@
 """Source readers: a signal file to a lazy (dask) array shaped (*spatial, channels).
 
-One module per kind of file (image, audio, volume, mesh). Each reader takes the path and
-the `ReadOptions` and returns a `Source`; `read_source` picks the reader from the file name
-(or `--modality`), then checks what every signal must satisfy (not empty, finite values)
-and fills in the value range. Readers raise DintError naming the file for anything they
-cannot read, so the CLI prints one line and exits 2.
+One module per kind of file (image, tiles, audio, volume, mesh), each building only on
+dint.readers.common (the options, the `Source`, lazy arrays, image decoding), never on a
+sibling. Each reader takes the path and the `ReadOptions` and returns a `Source`;
+`read_source` picks the reader from the file name (or `--modality`), then checks what every
+signal must satisfy (not empty, finite values) and fills in the value range. Readers raise
+DintError naming the file for anything they cannot read, so the CLI prints one line and exits 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from dint.errors import DintError
+from dint.readers import audio, image, mesh, tiles, volume
+from dint.readers.common import ReadOptions, Source, extension_of
 
 MODALITY_CHOICES = ("auto", "audio", "image", "volume", "shape")
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadOptions:
-    modality: str = "auto"  # auto: from the file
-    keep_alpha: bool = False  # images
-    shape: tuple[int, ...] | None = None  # raw binaries
-    dtype: str | None = None  # raw binaries
-    resolution: int = 256  # meshes: grid points per axis
-    field: str = "occupancy"  # meshes: occupancy or sdf
-    chunk: int | None = None  # chunk side per axis (None: the store's default), for aligned lazy reads
-
-
-@dataclasses.dataclass
-class Source:
-    values: Any  # dask array (*spatial, C)
-    modality: str
-    value_range: tuple[float, float] | None = None  # None: the data's min and max (floats)
-    finite: bool = False  # the reader vouches for finite values (so the NaN scan, a full pass, is skipped)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
 
 Reader = Callable[[Path, ReadOptions], Source]
 
 
-def _readers() -> dict[str, Reader]:
-    from dint.readers import image
+def _read_tiff(path: Path, options: ReadOptions) -> Source:
+    """A TIFF: several pages (Z, T, ...) make a volume, read out of core; else a 2D image."""
+    if volume.is_tiff_stack(path):
+        return volume.read_tiff_stack(path, options)
+    return image.read_image(path, options)
 
+
+def _readers() -> dict[str, Reader]:
     readers: dict[str, Reader] = {ext: image.read_image for ext in image.EXTENSIONS}
-    for name in ("audio", "volume", "mesh"):
-        try:
-            module = __import__(f"dint.readers.{name}", fromlist=["EXTENSIONS", "read"])
-        except ImportError:  # a reader module not written yet
-            continue
+    readers.update({ext: _read_tiff for ext in (".tif", ".tiff")})
+    for module in (audio, volume, mesh):
         readers.update({ext: module.read for ext in module.EXTENSIONS})
     return readers
-
-
-def extension_of(path: Path) -> str:
-    name = path.name.lower()
-    for double in (".nii.gz",):
-        if name.endswith(double):
-            return double
-    return path.suffix.lower()
 
 
 def integer_range(dtype: np.dtype) -> tuple[float, float] | None:
@@ -82,8 +57,6 @@ def read_source(path: Path, options: ReadOptions = ReadOptions()) -> Source:
     readers = _readers()
     reader = readers.get(extension_of(path))
     if reader is None and path.is_dir():  # a folder of image tiles (dint.readers.tiles)
-        from dint.readers import tiles
-
         reader = tiles.read
     if reader is None:
         known = ", ".join(sorted(readers))

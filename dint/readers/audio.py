@@ -19,23 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from dint.errors import DintError
-from dint.readers import ReadOptions, Source
+from dint.readers.common import ReadOptions, Source, error_message, float_audio_range, lazy_array
 
 EXTENSIONS = (".wav", ".wave")
-
-
-def float_audio_range(values) -> tuple[float, float] | None:
-    """(-1, 1) if all |x| <= 1, else (-m, m), m = max |x|; None when not finite (read_source reports it)."""
-    import dask.array as da
-
-    peak = float(da.abs(values).max().compute())
-    if not np.isfinite(peak):
-        return None
-    return (-1.0, 1.0) if peak <= 1.0 else (-peak, peak)
-
-
-def _message(path: Path, what: str, error: Exception) -> str:
-    return f"{path}: {what} ({type(error).__name__}: {error})".splitlines()[0]
 
 
 def _wav(path: Path) -> tuple[int, np.ndarray]:
@@ -53,9 +39,9 @@ def _wav(path: Path) -> tuple[int, np.ndarray]:
         except ValueError as e:
             if "greater than file size" in str(e):  # the mapping runs past the end of the file
                 raise DintError(f"{path}: truncated WAV file (the data chunk runs past the end of the file)") from None
-            raise DintError(_message(path, "not a readable WAV file", e)) from None
+            raise DintError(error_message(path, "not a readable WAV file", e)) from None
         except (OSError, EOFError, IndexError, TypeError, KeyError) as e:
-            raise DintError(_message(path, "not a readable WAV file", e)) from None
+            raise DintError(error_message(path, "not a readable WAV file", e)) from None
     for warning in caught:
         if "EOF prematurely" in str(warning.message):
             raise DintError(f"{path}: truncated WAV file ({warning.message})".splitlines()[0])
@@ -63,7 +49,6 @@ def _wav(path: Path) -> tuple[int, np.ndarray]:
 
 
 def read(path: Path, options: ReadOptions) -> Source:
-    from dint.readers.volume import lazy_array
     from dint.store import default_chunks
 
     rate, data = _wav(path)

@@ -1,6 +1,6 @@
 """Images: PNG, JPEG, TIFF; grey, grey+alpha, RGB(A), palette; 8 and 16 bits per sample.
 
-A multi-page TIFF (a stack of slices) is a volume: it goes to dint.readers.volume.
+A multi-page TIFF (a stack of slices) is a volume: read_source hands it to dint.readers.volume.
 A 2D TIFF (grey or colour, plain or BigTIFF, striped or tiled, any compression tifffile
 decodes; level 0 of a pyramid) is read out of core, whatever its size: memory-mapped when
 uncompressed and contiguous, else region by region through tifffile's zarr interface, in
@@ -15,63 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from dint.errors import DintError
-from dint.readers import ReadOptions, Source
+from dint.readers.common import (IMAGE_EXTENSIONS, ReadOptions, Regions, Source, aligned_blocks, check_dtype,
+                                 error_message, image_array, lazy_array, native_order, store_chunks)
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def _png_bit_depth(path: Path) -> int:
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
-
-
-def _image_array(path: Path, keep_alpha: bool) -> np.ndarray:
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array, axes = series.asarray(), series.axes
-        if array.ndim == 3 and axes[0] in "SC" and axes[1:] == "YX":  # planar colour: samples first
-            array = np.moveaxis(array, 0, -1)
-    elif suffix == ".png" and _png_bit_depth(path) == 16:
-        # Pillow truncates 16-bit colour PNGs to 8 bits; imagecodecs keeps all 16.
-        import imagecodecs
-
-        array = imagecodecs.png_decode(path.read_bytes())
-    else:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode == "P":
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-                image = image.convert("L" if mode == "1" else "RGB")
-            array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3:
-        raise DintError(f"{path}: image has {array.ndim} dimensions, expected 2 (grey) or 3 (colour)")
-    if array.shape[2] in (2, 4) and not keep_alpha:
-        array = array[:, :, :-1]
-    return array
+EXTENSIONS = IMAGE_EXTENSIONS
 
 
 def read_image(path: Path, options: ReadOptions) -> Source:
     import dask.array as da
 
     if path.suffix.lower() in (".tif", ".tiff"):
-        from dint.readers import volume
-
-        if volume.is_tiff_stack(path):  # several pages (Z, T, ...): a volume, read out of core
-            return volume.read_tiff_stack(path, options)
         return read_tiff_image(path, options)
     try:
-        array = _image_array(path, options.keep_alpha)
+        array = image_array(path, options.keep_alpha)
     except DintError:
         raise
     except Exception as e:  # Pillow, tifffile and imagecodecs each raise their own types
@@ -81,8 +37,6 @@ def read_image(path: Path, options: ReadOptions) -> Source:
 
 def read_tiff_image(path: Path, options: ReadOptions) -> Source:
     """A 2D TIFF (Y, X[, samples]) as a lazy (H, W, C) image, read out of core."""
-    from dint.readers import volume
-
     try:
         return _read_tiff_image(path, options)
     except DintError:
@@ -90,18 +44,16 @@ def read_tiff_image(path: Path, options: ReadOptions) -> Source:
     except MemoryError:
         raise DintError(f"{path}: out of memory while reading") from None
     except Exception as e:  # tifffile and zarr each raise their own types
-        raise DintError(volume._message(path, "not a readable image", e)) from None
+        raise DintError(error_message(path, "not a readable image", e)) from None
 
 
 def _read_tiff_image(path: Path, options: ReadOptions) -> Source:
     import tifffile
 
-    from dint.readers import volume
-
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]  # its first level: the full resolution of a pyramid
         axes, shape, dtype = series.axes, tuple(int(s) for s in series.shape), np.dtype(series.dtype)
-    volume._check_dtype(path, dtype)
+    check_dtype(path, dtype)
     keep = [i for i, (axis, n) in enumerate(zip(axes, shape)) if n > 1 or axis in "YX"]
     kept = "".join(axes[i] for i in keep)
     channel = [a for a in kept if a in "SC"]
@@ -110,7 +62,7 @@ def _read_tiff_image(path: Path, options: ReadOptions) -> Source:
                         f"with at most one channel axis")
     order = [kept.index("Y"), kept.index("X"), *(kept.index(c) for c in channel)]  # to (Y, X[, C])
     final = tuple(shape[keep[i]] for i in order)
-    store = volume._store_chunks(final, bool(channel), options)
+    store = store_chunks(final, bool(channel), options)
     try:  # uncompressed and contiguous: memory-mapped
         source, source_chunks = tifffile.memmap(path, series=0, mode="r"), None
         if source.shape != shape:
@@ -123,15 +75,15 @@ def _read_tiff_image(path: Path, options: ReadOptions) -> Source:
             node = node[sorted(node.array_keys())[0]]
         if tuple(node.shape) != shape:
             raise DintError(f"{path}: TIFF series reads as {tuple(node.shape)}, its pages say {shape}")
-        source = volume.Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
+        source = Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
         source_chunks = node.chunks
     # Blocks in the series' own axis order (whole TIFF tiles or strips), unit axes dropped, then (Y, X[, C]).
     by_axis = {keep[i]: store[position] for position, i in enumerate(order)}
     wanted = tuple(by_axis.get(i, 1) for i in range(len(shape)))
-    chunks = wanted if source_chunks is None else volume._blocks(shape, source_chunks, wanted)
-    values = volume.lazy_array(path, source, chunks, "tiff")
+    chunks = wanted if source_chunks is None else aligned_blocks(shape, source_chunks, wanted)
+    values = lazy_array(path, source, chunks, "tiff")
     values = values[tuple(slice(None) if i in keep else 0 for i in range(len(shape)))].transpose(order)
-    values = volume._native(values)
+    values = native_order(values)
     if not channel:
         values = values[..., None]
     elif values.shape[-1] in (2, 4) and not options.keep_alpha:

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from dint.errors import DintError
-from dint.readers import ReadOptions, Source
+from dint.readers.common import ReadOptions, Source
 
 EXTENSIONS = (".ply", ".obj", ".stl", ".off")
 MARGIN = 0.9  # the longest bounding-box side maps to [-MARGIN, MARGIN]

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from dint.errors import DintError
-from dint.readers import ReadOptions, Source
-from dint.readers.image import EXTENSIONS as IMAGE_EXTENSIONS
+from dint.readers.common import IMAGE_EXTENSIONS, ReadOptions, Source, image_array, png_bit_depth
 
 EXTENSIONS: tuple[str, ...] = ()  # folders are picked by read_source, not by extension
 TILE_NAME = re.compile(r"^(?P<prefix>.*?)(?P<row>\d+)_(?P<col>\d+)(?P<ext>\.[A-Za-z]+)$")
@@ -84,8 +83,6 @@ def _grid(path: Path) -> dict[tuple[int, int], Path]:
 
 def _header(tile: Path) -> tuple[int, int, tuple[Any, ...]]:
     """(height, width, format) from the tile's header, without decoding its pixels."""
-    from dint.readers.image import _png_bit_depth
-
     try:
         if tile.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -103,7 +100,7 @@ def _header(tile: Path) -> tuple[int, int, tuple[Any, ...]]:
 
         with Image.open(tile) as image:
             width, height = image.size
-            bits = _png_bit_depth(tile) if tile.suffix.lower() == ".png" else 8
+            bits = png_bit_depth(tile) if tile.suffix.lower() == ".png" else 8
             return height, width, (image.format, image.mode, bits, image.mode == "P" and "transparency" in image.info)
     except Exception as e:  # Pillow and tifffile each raise their own types
         raise DintError(f"{tile}: not a readable image tile ({type(e).__name__}: {e})".splitlines()[0]) from None
@@ -170,10 +167,8 @@ def _decoded_format(tile: Path, header, options: ReadOptions) -> tuple[int, np.d
 
 def _decode(tile: Path, size, channels: int | None, dtype, options: ReadOptions) -> np.ndarray:
     """One tile as dint decodes an image, checked against the size (and format) expected of it."""
-    from dint.readers.image import _image_array
-
     try:
-        array = _image_array(tile, options.keep_alpha)
+        array = image_array(tile, options.keep_alpha)
     except DintError:
         raise
     except MemoryError:

@@ -11,7 +11,7 @@ Axis order. A volume is stored as (Z, Y, X, C): Z the slowest axis (slices), X t
   channels. Voxels keep the file's storage order: no reorientation to RAS is applied.
   The scaling (scl_slope, scl_inter) is applied as nibabel applies it.
 - MetaImage (.mhd + data file, .mha): SimpleITK's array axes, already (Z, Y, X[, C]).
-- TIFF stacks (multi-page, handed over by the image reader): (pages, Y, X[, samples]).
+- TIFF stacks (multi-page, handed over by read_source): (pages, Y, X[, samples]).
 
 Nothing is loaded whole where the format allows it: .npy, uncompressed .npz members, raw
 binaries, uncompressed MetaImage data and uncompressed TIFF stacks are memory-mapped;
@@ -27,16 +27,16 @@ Voxel spacing, where the file has it, is kept as extra["spacing"] in (Z, Y, X) o
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from dint.errors import DintError
-from dint.readers import ReadOptions, Source, extension_of
+from dint.readers.common import (ReadOptions, Regions, Source, aligned_blocks, check_dtype, error_message,
+                                 extension_of, float_audio_range, lazy_array, native_order, store_chunks)
 
 EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz", ".mhd", ".mha", ".raw", ".bin", ".zarr")
 
@@ -58,98 +58,17 @@ def read(path: Path, options: ReadOptions) -> Source:
     except MemoryError:
         raise DintError(f"{path}: out of memory while reading") from None
     except Exception as e:  # numpy, nibabel, SimpleITK, zarr and tifffile each raise their own types
-        raise DintError(_message(path, f"not a readable {ext} file", e)) from None
+        raise DintError(error_message(path, f"not a readable {ext} file", e)) from None
 
 
 def read_tiff_stack(path: Path, options: ReadOptions) -> Source:
-    """A multi-page TIFF (pages, Y, X[, samples]) as a volume; called by the image reader."""
+    """A multi-page TIFF (pages, Y, X[, samples]) as a volume; read_source hands it such TIFFs."""
     try:
         return _read_tiff_stack(path, options)
     except DintError:
         raise
     except Exception as e:
-        raise DintError(_message(path, "not a readable TIFF stack", e)) from None
-
-
-# Shared pieces
-
-
-def _message(path: Path, what: str, error: BaseException) -> str:
-    detail = str(error).strip() or "no details"
-    return f"{path}: {what} ({type(error).__name__}: {detail})".splitlines()[0]
-
-
-class Regions:
-    """An array-like for dask.array.from_array that reads regions through `read(index)`.
-
-    Any failure becomes a DintError naming the file: these reads run inside dask while the
-    store is written, and dask re-raises the task's exception as it is, so the CLI still
-    prints one line instead of a traceback. `base` is what is read (a np.memmap, a zarr
-    array, nibabel's proxy, ...), kept for inspection.
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype, read: Callable[[tuple], Any], base: Any = None):
-        self.path, self.shape, self.dtype, self._read = path, tuple(shape), np.dtype(dtype), read
-        self.ndim = len(self.shape)
-        self.base = base
-
-    def __getitem__(self, index):
-        try:
-            block = self._read(index)
-        except DintError:
-            raise
-        except EOFError as e:
-            raise DintError(_message(self.path, "truncated file", e)) from None
-        except Exception as e:
-            raise DintError(_message(self.path, "corrupt or unreadable data", e)) from None
-        return np.asarray(block, dtype=self.dtype)
-
-
-def lazy_array(path: Path, source, chunks, kind: str):
-    """A dask array over `source`: a np.memmap, an in-memory array or a `Regions`.
-
-    Arrays go through `Regions` too: dask.array.from_array copies anything that has a
-    .copy() method, which for a np.memmap means reading the whole file into memory.
-    """
-    import dask.array as da
-    from dask.base import tokenize
-
-    if isinstance(source, np.ndarray):
-        source = Regions(path, source.shape, source.dtype, source.__getitem__, base=source)
-    stat = os.stat(path) if path.is_file() else None
-    name = f"dint-{kind}-" + tokenize(str(path.resolve()), stat and (stat.st_mtime_ns, stat.st_size),
-                                      source.shape, str(source.dtype), chunks)
-    return da.from_array(source, chunks=chunks, name=name, meta=np.empty((0,) * source.ndim, source.dtype))
-
-
-def _store_chunks(shape: tuple[int, ...], has_channels: bool, options: ReadOptions) -> tuple[int, ...]:
-    from dint.store import default_chunks
-
-    spatial = shape[:-1] if has_channels else shape
-    return (*default_chunks(spatial, options.chunk), *shape[len(spatial):])
-
-
-def _blocks(shape, source_chunks, store_chunks) -> tuple[int, ...]:
-    """Dask blocks holding whole source chunks and, where cheap, whole store chunks."""
-    blocks = []
-    for n, s, t in zip(shape, source_chunks, store_chunks):
-        s, t = max(1, int(s)), max(1, int(t))
-        both = math.lcm(s, t)
-        blocks.append(min(n, both if both <= 4 * max(s, t) else s * -(-t // s)))
-    return tuple(blocks)
-
-
-def _check_dtype(path: Path, dtype: np.dtype) -> None:
-    if dtype.hasobject:
-        raise DintError(f"{path}: holds Python objects (dtype {dtype}), not numbers")
-    if dtype.fields is not None or dtype.subdtype is not None:
-        raise DintError(f"{path}: structured dtype {dtype} is not supported; save plain numbers")
-    if dtype.kind not in "biuf":
-        raise DintError(f"{path}: values of type {dtype} are not supported (integers, floats or booleans)")
-
-
-def _native(values):
-    return values if values.dtype.isnative else values.astype(values.dtype.newbyteorder("="))
+        raise DintError(error_message(path, "not a readable TIFF stack", e)) from None
 
 
 def _layout(path: Path, shape: tuple[int, ...], options: ReadOptions) -> tuple[str, bool]:
@@ -174,28 +93,26 @@ def _plain(path: Path, source, options: ReadOptions, kind: str, source_chunks=No
            extra: dict | None = None) -> Source:
     """A plain array (npy, npz, raw, zarr) as a signal: axes as `_layout` says, channels last."""
     shape = tuple(int(s) for s in source.shape)
-    _check_dtype(path, np.dtype(source.dtype))
+    check_dtype(path, np.dtype(source.dtype))
     modality, has_channels = _layout(path, shape, options)
     if 0 in shape:  # read_source reports it as empty
         chunks = "auto"
     else:
-        chunks = _store_chunks(shape, has_channels, options)
+        chunks = store_chunks(shape, has_channels, options)
         if source_chunks is not None:
-            chunks = _blocks(shape, source_chunks, chunks)
-    values = _native(lazy_array(path, source, chunks, kind))
+            chunks = aligned_blocks(shape, source_chunks, chunks)
+    values = native_order(lazy_array(path, source, chunks, kind))
     if not has_channels:
         values = values[..., None]
     value_range = None
     if modality == "audio" and values.dtype.kind == "f" and 0 not in values.shape:
-        from dint.readers.audio import float_audio_range
-
         value_range = float_audio_range(values)
     return Source(values=values, modality=modality, value_range=value_range, extra=extra or {})
 
 
 def _volume(values, has_channels: bool, extra: dict | None = None) -> Source:
     """A volume already in (Z, Y, X[, C]) order."""
-    values = _native(values)
+    values = native_order(values)
     if not has_channels:
         values = values[..., None]
     return Source(values=values, modality="volume", extra=extra or {})
@@ -221,7 +138,7 @@ def _npy_header(f, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
     except DintError:
         raise
     except Exception as e:
-        raise DintError(_message(path, "not a valid .npy array", e)) from None
+        raise DintError(error_message(path, "not a valid .npy array", e)) from None
     return tuple(int(s) for s in shape), bool(fortran), np.dtype(dtype)
 
 
@@ -231,7 +148,7 @@ def _npy_memmap(path: Path, start: int, end: int, label: str) -> np.ndarray:
         f.seek(start)
         shape, fortran, dtype = _npy_header(f, path)
         offset = f.tell()
-    _check_dtype(path, dtype)
+    check_dtype(path, dtype)
     need = math.prod(shape) * dtype.itemsize
     have = end - offset
     if have < need:
@@ -250,7 +167,7 @@ def _read_npz(path: Path, options: ReadOptions) -> Source:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DintError(_message(path, "not a valid .npz archive", e)) from None
+        raise DintError(error_message(path, "not a valid .npz archive", e)) from None
     with archive:
         members = archive.infolist()
         names = [m.filename.removesuffix(".npy") for m in members]
@@ -275,7 +192,7 @@ def _read_npz(path: Path, options: ReadOptions) -> Source:
                 with archive.open(member) as f:
                     array = np.lib.format.read_array(f, allow_pickle=False)
             except Exception as e:
-                raise DintError(_message(path, f"cannot read .npz member {names[0]}", e)) from None
+                raise DintError(error_message(path, f"cannot read .npz member {names[0]}", e)) from None
     return _plain(path, array, options, "npz")
 
 
@@ -294,7 +211,7 @@ def _read_raw(path: Path, options: ReadOptions) -> Source:
         dtype = np.dtype(options.dtype)
     except TypeError:
         raise DintError(f"{path}: --dtype {options.dtype}: not a numpy dtype (e.g. uint8, int16, <f4, >u2)") from None
-    _check_dtype(path, dtype)
+    check_dtype(path, dtype)
     shape = tuple(int(s) for s in options.shape)
     need = math.prod(shape) * dtype.itemsize
     size = path.stat().st_size
@@ -316,7 +233,7 @@ def _read_zarr(path: Path, options: ReadOptions) -> Source:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:
-        raise DintError(_message(path, "not a zarr array or group", e)) from None
+        raise DintError(error_message(path, "not a zarr array or group", e)) from None
     if isinstance(node, zarr.Group):
         if "dint" in node.attrs:
             return _read_dint_store(path, node, options)
@@ -337,7 +254,7 @@ def _read_dint_store(path: Path, group, options: ReadOptions) -> Source:
     info = SignalInfo.from_attrs(dict(group.attrs["dint"]), str(path))
     array = group[VALUES]
     source = Regions(path, array.shape, array.dtype, array.__getitem__, base=array)
-    chunks = _blocks(array.shape, array.chunks, _store_chunks(tuple(array.shape), True, options))
+    chunks = aligned_blocks(array.shape, array.chunks, store_chunks(tuple(array.shape), True, options))
     values = lazy_array(path, source, chunks, "dint")
     return Source(values=values, modality=info.modality, value_range=info.value_range, extra=dict(info.extra))
 
@@ -351,7 +268,7 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
     try:
         image = nib.load(str(path))
     except Exception as e:  # ImageFileError, gzip and zlib errors, EOFError for a cut header
-        raise DintError(_message(path, "not a readable NIfTI file", e)) from None
+        raise DintError(error_message(path, "not a readable NIfTI file", e)) from None
     proxy = image.dataobj
     shape = tuple(int(s) for s in image.shape)  # (X, Y, Z[, T]) or (X, Y, Z, 1, C)
     if len(shape) == 5 and shape[3] == 1:
@@ -371,8 +288,8 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
     spacing = list(image.header.get_zooms()[:3])[::-1]
     # The scaled dtype (scl_slope/scl_inter may turn integers into floats), from one voxel.
     dtype = np.asarray(proxy_index((slice(0, 1),) * len(shape))).dtype
-    _check_dtype(path, dtype)
-    store = _store_chunks(zyx_shape, has_channels, options)  # (Z, Y, X[, C])
+    check_dtype(path, dtype)
+    store = store_chunks(zyx_shape, has_channels, options)  # (Z, Y, X[, C])
     chunks = (*store[2::-1], *store[3:])  # the same blocks in nibabel's (X, Y, Z[, C]) order
     if extension_of(path) == ".nii.gz":  # slabs of whole slices: each read restarts the gzip stream
         chunks = (shape[0], shape[1], *chunks[2:])
@@ -420,7 +337,7 @@ def _read_metaimage(path: Path, options: ReadOptions) -> Source:
     try:
         reader.ReadImageInformation()
     except Exception as e:
-        raise DintError(_message(path, "not a readable MetaImage header", e)) from None
+        raise DintError(error_message(path, "not a readable MetaImage header", e)) from None
     size = tuple(int(s) for s in reader.GetSize())  # (X, Y, Z)
     if len(size) != 3:
         raise DintError(f"{path}: MetaImage with {len(size)} dimensions {size}; dint reads 3D volumes")
@@ -437,13 +354,13 @@ def _read_metaimage(path: Path, options: ReadOptions) -> Source:
         try:
             array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         except Exception as e:
-            raise DintError(_message(path, "cannot read the MetaImage data", e)) from None
+            raise DintError(error_message(path, "cannot read the MetaImage data", e)) from None
         array = array.reshape(shape)
     if 0 in shape:
         import dask.array as da
 
         return _volume(da.zeros(shape, dtype), has_channels)
-    values = lazy_array(path, array, _store_chunks(shape, has_channels, options), "mhd")
+    values = lazy_array(path, array, store_chunks(shape, has_channels, options), "mhd")
     return _volume(values, has_channels, extra)
 
 
@@ -496,7 +413,7 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape, dtype = series.axes, tuple(int(s) for s in series.shape), np.dtype(series.dtype)
-    _check_dtype(path, dtype)
+    check_dtype(path, dtype)
     keep = [i for i, (axis, n) in enumerate(zip(axes, shape)) if n > 1 or axis in "YX"]
     kept = "".join(axes[i] for i in keep)
     stack = [a for a in kept if a not in "YXSC"]
@@ -507,7 +424,7 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
     order = [kept.index(stack[0]), kept.index("Y"), kept.index("X"), *(kept.index(c) for c in channel)]
     kept_shape = tuple(shape[i] for i in keep)
     final = tuple(kept_shape[i] for i in order)
-    store = _store_chunks(final, bool(channel), options)
+    store = store_chunks(final, bool(channel), options)
     try:
         array = tifffile.memmap(path, series=0, mode="r")  # uncompressed, contiguous: mapped
         if array.shape != shape:
@@ -526,7 +443,7 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
     # Blocks in the series' own axis order, then drop unit axes and reorder lazily.
     inverse = {axis_index: store[position] for position, axis_index in enumerate(keep[i] for i in order)}
     wanted = tuple(inverse.get(i, 1) for i in range(len(shape)))
-    chunks = wanted if source_chunks is None else _blocks(shape, source_chunks, wanted)
+    chunks = wanted if source_chunks is None else aligned_blocks(shape, source_chunks, wanted)
     values = lazy_array(path, source, chunks, "tiff")
     values = values[tuple(slice(None) if i in keep else 0 for i in range(len(shape)))]
     values = values.transpose(order)

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from dint.config import TrainConfig
 from dint.distributed.engine import build_engine
 from dint.distributed.utils import destroy_distributed, init_distributed
 from dint.model import Siren
@@ -27,7 +28,7 @@ def updated_parameters(counts: list[int], rank: int, world_size: int, dist_info,
     mine = slice(start, start + counts[rank])
     torch.manual_seed(3)
     model = Siren(2, 3, width=16, hidden_layers=2)
-    engine = build_engine("ddp", model, dist_info, lr=1e-2, total_steps=10, lr_schedule="constant")
+    engine = build_engine(TrainConfig(engine="ddp", lr=1e-2, steps=10, lr_schedule="constant"), model, dist_info)
     # Micro-batches (7 points by default): gradients accumulate over them, then one average over ranks.
     parts = [(c, t) for c, t in zip(coords[mine].split(micro), targets[mine].split(micro))] or [(coords[:0], targets[:0])]
     for _ in range(2):

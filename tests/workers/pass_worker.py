@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from dint.config import TeacherConfig
 from dint.batching import MiniBatchesInMemory, MiniBatchesStreamed, WholeSignal, WholeSignalStreamed
 from dint.data import Shard, ShardStream, rank_chunk_ids
 from dint.distributed.utils import all_gather_varlen, all_reduce_max, destroy_distributed, init_distributed
@@ -22,8 +23,8 @@ MINIBATCH = 300
 
 
 def teacher(strategy: str) -> Teacher:
-    return Teacher(strategy=strategy, ratio=0.25, ratio_schedule="constant", interval_schedule="dense",
-                   interval=1, error="l1", block_points=97, seed=5)
+    return Teacher(TeacherConfig(strategy=strategy, ratio=0.25, ratio_schedule="constant", interval_schedule="dense"),
+                   block_points=97, seed=5)
 
 
 def visited(plan, model, steps: int) -> list[int]:

@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from dint.config import TeacherConfig
 from dint.data import Shard, rank_chunk_ids
 from dint.distributed.utils import all_gather_varlen, destroy_distributed, init_distributed
 from dint.model import Siren
@@ -64,8 +65,9 @@ def make_zero_model(in_features: int, out_features: int) -> Siren:
 
 
 def make_teacher(strategy: str, ratio_schedule: str, error: str) -> Teacher:
-    return Teacher(strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule,
-                   interval_schedule="fixed", interval=5, error=error, block_points=BLOCK_POINTS, seed=SEED)
+    return Teacher(TeacherConfig(strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule,
+                                 interval_schedule="fixed", interval=5, error=error),
+                   block_points=BLOCK_POINTS, seed=SEED)
 
 
 def make_shard(store, rank: int, world: int) -> Shard:
@@ -95,9 +97,10 @@ def run_store(store_path: str, rank: int, world: int, cases: list[tuple]) -> dic
         everything = torch.arange(len(shard))
         selection = teacher.select(models[model], shard, everything, step, TOTAL_STEPS)
         assert torch.equal(everything[selection.positions], selection.local)
-        n = selection.coords.shape[0]
-        assert selection.targets.shape[0] == n
-        coords, targets, owner = all_gather_varlen(selection.coords, selection.targets,
+        ((mine, wanted),) = selection.batches(0)  # the whole selection as one batch
+        n = mine.shape[0]
+        assert wanted.shape[0] == n
+        coords, targets, owner = all_gather_varlen(mine, wanted,
                                                    torch.full((n,), rank, dtype=torch.int64))
         results.append(dict(
             name=name,
