@@ -24,9 +24,10 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 import torch
 
-from dint.config import Config
+from dint.config import Config, parse_size
 from dint.data import MiniBatches, Shard, ShardStream, chunk_grid
 from dint.distributed.utils import all_reduce_max, all_reduce_sum, gather_counts
+from dint.errors import warn
 from dint.store import SignalInfo, Store
 from dint.teacher import Selection, Teacher
 
@@ -51,16 +52,23 @@ class BatchPlan(Protocol):
 
 
 def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: list[int], teacher: Teacher,
-                     device: torch.device) -> BatchPlan:
+                     device: torch.device, rank: int = 0) -> BatchPlan:
     """The plan for the rank's chunks: in memory, or streamed when any rank's share is over
     data.memory_budget; over the whole signal, or in mini-batches (teacher.minibatch)."""
     steps, minibatch, budget = config.train.steps, config.teacher.minibatch, config.data.memory_budget_bytes
     point_bytes = info.channels * np.dtype(info.dtype).itemsize
     grid = chunk_grid(info)
-    share = sum(math.prod(grid[i][1]) for i in chunk_ids) * point_bytes
+    points = sum(math.prod(grid[i][1]) for i in chunk_ids)
+    share = points * point_bytes
+    counts = gather_counts(points, device)
+    idle = [r for r, count in enumerate(counts) if count == 0]
+    if idle and idle[0] == rank:  # said once, by the first idle rank
+        warn(f"rank(s) {', '.join(map(str, idle))} hold no point and train nothing: the store has {len(grid)} "
+             f"chunk(s) for {len(counts)} ranks (shard it with a smaller --chunk)")
     # Every rank must take the same branch: stream if any rank's share is over budget.
     if not all_reduce_max(torch.tensor([int(budget > 0 and share > budget)], device=device)):
         shard = Shard(store, chunk_ids, device, info)
+        shard.cache_points(parse_size(config.data.point_cache))
         if minibatch:
             return MiniBatchesInMemory(teacher, shard, minibatch, steps, config.train.seed)
         return WholeSignal(teacher, shard, steps)
@@ -98,6 +106,14 @@ def global_bits(ids: torch.Tensor, num_points: int) -> torch.Tensor:
     return all_reduce_sum(bits)
 
 
+def global_values(ids: torch.Tensor, values: torch.Tensor, num_points: int) -> torch.Tensor:
+    """A float per point of the whole signal, `values` at `ids` of every rank, 0 elsewhere (an
+    all-reduce: each point is held by one rank)."""
+    dense = torch.zeros(num_points, dtype=values.dtype, device=values.device)
+    dense[ids] = values
+    return all_reduce_sum(dense)
+
+
 def bits_at(bits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Whether each id's bit is set."""
     return ((bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool()
@@ -112,10 +128,12 @@ class WholeSignal:
         self.teacher, self.shard, self.total_steps = teacher, shard, total_steps
         self.everything = torch.arange(len(shard), device=shard.device)
         self.current: Selection | None = None
+        self.memory = teacher.error_memory(len(shard), shard.device)
 
     def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
         if self.teacher.must_select(self.current and self.current.step, step, self.total_steps):
-            self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps)
+            self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps,
+                                               self.memory)
         return [self.current]
 
     def shards(self) -> Iterable[Shard]:
@@ -124,19 +142,33 @@ class WholeSignal:
     def state_dict(self) -> dict:
         if self.current is None or not self.teacher.chooses:
             return {}
-        bits = global_bits(self.shard.global_index(self.current.local), self.shard.info.num_points)
-        return {"bits": bits.cpu(), "selections": {0: (self.current.global_count, self.current.ratio,
-                                                       self.current.step)}}
+        every_id = self.shard.global_index(self.everything)
+        bits = global_bits(every_id[self.current.local], self.shard.info.num_points)
+        state = {"bits": bits.cpu(), "selections": {0: (self.current.global_count, self.current.ratio,
+                                                        self.current.step)}}
+        if self.current.weights is not None:  # importance weights, by global index (N floats)
+            state["weights"] = global_values(every_id[self.current.local], self.current.weights,
+                                             self.shard.info.num_points).cpu()
+            state["normalizer"] = self.current.normalizer
+        if self.memory is not None:  # the errors seen so far, by global index (N floats)
+            state["errors"] = global_values(every_id, self.memory.errors, self.shard.info.num_points).cpu()
+            state["refreshed_at"] = self.memory.refreshed_at
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.current = None
+        self.memory = self.teacher.error_memory(len(self.shard), self.shard.device)
         if not state:
             return
         global_count, ratio, made = state["selections"][0]
-        bits = state["bits"].to(self.shard.device)
-        local = self.everything[bits_at(bits, self.shard.global_index(self.everything))]
+        every_id = self.shard.global_index(self.everything)
+        local = self.everything[bits_at(state["bits"].to(self.shard.device), every_id)]
+        weights = state["weights"].to(self.shard.device)[every_id[local]] if "weights" in state else None
+        if self.memory is not None and "errors" in state:
+            self.memory.errors = state["errors"].to(self.shard.device)[every_id]
+            self.memory.refreshed_at = state["refreshed_at"]
         self.current = Selection(self.shard, local, global_count, gather_counts(local.shape[0], local.device), ratio,
-                                 made)
+                                 made, weights=weights, normalizer=state.get("normalizer"), memory=self.memory)
 
 
 class _ReusedSelections:

@@ -14,7 +14,7 @@ import typer
 from dint.errors import DintError
 from dint.readers import MODALITY_CHOICES, ReadOptions, read_source
 from dint.files import sha256_of
-from dint.store import SignalInfo, check_destination, default_chunks, open_store, write_store
+from dint.store import SignalInfo, check_destination, default_chunks, default_domain, open_store, write_store
 
 BUILTIN_SIGNALS = {
     # scikit-image ships this 512x512 grey photograph (CC0) in its wheel.
@@ -85,7 +85,7 @@ def shard(
         channels=channels,
         dtype=str(source.values.dtype),
         value_range=source.value_range,
-        domain=tuple((-1.0, 1.0) for _ in shape),
+        domain=default_domain(source.modality, shape),
         chunks=default_chunks(shape, chunk),
         source_name=path.name,
         source_sha256=sha256_of(path),
@@ -310,9 +310,47 @@ def _parse_resolution(text: str, ndim: int) -> tuple[int, ...]:
     return sizes
 
 
+@one_line_errors("dint bench")
+def bench(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="The training config (TOML) every teacher runs."),
+    teachers: str = typer.Option("full,uniform,int,default", "--teachers", help="Comma-separated teachers: "
+                                 "presets (full, uniform, int = the paper's INT, default = dint's default teacher), "
+                                 "each optionally with settings, e.g. default:model.init_scale=1;teacher.ratio=0.3."),
+    repeats: int = typer.Option(1, "--repeats", help="Runs per teacher (the seed is the same: repeats show timing noise)."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for bench.json, bench.md, "
+                             "quality_vs_time.png and the runs."),
+    eval_every: int = typer.Option(50, "--eval-every", help="Steps between quality measurements (outside the clock)."),
+) -> None:
+    """Time to quality: train the same signal with each teacher in turn and compare them.
+
+    Any further --section.key value is a config override for every run. Under torchrun every
+    run uses all the ranks.
+    """
+    from dint.bench import bench as run_bench
+    from dint.config import parse_cli
+    from dint.distributed.utils import destroy_distributed
+
+    if repeats < 1 or eval_every < 1:
+        raise DintError("--repeats and --eval-every must be at least 1")
+    _, overrides = parse_cli(list(ctx.args))
+    names = [t.strip() for t in teachers.split(",") if t.strip()]
+    rank = int(__import__("os").environ.get("RANK", 0))
+    try:
+        result = run_bench(str(config) if config else None, overrides, names, repeats, out, eval_every, rank == 0)
+    finally:
+        destroy_distributed()
+    if rank == 0:
+        from dint.bench import table
+
+        print(table(result))
+        print(f"dint bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'quality_vs_time.png'}")
+
+
 app.command("shard")(shard)
 app.command("info")(info)
 app.command("render")(render)
+app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(bench)
 shard_app.command()(shard)
 
 if __name__ == "__main__":

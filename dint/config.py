@@ -20,7 +20,7 @@ from dint.errors import DintError
 
 # The choices of each key, here so that reading a config imports no torch.
 DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("int", "full", "uniform")
+STRATEGIES = ("int", "full", "uniform", "importance")
 RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
 ERRORS = ("l1", "l2")
@@ -67,9 +67,10 @@ class RunConfig:
 @dataclasses.dataclass
 class DataConfig:
     store: str = ""  # a store made by dint-shard
-    block_points: int = 65536  # points per forward block in no-grad passes (selection, evaluation)
+    block_points: int = 16384  # points per forward block in no-grad passes (selection, evaluation)
     domain: list = dataclasses.field(default_factory=list)  # [[lo, hi], ...] per axis; empty: the store's
     memory_budget: str = ""  # per rank, e.g. "512MB"; a larger shard is streamed chunk group by group
+    point_cache: str = "1GiB"  # per rank: keep every point's global index and coordinates when they fit ("0": never)
 
     def validate(self, fail: Fail) -> None:
         _require(fail, self, positive=("block_points",))
@@ -79,10 +80,11 @@ class DataConfig:
                             for v in interval)
                     and interval[0] < interval[1]):
                 fail("domain", "must list [lo, hi] with finite lo < hi for each axis")
-        try:
-            parse_size(self.memory_budget)
-        except ValueError:
-            fail("memory_budget", "is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
+        for name in ("memory_budget", "point_cache"):
+            try:
+                parse_size(getattr(self, name))
+            except ValueError:
+                fail(name, "is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)")
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -95,27 +97,38 @@ class ModelConfig:
     hidden_layers: int = 5  # sine layers; a linear output layer follows
     w0: float = 30.0
     w0_first: float = 30.0
+    init_scale: float = 1.0  # weight scaling (Yeom et al. 2025): every weight but the last layer's times this
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, positive=("width", "hidden_layers", "w0", "w0_first"))
+        _require(fail, self, positive=("width", "hidden_layers", "w0", "w0_first", "init_scale"))
 
 
 @dataclasses.dataclass
 class TeacherConfig:
-    strategy: str = "int"  # int: top-k by error; full: every point; uniform: random k
+    # int: top-k by error; importance: drawn by error, the loss reweighted; uniform: random k; full: every point
+    strategy: str = "int"
     ratio: float = 0.2  # fraction selected at the start
     ratio_schedule: str = "step"
     interval_schedule: str = "incremental"
     interval: int = 1  # steps between selections with interval_schedule = "fixed"
     error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
     minibatch: int = 0  # points per mini-batch (mini-batch INT, one optimizer step each); 0: whole signal
+    random_share: float = 0.0  # of each selection drawn at random (int: from the points the ranking left)
+    error_refresh: int = 1  # steps between scoring forwards over every point; between them, reuse the errors
+    #                         the training forwards saw (int, importance; whole signal in memory)
 
     def validate(self, fail: Fail) -> None:
         _require(fail, self, choices={"strategy": STRATEGIES, "ratio_schedule": RATIO_SCHEDULES,
                                       "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS},
-                 positive=("interval",), non_negative=("minibatch",))
+                 positive=("interval", "error_refresh"), non_negative=("minibatch",))
         if not 0.0 < self.ratio <= 1.0:
             fail("ratio", "must be in (0, 1]")
+        if not 0.0 <= self.random_share < 1.0:
+            fail("random_share", "must be in [0, 1)")
+        if self.error_refresh > 1 and self.minibatch:
+            fail("error_refresh", "> 1 (error reuse) needs the whole signal at once: teacher.minibatch = 0")
+        if self.strategy == "importance" and self.minibatch:
+            fail("strategy", "needs the whole signal at once: teacher.minibatch = 0")
         # A default interval is harmless (a run's resolved config.toml lists every key); another
         # value would be ignored by every schedule but "fixed".
         if self.interval != TeacherConfig.interval and self.interval_schedule != "fixed":
@@ -131,7 +144,7 @@ class TrainConfig:
     seed: int = 0
     engine: str = "ddp"  # ddp or deepspeed
     log_every: int = 10  # steps between metrics.jsonl lines (the last step is always logged)
-    micro_batch: int = 0  # points per forward/backward, gradients accumulated; 0: a selection at once
+    micro_batch: int = 16384  # points per forward/backward, gradients accumulated; 0: a selection at once
     max_rollbacks: int = 3  # on a non-finite loss: back to the last checkpoint with half the lr, this often
 
     def validate(self, fail: Fail) -> None:

@@ -175,6 +175,18 @@ class Shard:
         self._slot_of_chunk[torch.tensor(self.chunk_ids, dtype=torch.int64, device=device)] = torch.arange(
             len(self.chunk_ids), device=device)
         self.coordinates = CoordinateMap(info, device)
+        self._ids: torch.Tensor | None = None  # every point's global index and coordinates, when cached
+        self._coords: torch.Tensor | None = None
+
+    def cache_points(self, max_bytes: int) -> bool:
+        """Compute every point's global index and coordinates once, if they fit in `max_bytes`
+        (8 + 4 x ndim bytes a point): selections and updates then look them up instead of
+        rebuilding them from local indices at every step. The values are the same either way."""
+        if self._count * (8 + 4 * self.info.ndim) > max_bytes or self._ids is not None:
+            return self._ids is not None
+        everything = torch.arange(self._count, device=self.device)
+        self._ids, self._coords = self.global_index(everything), self.coords(everything)
+        return True
 
     def __len__(self) -> int:
         return self._count
@@ -191,6 +203,8 @@ class Shard:
         return self._origins[chunk] + within
 
     def global_index(self, local: torch.Tensor) -> torch.Tensor:
+        if self._ids is not None:
+            return self._ids[local]
         return (self.multi_index(local) * self._strides).sum(dim=1)
 
     def local_index(self, global_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +223,8 @@ class Shard:
         return held, self._offsets[slot] + rel
 
     def coords(self, local: torch.Tensor) -> torch.Tensor:
+        if self._coords is not None:
+            return self._coords[local]
         return self.coordinates(self.multi_index(local))
 
     def targets(self, local: torch.Tensor) -> torch.Tensor:

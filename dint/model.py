@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class SineLayer(nn.Module):
-    def __init__(self, in_features: int, out_features: int, w0: float, first: bool):
+    def __init__(self, in_features: int, out_features: int, w0: float, first: bool, init_scale: float = 1.0):
         super().__init__()
         self.w0 = w0
         self.linear = nn.Linear(in_features, out_features)
@@ -27,6 +27,8 @@ class SineLayer(nn.Module):
         bound = 1.0 / in_features if first else math.sqrt(6.0 / in_features) / w0
         with torch.no_grad():
             self.linear.weight.uniform_(-bound, bound)
+            if init_scale != 1.0:  # weight scaling: larger weights fit high frequencies sooner
+                self.linear.weight.mul_(init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.w0 * self.linear(x))
@@ -41,10 +43,11 @@ class Siren(nn.Module):
         hidden_layers: int = 5,
         w0: float = 30.0,
         w0_first: float = 30.0,
+        init_scale: float = 1.0,
     ):
         super().__init__()
-        layers = [SineLayer(in_features, width, w0_first, first=True)]
-        layers += [SineLayer(width, width, w0, first=False) for _ in range(hidden_layers - 1)]
+        layers = [SineLayer(in_features, width, w0_first, first=True, init_scale=init_scale)]
+        layers += [SineLayer(width, width, w0, first=False, init_scale=init_scale) for _ in range(hidden_layers - 1)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_features)
         bound = math.sqrt(6.0 / width) / w0
@@ -57,4 +60,5 @@ class Siren(nn.Module):
 
 def build_model(config: "ModelConfig", info: "SignalInfo") -> Siren:
     """The SIREN of `config` for `info`'s coordinates in and channels out (training and dint render)."""
-    return Siren(info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first)
+    return Siren(info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first,
+                 config.init_scale)

@@ -18,7 +18,6 @@ import json
 import math
 import numbers
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from dint.errors import DintError
+from dint.errors import DintError, warn
 from dint.files import staged
 
 FORMAT_VERSION = 1
@@ -173,6 +172,20 @@ def _short(value: Any, limit: int = 80) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Audio's time axis spans this many coordinate units per sample by default: a sine of the first
+# layer (w0_first = 30, weights up to 1) then turns 0.02 rad a sample, as the SIREN paper's
+# audio setting does (first-layer w0 = 3000 over [-1, 1]); over [-1, 1] speech does not train.
+AUDIO_SPACING = 0.02 / 30.0
+
+
+def default_domain(modality: str, shape: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
+    """[-1, 1] on every axis; audio: centred, AUDIO_SPACING a sample (a 5 s clip at 16 kHz: +-26.7)."""
+    if modality == "audio":
+        half = max(1.0, (shape[0] - 1) * AUDIO_SPACING / 2)
+        return ((-half, half),)
+    return tuple((-1.0, 1.0) for _ in shape)
 
 
 def default_chunks(shape: tuple[int, ...], side: int | None = None) -> tuple[int, ...]:
@@ -322,7 +335,7 @@ class Store:
             if attempt == READ_TRIES:
                 raise DintError(f"{self.path}: {chunk} cannot be read ({reason}); gave up after {READ_TRIES} tries")
             delay = READ_BACKOFF_S * 2 ** (attempt - 1)
-            _warn(f"{self.path}: {chunk} cannot be read ({reason}); retrying in {delay:g} s "
+            warn(f"{self.path}: {chunk} cannot be read ({reason}); retrying in {delay:g} s "
                   f"(try {attempt + 1} of {READ_TRIES})")
             time.sleep(delay)
         raise AssertionError("unreachable")
@@ -467,9 +480,3 @@ def _one_line(error: BaseException) -> str:
 
 def _tuple(values: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, values)) + ")"
-
-
-def _warn(message: str) -> None:
-    """One warning line on stderr; in a multi-rank run it says which rank."""
-    rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None
-    print(f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{message}", file=sys.stderr, flush=True)

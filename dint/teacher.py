@@ -21,7 +21,7 @@ import torch
 
 from dint.config import TeacherConfig
 from dint.data import Shard, hashed_uniform
-from dint.distributed.utils import all_gather_varlen, gather_counts
+from dint.distributed.utils import all_gather_varlen, all_reduce_max, all_reduce_sum, gather_counts
 
 STAGES = 10  # the `step` ratio schedule's stages
 DENSE_FRACTION = 0.25  # `incremental`: select every step for this first part of training
@@ -119,22 +119,56 @@ def select_topk(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], to
 # --- The teacher ---------------------------------------------------------------------------
 
 
+def per_point_error(diff: torch.Tensor, kind: str) -> torch.Tensor:
+    """A point's error from its (prediction - target) over channels: l1 |f - y| or l2 (f - y)^2."""
+    return diff.abs().sum(dim=1) if kind == "l1" else diff.square().sum(dim=1)
+
+
+class ErrorMemory:
+    """Every point's error as the teacher last saw it (error reuse, as in EVOS).
+
+    A scoring forward over every candidate fills it at refresh steps; in between, each
+    training forward writes the errors of the points it trains, before their update, for
+    free. Selections between refreshes rank these: the trained points' errors are fresh,
+    the others' as old as the last refresh.
+    """
+
+    def __init__(self, size: int, device: torch.device, kind: str):
+        self.errors = torch.full((size,), math.inf, dtype=torch.float32, device=device)  # unseen: first
+        self.refreshed_at: int | None = None
+        self.kind = kind
+
+    def remember(self, local: torch.Tensor, diff: torch.Tensor) -> None:
+        self.errors[local] = per_point_error(diff.detach(), self.kind)
+
+
 class Selection:
-    """The points a rank trains on until the next selection: local indices into a shard."""
+    """The points a rank trains on until the next selection: local indices into a shard.
+
+    The loss is the sum over the selection of each point's squared error, times its weight
+    (1 unless the teacher samples by importance), divided by `normalizer` (the number of
+    points selected over all ranks, or of candidates for importance sampling).
+    """
 
     def __init__(self, shard: Shard, local: torch.Tensor, global_count: int, rank_counts: list[int],
-                 ratio: float, step: int, positions: torch.Tensor | None = None):
+                 ratio: float, step: int, positions: torch.Tensor | None = None, *,
+                 weights: torch.Tensor | None = None, normalizer: int | None = None,
+                 memory: ErrorMemory | None = None):
         self.shard = shard
         self.local = local
         self.positions = positions  # where the chosen points stand among the candidates offered
-        self.global_count = global_count  # points selected over all ranks: the loss is their mean
+        self.global_count = global_count  # points selected over all ranks
         self.rank_counts = rank_counts  # points selected on each rank
         self.ratio = ratio
         self.step = step
-        self._whole: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.weights = weights  # per local point, or None: all 1
+        self.normalizer = normalizer or global_count
+        self.memory = memory  # where the training forward leaves the errors it sees
+        self._whole: dict | None = None
 
-    def batches(self, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(coords, targets) of the selected points, in micro-batches of at most `micro_batch`.
+    def parts(self, micro_batch: int) -> list[dict]:
+        """The selected points in micro-batches of at most `micro_batch` (0: one batch), each as
+        the keyword arguments of a loss: coords, targets, and weights, local, remember when used.
 
         The whole selection as one batch (micro_batch 0, or a selection that small) is kept
         for reuse until the next selection; micro-batches are made afresh each step, so no
@@ -142,9 +176,19 @@ class Selection:
         """
         if micro_batch <= 0 or self.local.shape[0] <= micro_batch:
             if self._whole is None:
-                self._whole = (self.shard.coords(self.local), self.shard.targets(self.local))
+                self._whole = self._part(self.local, self.weights)
             return [self._whole]
-        return [(self.shard.coords(part), self.shard.targets(part)) for part in self.local.split(micro_batch)]
+        weights = self.weights.split(micro_batch) if self.weights is not None else [None] * math.ceil(
+            self.local.shape[0] / micro_batch)
+        return [self._part(local, w) for local, w in zip(self.local.split(micro_batch), weights)]
+
+    def _part(self, local: torch.Tensor, weights: torch.Tensor | None) -> dict:
+        part = {"coords": self.shard.coords(local), "targets": self.shard.targets(local)}
+        if weights is not None:
+            part["weights"] = weights
+        if self.memory is not None:
+            part.update(local=local, remember=self.memory.remember)
+        return part
 
 
 @torch.no_grad()
@@ -154,8 +198,7 @@ def point_errors(model: torch.nn.Module, shard: Shard, candidates: torch.Tensor,
     errors = torch.empty(candidates.shape[0], dtype=torch.float32, device=shard.device)
     for start in range(0, candidates.shape[0], block_points):
         local = candidates[start : start + block_points]
-        diff = model(shard.coords(local)) - shard.targets(local)
-        errors[start : start + local.shape[0]] = diff.abs().sum(dim=1) if kind == "l1" else diff.square().sum(dim=1)
+        errors[start : start + local.shape[0]] = per_point_error(model(shard.coords(local)) - shard.targets(local), kind)
     return errors
 
 
@@ -176,6 +219,11 @@ class Teacher:
         """False for `full`: its selection is every candidate, made once and never saved."""
         return self.config.strategy != "full"
 
+    def error_memory(self, size: int, device: torch.device) -> ErrorMemory | None:
+        """Where a plan keeps its points' errors between refreshes, if this teacher reuses them."""
+        scored = self.config.strategy in ("int", "importance")
+        return ErrorMemory(size, device, self.config.error) if scored and self.config.error_refresh > 1 else None
+
     def must_select(self, last: int | None, progress: int, total: int) -> bool:
         """Whether to select now, when the selection in use was made at `last` (None: none yet).
 
@@ -187,25 +235,78 @@ class Teacher:
         return self.chooses and last != progress and is_selection_step(progress, total, c.interval_schedule, c.interval)
 
     def select(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
-               total: int) -> Selection:
-        """The global top-k (int), random k (uniform) or all (full) of the candidates of every rank.
+               total: int, memory: ErrorMemory | None = None) -> Selection:
+        """The points every rank trains on, chosen among the candidates of every rank together.
 
         `candidates` are local indices into `shard`; every rank calls this together, each
-        with its own candidates (possibly none).
+        with its own candidates (possibly none). The choice depends on the points' global
+        indices and errors only, never on how they are spread over ranks:
+
+        - full: every candidate;
+        - uniform: k drawn at random;
+        - int: the k of largest error (Algorithm 1), of which a `random_share` is instead
+          drawn at random from the rest (EVOS, NINT);
+        - importance: each point drawn with a probability growing with its error, mixed
+          with `random_share` of uniform probability, expected count k, and weighted by the
+          inverse of that probability so the loss (and its gradient) is unbiased (Soft Mining).
         """
-        device, strategy = candidates.device, self.config.strategy
+        device, c = candidates.device, self.config
         total_candidates = sum(gather_counts(candidates.shape[0], device))
+        ratio, weights, normalizer = 1.0, None, None
         if not self.chooses:
-            positions, ratio = torch.arange(candidates.shape[0], device=device), 1.0
+            positions = torch.arange(candidates.shape[0], device=device)
         else:
-            ratio = ratio_at(progress, total, self.config.ratio, self.config.ratio_schedule)
+            ratio = ratio_at(progress, total, c.ratio, c.ratio_schedule)
             k = min(total_candidates, max(1, round(ratio * total_candidates)))
             ids_of = lambda positions: shard.global_index(candidates[positions])  # noqa: E731
-            if strategy == "int":
-                scores = point_errors(model, shard, candidates, self.block_points, self.config.error)
+            draws = lambda: hashed_uniform(shard.global_index(candidates), self.seed, progress)  # noqa: E731
+            if c.strategy == "uniform":
+                positions = select_topk(draws(), k, ids_of)
+            elif c.strategy == "int":
+                errors = self._errors(model, shard, candidates, progress, memory)
+                drawn = round(c.random_share * k)
+                positions = select_topk(errors, k - drawn, ids_of)
+                if drawn:  # the rest at random among the points the ranking left
+                    random = draws()
+                    random[positions] = -1.0  # below every draw
+                    positions = torch.cat([positions, select_topk(random, drawn, ids_of)])
             else:
-                scores = hashed_uniform(shard.global_index(candidates), self.seed, progress)
+                errors = self._errors(model, shard, candidates, progress, memory)
+                probability = inclusion_probability(errors, k, total_candidates, c.random_share)
+                positions = torch.nonzero(draws() < probability).squeeze(1)
+                weights, normalizer = (1.0 / probability[positions]).to(torch.float32), total_candidates
             # In the candidates' own order: what a resume rebuilds from a bit mask, exactly.
-            positions = select_topk(scores, k, ids_of).sort().values
+            order = positions.sort()
+            positions = order.values
+            weights = weights[order.indices] if weights is not None else None
         counts = gather_counts(positions.shape[0], device)
-        return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions)
+        return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions,
+                         weights=weights, normalizer=normalizer, memory=memory)
+
+    def _errors(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
+                memory: ErrorMemory | None) -> torch.Tensor:
+        """The candidates' errors: a scoring forward at refresh steps, else what memory holds."""
+        if memory is not None and memory.refreshed_at is not None \
+                and progress - memory.refreshed_at < self.config.error_refresh:
+            return memory.errors[candidates]
+        errors = point_errors(model, shard, candidates, self.block_points, self.config.error)
+        if memory is not None:
+            memory.errors[candidates] = errors
+            memory.refreshed_at = progress
+        return errors
+
+
+def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_share: float) -> torch.Tensor:
+    """Each point's probability of being drawn (float64): k times a mix of its share of all the
+    errors and of the uniform 1 / total, at most 1 (collective).
+
+    Errors are quantised to integers against the global maximum before summing, so the sum,
+    and with it every probability, is exact and the same on any number of ranks.
+    """
+    errors = torch.nan_to_num(errors.double(), nan=math.inf).clamp(max=torch.finfo(torch.float32).max)
+    top = all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1))
+    quanta = torch.floor(errors / top * 2**24).to(torch.int64) if top.item() > 0 else torch.zeros_like(errors,
+                                                                                                       dtype=torch.int64)
+    mass = int(all_reduce_sum(quanta.sum().reshape(1)).item())
+    share = quanta.double() / mass if mass > 0 else torch.full_like(errors, 1.0 / total)
+    return (k * ((1.0 - uniform_share) * share + uniform_share / total)).clamp(max=1.0)

@@ -37,15 +37,23 @@ from dint.teacher import Teacher
 
 
 def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: torch.Tensor, global_count: int,
-                   world_size: int) -> torch.Tensor:
+                   world_size: int, weights: torch.Tensor | None = None, local: torch.Tensor | None = None,
+                   remember=None) -> torch.Tensor:
     """Mean squared error over the *global* selection, as this rank's share of it.
 
     Engines average gradients over ranks, so each rank's sum is scaled by
     world_size / global_count: the average then equals the gradient of the global mean
     however the selected points fall across ranks (a rank holding none adds zero, but
     still joins the gradient all-reduce). Summed over micro-batches, the same holds.
+    `weights` (importance sampling) weigh each point; `remember(local, f - y)` keeps the
+    errors this forward saw, before the update (error reuse).
     """
-    per_point = (model(coords) - targets).square().mean(dim=1)
+    diff = model(coords) - targets
+    if remember is not None:
+        remember(local, diff)
+    per_point = diff.square().mean(dim=1)
+    if weights is not None:
+        per_point = per_point * weights
     return per_point.sum() * (world_size / global_count)
 
 
@@ -63,7 +71,8 @@ class Trainer:
         started = time.perf_counter()
         self.teacher = Teacher(c.teacher, block_points=c.data.block_points, seed=c.train.seed)
         chunk_ids = rank_chunk_ids(self.info, self.dist.rank, self.dist.world_size)
-        self.plan = build_batch_plan(config, self.info, self.store, chunk_ids, self.teacher, self.dist.device)
+        self.plan = build_batch_plan(config, self.info, self.store, chunk_ids, self.teacher, self.dist.device,
+                                     self.dist.rank)
         self.load_seconds = time.perf_counter() - started
         self.evaluator = Evaluator(c.eval, self.info, self.plan.shards(), self.dist.device, c.data.block_points,
                                    c.train.seed)
@@ -123,9 +132,9 @@ class Trainer:
         else:  # a streamed pass is chosen group by group, inside the update
             selections = self.plan.at(step - 1, model)
         self.phase = f"step {step}: gradient all-reduce"
-        parts = (functools.partial(selection_loss, coords=coords, targets=targets, world_size=self.dist.world_size,
-                                   global_count=selection.global_count)
-                 for selection in selections for coords, targets in selection.batches(self.config.train.micro_batch))
+        parts = (functools.partial(selection_loss, world_size=self.dist.world_size, global_count=selection.normalizer,
+                                   **part)
+                 for selection in selections for part in selection.parts(self.config.train.micro_batch))
         with self.timers["update"]():
             return self.engine.step(self.faults.poison(step, parts))
 

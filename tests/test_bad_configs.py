@@ -20,7 +20,7 @@ lists every section, or every key of the section.
 | text for a number on the command line | `dint.train: error: --train.lr: train.lr = 'fast' is not a valid float` |
 | not true/false for a switch | `dint.train: error: --eval.reconstruction: eval.reconstruction = 'yes' is not a valid bool` |
 | not a JSON list on the command line | `dint.train: error: --data.domain: data.domain = '[[0, 1]' is not a valid list` |
-| not one of the choices | `dint.train: error: C.toml: teacher.strategy = 'greedy' is not one of int, full, uniform` |
+| not one of the choices | `dint.train: error: C.toml: teacher.strategy = 'greedy' is not one of int, full, uniform, importance` |
 | ratio above 1 | `dint.train: error: C.toml: teacher.ratio = 1.5 must be in (0, 1]` |
 | ratio 0 | `dint.train: error: --teacher.ratio: teacher.ratio = 0.0 must be in (0, 1]` |
 | negative steps | `dint.train: error: C.toml: train.steps = -5 must be > 0` |
@@ -92,7 +92,7 @@ ROWS = [
     ("bad_list_on_command_line", {}, ["--data.domain", "[[0, 1]"],
      "--data.domain: data.domain = '[[0, 1]' is not a valid list", "data.domain"),
     ("unknown_choice", {"teacher": {"strategy": "greedy"}}, [],
-     "{C}: teacher.strategy = 'greedy' is not one of int, full, uniform", "teacher.strategy"),
+     "{C}: teacher.strategy = 'greedy' is not one of int, full, uniform, importance", "teacher.strategy"),
     ("ratio_above_one", {"teacher": {"ratio": 1.5}}, [], "{C}: teacher.ratio = 1.5 must be in (0, 1]", "teacher.ratio"),
     ("ratio_zero_on_command_line", {}, ["--teacher.ratio", "0"],
      "--teacher.ratio: teacher.ratio = 0.0 must be in (0, 1]", "teacher.ratio"),

@@ -315,7 +315,7 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(store, qui
     else:
         chunk.unlink()
     warned = []
-    real_warn = dint.store._warn
+    real_warn = dint.store.warn
 
     def warn(message):  # the file system recovers as the last retry is announced
         real_warn(message)
@@ -323,7 +323,7 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(store, qui
         if len(warned) == TRIES - 1:
             chunk.write_bytes(good)
 
-    monkeypatch.setattr(dint.store, "_warn", warn)
+    monkeypatch.setattr(dint.store, "warn", warn)
     # open_store checks every chunk file at the start: the chunk fails after it, mid-run.
     monkeypatch.setattr(dint.store, "_check_chunk_files", lambda store: None)
     np.testing.assert_array_equal(stream_all(store), IMAGE)

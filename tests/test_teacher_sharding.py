@@ -263,3 +263,58 @@ def test_a_rank_with_no_points(runs):
             assert case["rank_counts"] == [case["owner"].count(r) for r in range(world)]
             assert rows(case, (TINY_H, TINY_W)) == reference, (world, name)
         assert case_of(tiny[3], name)["rank_counts"][empty] == 0
+
+
+# --- the newer teachers: random share, importance sampling, error reuse -----------------------
+
+NEW_NAMES = ["int_share_step0", "int_share_ties55", "importance_step0", "importance_step55", "reuse_step1"]
+
+
+def new_case(data: dict, name: str) -> dict:
+    (case,) = [c for c in data["new"] if c["name"] == name]
+    return case
+
+
+@pytest.mark.parametrize("name", NEW_NAMES)
+def test_newer_teachers_select_the_same_on_every_world_size(runs, name):
+    reference = sorted(zip(global_index_of(new_case(runs[1], name)["coords"]), new_case(runs[1], name)["weights"]))
+    assert len(reference) == new_case(runs[1], name)["global_count"] > 0
+    for world in WORLD_SIZES[1:]:
+        case = new_case(runs[world], name)
+        got = sorted(zip(global_index_of(case["coords"]), case["weights"]))
+        assert got == reference, f"{name}: world {world} selects other points or weights"
+        assert case["rank_counts"] == [case["owner"].count(r) for r in range(world)]
+
+
+@pytest.mark.parametrize("name, share, plain_name", [("int_share_step0", 0.5, "int_step0"),
+                                                     ("int_share_ties55", 0.3, "int_ties_step0")])
+def test_random_share_ranks_the_rest_and_draws_the_share(runs, name, share, plain_name):
+    """k points in all: round((1 - share) k) of largest error, the others drawn at random from
+    the rest, so fewer of them are among plain INT's k than all of them."""
+    case = new_case(runs[1], name)
+    k = round(case["ratio"] * N)
+    assert case["global_count"] == k
+    picked = set(global_index_of(case["coords"]))
+    if plain_name == "int_step0":  # the same model, step and k: plain INT's k hold the ranked part
+        plain = {r[0] for r in rows(case_of(runs[1], plain_name))}
+        assert k - round(share * k) <= len(picked & plain) < k
+
+
+def test_importance_sampling_draws_about_k_and_weighs_by_inverse_probability(runs):
+    for name in ("importance_step0", "importance_step55"):
+        case = new_case(runs[1], name)
+        k = round(case["ratio"] * N)
+        assert case["normalizer"] == N  # the loss divides by every candidate, not by the draw's size
+        assert abs(case["global_count"] - k) < 4 * k**0.5 + 5  # Poisson sampling: about k
+        weights = np.asarray(case["weights"])
+        assert (weights >= 1.0 - 1e-6).all()  # 1 / probability, probability <= 1
+    # the siren's larger errors are drawn more often: weights vary with the point
+    assert np.ptp(new_case(runs[1], "importance_step0")["weights"]) > 0.5
+
+
+def test_reuse_selects_from_the_remembered_errors(runs):
+    """Step 1 selects without a scoring forward: the points the zero model erred on most among
+    those it "trained" at step 0, and the rest as the siren scored them at step 0."""
+    case = new_case(runs[1], "reuse_step1")
+    assert case["global_count"] == round(case["ratio"] * N)
+    assert set(global_index_of(case["coords"])) != {r[0] for r in rows(case_of(runs[1], "int_step0"))}

@@ -159,3 +159,17 @@ def test_bad_config_file_names_the_file_and_key(tmp_path, image_store):
     checked = run_cli("dint.train", "--config", config, "--model.width", "8", "--check")
     assert checked.returncode == 0 and checked.stderr == ""
     assert not run_dir.exists()  # --check validates, it does not train
+
+
+def test_a_rank_without_chunks_is_named_in_one_warning(tmp_path):
+    """A 32x32 image in one chunk over 2 ranks: rank 0 holds nothing; the run says so, once."""
+    png = write_png(tmp_path / "small.png", smooth_image(32, 32))
+    store = tmp_path / "small.zarr"
+    assert run_cli("dint.cli", "shard", png, store).returncode == 0
+    config = write_config(tmp_path / "c.toml", store, tmp_path / "run", train={"steps": 5},
+                          eval={"every": 0, "reconstruction": False})
+    result = torchrun(2, "-m", "dint.train", "--config", config)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "hold no point" in line]
+    assert warnings == ["dint: warning: rank 0: rank(s) 0 hold no point and train nothing: the store has 1 chunk(s) "
+                        "for 2 ranks (shard it with a smaller --chunk)"]

@@ -81,6 +81,7 @@ class MetricsLogger:
         """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept."""
         self.total_steps, self.log_every, self.eval_every = config.train.steps, config.train.log_every, config.eval.every
         self.enabled = enabled
+        self.history: list[dict[str, Any]] = []  # this run's lines, on every rank (dint bench reads them)
         self._file = None
         if enabled:
             kept = []
@@ -101,6 +102,7 @@ class MetricsLogger:
         return step % self.log_every == 0 or step == self.total_steps or self.should_evaluate(step)
 
     def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
         if not self.enabled:
             return
         self._file.write(json.dumps(record) + "\n")

@@ -43,6 +43,17 @@ CASES = [
     ("full_step0", "full", "step", "l1", 0, "siren"),
 ]
 
+# The newer teachers: (name, teacher settings, step, model). `reuse` selects at step 0 with a
+# scoring forward, then the "zero" model's errors at the chosen points are remembered as a
+# training forward would leave them, and step 1 selects from memory (no scoring forward).
+NEW_CASES = [
+    ("int_share_step0", dict(strategy="int", random_share=0.5), 0, "siren"),
+    ("int_share_ties55", dict(strategy="int", random_share=0.3), 55, "zero"),
+    ("importance_step0", dict(strategy="importance", random_share=0.2), 0, "siren"),
+    ("importance_step55", dict(strategy="importance"), 55, "siren"),
+    ("reuse_step1", dict(strategy="int", random_share=0.25, interval_schedule="dense", error_refresh=3), 1, "siren"),
+]
+
 TINY_CASES = [
     ("int_step0", "int", "step", "l1", 0, "siren"),
     ("int_ties_step55", "int", "step", "l1", 55, "zero"),
@@ -64,10 +75,39 @@ def make_zero_model(in_features: int, out_features: int) -> Siren:
     return model
 
 
-def make_teacher(strategy: str, ratio_schedule: str, error: str) -> Teacher:
-    return Teacher(TeacherConfig(strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule,
-                                 interval_schedule="fixed", interval=5, error=error),
-                   block_points=BLOCK_POINTS, seed=SEED)
+def make_teacher(strategy: str, ratio_schedule: str, error: str, **settings) -> Teacher:
+    settings = {"interval_schedule": "fixed", "interval": 5, **settings}
+    return Teacher(TeacherConfig(strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule, error=error,
+                                 **settings), block_points=BLOCK_POINTS, seed=SEED)
+
+
+def run_new_cases(store_path: str, rank: int, world: int) -> list[dict]:
+    """The newer teachers' selections, gathered on rank 0 as (coords, targets, weights, owner)."""
+    store = open_store(store_path)
+    shard = make_shard(store, rank, world)
+    models = {"siren": make_model(store.info.ndim, store.info.channels),
+              "zero": make_zero_model(store.info.ndim, store.info.channels)}
+    everything = torch.arange(len(shard))
+    results = []
+    for name, settings, step, model in NEW_CASES:
+        settings = dict(settings)
+        teacher = make_teacher(settings.pop("strategy"), "step", "l1", **settings)
+        memory = teacher.error_memory(len(shard), shard.device)
+        if memory is not None:
+            first = teacher.select(models[model], shard, everything, 0, TOTAL_STEPS, memory)
+            (part,) = first.parts(0)
+            with torch.no_grad():  # what a training forward of the zero model leaves behind
+                part["remember"](part["local"], models["zero"](part["coords"]) - part["targets"])
+        selection = teacher.select(models[model], shard, everything, step, TOTAL_STEPS, memory)
+        (part,) = selection.parts(0)
+        n = part["coords"].shape[0]
+        weights = part.get("weights", torch.ones(n))
+        coords, targets, weights, owner = all_gather_varlen(part["coords"], part["targets"], weights,
+                                                            torch.full((n,), rank, dtype=torch.int64))
+        results.append(dict(name=name, global_count=selection.global_count, normalizer=selection.normalizer,
+                            rank_counts=list(selection.rank_counts), ratio=selection.ratio, coords=coords.tolist(),
+                            targets=targets.tolist(), weights=weights.tolist(), owner=owner.tolist()))
+    return results
 
 
 def make_shard(store, rank: int, world: int) -> Shard:
@@ -78,9 +118,10 @@ def run(store_path: str, tiny_path: str, rank: int, world: int) -> dict | None:
     """All cases on this rank; the gathered results on rank 0, None elsewhere."""
     data = run_store(store_path, rank, world, CASES)
     tiny = run_store(tiny_path, rank, world, TINY_CASES)
+    new = run_new_cases(store_path, rank, world)
     if rank != 0:
         return None
-    data["tiny"] = tiny
+    data["tiny"], data["new"] = tiny, new
     return data
 
 
@@ -97,7 +138,8 @@ def run_store(store_path: str, rank: int, world: int, cases: list[tuple]) -> dic
         everything = torch.arange(len(shard))
         selection = teacher.select(models[model], shard, everything, step, TOTAL_STEPS)
         assert torch.equal(everything[selection.positions], selection.local)
-        ((mine, wanted),) = selection.batches(0)  # the whole selection as one batch
+        (part,) = selection.parts(0)  # the whole selection as one batch
+        mine, wanted = part["coords"], part["targets"]
         n = mine.shape[0]
         assert wanted.shape[0] == n
         coords, targets, owner = all_gather_varlen(mine, wanted,

@@ -1,0 +1,171 @@
+"""`dint bench`: time to quality, every teacher, one run.
+
+Each teacher trains the same signal in turn, with the same config, seed, step budget,
+threads and engineering; only the teacher's settings differ. Quality (PSNR, or IoU for
+shapes) over the whole signal is measured every `eval_every` steps, outside the timed
+region: a run's clock is its training time (selection and update), nothing else.
+
+A teacher is a name and settings: a preset (TEACHERS) or `name:section.key=value;...`,
+e.g. `default:model.init_scale=1` for the default teacher without weight scaling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from dint.config import TeacherConfig, load_config
+from dint.errors import DintError
+
+REFERENCE = "full"
+DEFAULT_TEACHERS = "full,uniform,int,default"
+
+# Every preset sets the whole teacher section, so a row means the same whatever the config says.
+_PAPER_INT = {"strategy": "int", "ratio": 0.2, "ratio_schedule": "step", "interval_schedule": "incremental",
+              "interval": 1, "error": "l1"}
+TEACHERS: dict[str, dict[str, object]] = {
+    "full": {"teacher.strategy": "full"},
+    "int": {f"teacher.{k}": v for k, v in _PAPER_INT.items()},  # the paper's INT, exactly
+    "uniform": {**{f"teacher.{k}": v for k, v in _PAPER_INT.items()}, "teacher.strategy": "uniform"},
+    # The defaults of every teacher key but minibatch (how the signal is split, not how it is taught).
+    "default": {f"teacher.{k}": v for k, v in TeacherConfig().__dict__.items() if k != "minibatch"},
+}
+
+
+def parse_teacher(spec: str) -> tuple[str, dict[str, str]]:
+    """`name` or `name:section.key=value;section.key=value` -> (label, overrides as text)."""
+    name, _, extra = spec.partition(":")
+    if name not in TEACHERS:
+        raise DintError(f"--teachers: unknown teacher {name!r} (known: {', '.join(TEACHERS)}; add settings as "
+                        "name:section.key=value;...)")
+    settings = {key: _text(value) for key, value in TEACHERS[name].items()}
+    for item in filter(None, extra.split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise DintError(f"--teachers: {item!r} in {spec!r} is not section.key=value")
+        settings[key.strip()] = value.strip()
+    return spec, settings
+
+
+def _text(value: object) -> str:
+    return json.dumps(value) if isinstance(value, (list, bool)) else str(value)
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The training time at which `curve` ([(seconds, quality)], in time order) first reaches
+    `target`, interpolated linearly between evaluations; None if it never does."""
+    previous = None
+    for seconds, quality in curve:
+        if quality >= target:
+            if previous is None or previous[1] >= target:
+                return seconds
+            (t0, q0) = previous
+            return t0 + (seconds - t0) * (target - q0) / (quality - q0)
+        previous = (seconds, quality)
+    return None
+
+
+def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path,
+            eval_every: int) -> dict:
+    """Train once; the run's summary and its quality curve [(train seconds, quality)]."""
+    from dint.train import Trainer
+
+    config = load_config(config_path, {**overrides, **settings, "run.dir": str(run_dir), "eval.every": str(eval_every),
+                                       "checkpoint.resume": "never", "eval.reconstruction": "false"})
+    trainer = Trainer(config)
+    summary = trainer.train()
+    key = "iou" if trainer.info.modality == "shape" else "psnr"
+    curve = [(r["select_seconds"] + r["update_seconds"], r[key]) for r in trainer.metrics.history
+             if r.get(key) is not None]
+    return {"summary": summary, "curve": curve, "quality_key": key, "config": config}
+
+
+def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str], repeats: int, out: Path,
+          eval_every: int, is_main: bool) -> dict:
+    specs = [parse_teacher(t) for t in teachers]
+    if REFERENCE not in [label for label, _ in specs]:
+        specs.insert(0, parse_teacher(REFERENCE))
+    runs, config_dict = [], None
+    for repeat in range(repeats):
+        reference = None
+        for label, settings in sorted(specs, key=lambda s: s[0] != REFERENCE):  # the reference first
+            result = run_one(config_path, overrides, settings, out / "runs" / f"{_slug(label)}-{repeat}", eval_every)
+            summary, curve, key = result["summary"], result["curve"], result["quality_key"]
+            final = summary["iou"] if key == "iou" else summary["final_psnr"]
+            if label == REFERENCE:
+                reference = final
+            config_dict = config_dict or {k: v for k, v in result["config"].to_dict().items() if k != "teacher"}
+            runs.append({
+                "teacher": label, "settings": settings, "repeat": repeat,
+                f"final_{key}": final, "train_seconds": summary["train_seconds"],
+                "select_seconds": summary["select_seconds"], "update_seconds": summary["update_seconds"],
+                "steps": summary["steps"], "curve": [[round(t, 4), q] for t, q in curve],
+                "time_to_reference": time_to_reach(curve, reference),
+            })
+    result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "bench.md").write_text(table(result) + "\n")
+        plot(result, out / "quality_vs_time.png")
+    return result
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "never"
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def table(result: dict) -> str:
+    """Teacher, final quality (mean ± half the range over repeats), seconds, share of time in
+    selection, time to the reference's final quality, and speed-up against the reference."""
+    key = result["quality"]
+    by_teacher: dict[str, list[dict]] = {}
+    for run in result["runs"]:
+        by_teacher.setdefault(run["teacher"], []).append(run)
+    reference_seconds = statistics.fmean(r["train_seconds"] for r in by_teacher[result["reference"]])
+    lines = [f"| teacher | final {key} | train s | s/step | selection share | time to {result['reference']}'s "
+             f"final {key} (s) | speed-up vs {result['reference']} |", "|---|---|---|---|---|---|---|"]
+    for teacher, runs in by_teacher.items():
+        reached = [r["time_to_reference"] for r in runs if r["time_to_reference"] is not None]
+        seconds = statistics.fmean(r["train_seconds"] for r in runs)
+        speedup = f"{reference_seconds / statistics.fmean(reached):.2f}x" if len(reached) == len(runs) else "—"
+        lines.append(f"| {teacher} | {_mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
+                     f"{seconds / runs[0]['steps']:.4f} | "
+                     f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
+                     f"{_mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for run in result["runs"]:
+        curve = run["curve"]
+        colour = colours.setdefault(run["teacher"], f"C{len(colours) % 10}")
+        axes.plot([t for t, _ in curve], [q for _, q in curve], color=colour, alpha=0.9 if run["repeat"] == 0 else 0.4,
+                  label=run["teacher"] if run["repeat"] == 0 else None)
+    reference = [r[f"final_{result['quality']}"] for r in result["runs"] if r["teacher"] == result["reference"]]
+    if reference and all(math.isfinite(q) for q in reference):
+        axes.axhline(statistics.fmean(reference), color="grey", linestyle=":", linewidth=1,
+                     label=f"{result['reference']}'s final")
+    axes.set_xlabel("training seconds (selection + update)")
+    axes.set_ylabel(result["quality"].upper() + (" (dB)" if result["quality"] == "psnr" else ""))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

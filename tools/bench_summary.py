@@ -1,0 +1,70 @@
+"""One table from several `dint bench` runs (one per signal): mean and spread over the signals.
+
+    .venv/bin/python tools/bench_summary.py runs/bench/kodim01 runs/bench/kodim02 ... [--out table.md]
+
+Per teacher: the final PSNR, the training seconds, the share of time in selection, and the
+time to `full`'s final PSNR as a fraction of `full`'s training time, of `uniform`'s and of
+`int`'s time to it (each signal's own ratio first, then the mean and spread over signals;
+"never" where a run did not reach it). Spread is half the range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def mean_spread(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    benches = [json.loads((folder / "bench.json").read_text()) for folder in args.folders]
+    teachers = list(dict.fromkeys(run["teacher"] for bench in benches for run in bench["runs"]))
+    key = benches[0]["quality"]
+
+    def runs_of(bench: dict, teacher: str) -> list[dict]:
+        return [r for r in bench["runs"] if r["teacher"] == teacher]
+
+    def mean_of(bench: dict, teacher: str, field: str) -> float | None:
+        values = [r[field] for r in runs_of(bench, teacher)]
+        return None if not values or None in values else statistics.fmean(values)
+
+    lines = [f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
+             "/ uniform's | / int's | reached on |", "|---|---|---|---|---|---|---|---|"]
+    for teacher in teachers:
+        finals, seconds, shares, vs = [], [], [], {"full": [], "uniform": [], "int": []}
+        reached = 0
+        for bench in benches:
+            finals.append(mean_of(bench, teacher, f"final_{key}"))
+            seconds.append(mean_of(bench, teacher, "train_seconds"))
+            shares.append(statistics.fmean(r["select_seconds"] / r["train_seconds"] for r in runs_of(bench, teacher)))
+            mine = mean_of(bench, teacher, "time_to_reference")
+            if mine is None:
+                continue
+            reached += 1
+            vs["full"].append(mine / mean_of(bench, "full", "train_seconds"))
+            for other in ("uniform", "int"):
+                theirs = mean_of(bench, other, "time_to_reference")
+                if theirs:
+                    vs[other].append(mine / theirs)
+        lines.append(f"| {teacher} | {mean_spread(finals)} | {mean_spread(seconds, 1)} | "
+                     f"{mean_spread([100 * s for s in shares], 1)} % | {mean_spread(vs['full'])} | "
+                     f"{mean_spread(vs['uniform'])} | {mean_spread(vs['int'])} | {reached} of {len(benches)} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
