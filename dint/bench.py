@@ -24,7 +24,7 @@ DEFAULT_TEACHERS = "full,uniform,int,default"
 
 # Every preset sets the whole teacher section, so a row means the same whatever the config says.
 _PAPER_INT = {"strategy": "int", "ratio": 0.2, "ratio_schedule": "step", "interval_schedule": "incremental",
-              "interval": 1, "error": "l1"}
+              "interval": 1, "error": "l1", "random_share": 0.0, "error_refresh": 1}
 TEACHERS: dict[str, dict[str, object]] = {
     "full": {"teacher.strategy": "full"},
     "int": {f"teacher.{k}": v for k, v in _PAPER_INT.items()},  # the paper's INT, exactly

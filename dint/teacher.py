@@ -221,8 +221,9 @@ class Teacher:
 
     def error_memory(self, size: int, device: torch.device) -> ErrorMemory | None:
         """Where a plan keeps its points' errors between refreshes, if this teacher reuses them."""
-        scored = self.config.strategy in ("int", "importance")
-        return ErrorMemory(size, device, self.config.error) if scored and self.config.error_refresh > 1 else None
+        c = self.config
+        reuses = c.strategy in ("int", "importance") and c.error_refresh > 1 and not c.minibatch
+        return ErrorMemory(size, device, c.error) if reuses else None
 
     def must_select(self, last: int | None, progress: int, total: int) -> bool:
         """Whether to select now, when the selection in use was made at `last` (None: none yet).

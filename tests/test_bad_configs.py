@@ -28,7 +28,7 @@ lists every section, or every key of the section.
 | a negative count | `dint.train: error: C.toml: eval.sample = -1 must be >= 0` |
 | not a number (`nan`) | `dint.train: error: C.toml: train.lr = nan must be a finite number` |
 | infinite | `dint.train: error: --model.w0: model.w0 = inf must be a finite number` |
-| `teacher.interval` without `interval_schedule = "fixed"` | `dint.train: error: C.toml: teacher.interval = 5 has no effect with teacher.interval_schedule = "incremental": set teacher.interval_schedule = "fixed" or drop the key` |
+| `teacher.interval` without `interval_schedule = "fixed"` | `dint.train: error: C.toml: teacher.interval = 5 has no effect with teacher.interval_schedule = "dense": set teacher.interval_schedule = "fixed" or drop the key` |
 | not a size | `dint.train: error: C.toml: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)` |
 | a memory budget without mini-batches | `dint.train: error: C.toml: data.memory_budget = '1GB' needs teacher.minibatch > 0 (streaming selects inside each chunk group) unless teacher.strategy = "full"` |
 | a domain interval with lo >= hi | `dint.train: error: C.toml: data.domain = [[1, -1], [-1, 1]] must list [lo, hi] with finite lo < hi for each axis` |
@@ -103,7 +103,7 @@ ROWS = [
     ("infinite_on_command_line", {}, ["--model.w0", "inf"], "--model.w0: model.w0 = inf must be a finite number",
      "model.w0"),
     ("interval_without_fixed_schedule", {"teacher": {"interval": 5}}, [],
-     '{C}: teacher.interval = 5 has no effect with teacher.interval_schedule = "incremental": set '
+     '{C}: teacher.interval = 5 has no effect with teacher.interval_schedule = "dense": set '
      'teacher.interval_schedule = "fixed" or drop the key', "teacher.interval"),
     ("not_a_size", {"data": {"memory_budget": "lots"}}, [],
      "{C}: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)",

@@ -354,7 +354,7 @@ def test_a_streaming_run_stops_mid_run_at_a_damaged_chunk(tmp_path, store):
     truncate(store / "values" / "c" / "2" / "2" / "0")  # the last chunk: read after 8 trained groups
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.toml", store, run_dir, data={"memory_budget": "800"},
-                          teacher={"minibatch": 256})
+                          teacher={"strategy": "int", "minibatch": 256})
     result = run_cli("dint.train", "--config", config)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr

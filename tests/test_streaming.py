@@ -92,7 +92,8 @@ def test_streamed_and_in_memory_runs_reach_the_same_model(tmp_path, image_store)
 
 def test_minibatch_int_trains_with_streaming(tmp_path, image_store):
     config = write_config(tmp_path / "c.toml", image_store, tmp_path / "run",
-                          teacher={"minibatch": 400}, train={"steps": 60, "log_every": 10},
+                          teacher={"minibatch": 400, "interval_schedule": "incremental", "random_share": 0.0},
+                          train={"steps": 60, "log_every": 10},
                           eval={"every": 20, "sample": 500}, data={"memory_budget": "1KB"})
     result = torchrun(2, "-m", "dint.train", "--config", config)
     assert result.returncode == 0, result.stderr

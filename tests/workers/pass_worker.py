@@ -23,8 +23,8 @@ MINIBATCH = 300
 
 
 def teacher(strategy: str) -> Teacher:
-    return Teacher(TeacherConfig(strategy=strategy, ratio=0.25, ratio_schedule="constant", interval_schedule="dense"),
-                   block_points=97, seed=5)
+    return Teacher(TeacherConfig(strategy=strategy, ratio=0.25, ratio_schedule="constant", interval_schedule="dense",
+                                 random_share=0.0), block_points=97, seed=5)
 
 
 def visited(plan, model, steps: int) -> list[int]:

@@ -76,7 +76,7 @@ def make_zero_model(in_features: int, out_features: int) -> Siren:
 
 
 def make_teacher(strategy: str, ratio_schedule: str, error: str, **settings) -> Teacher:
-    settings = {"interval_schedule": "fixed", "interval": 5, **settings}
+    settings = {"interval_schedule": "fixed", "interval": 5, "random_share": 0.0, "error_refresh": 1, **settings}
     return Teacher(TeacherConfig(strategy=strategy, ratio=RATIO, ratio_schedule=ratio_schedule, error=error,
                                  **settings), block_points=BLOCK_POINTS, seed=SEED)
 
