@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dint.config import TeacherConfig, load_config
 from dint.errors import DintError
+from dint.files import staged
 
 REFERENCE = "full"
 DEFAULT_TEACHERS = "full,uniform,int,default"
@@ -107,9 +108,12 @@ def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str
     result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "bench.md").write_text(table(result) + "\n")
-        plot(result, out / "quality_vs_time.png")
+        with staged(out / "bench.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        with staged(out / "bench.md") as tmp:
+            tmp.write_text(table(result) + "\n")
+        with staged(out / "quality_vs_time.png") as tmp:
+            plot(result, tmp)
     return result
 
 

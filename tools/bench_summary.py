@@ -5,7 +5,8 @@
 Per teacher: the final PSNR, the training seconds, the share of time in selection, and the
 time to `full`'s final PSNR as a fraction of `full`'s training time, of `uniform`'s and of
 `int`'s time to it (each signal's own ratio first, then the mean and spread over signals;
-"never" where a run did not reach it). Spread is half the range.
+"—" where no run reached it). Spread is half the range. With `--margin M`, a last column gives
+the time to `full`'s final PSNR less M dB as a fraction of `full`'s own time to that PSNR.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from dint.bench import time_to_reach
 
 
 def mean_spread(values: list[float], digits: int = 2) -> str:
@@ -27,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--margin", type=float, default=0.5)
     args = parser.parse_args()
     benches = [json.loads((folder / "bench.json").read_text()) for folder in args.folders]
     teachers = list(dict.fromkeys(run["teacher"] for bench in benches for run in bench["runs"]))
@@ -39,12 +43,21 @@ def main() -> None:
         values = [r[field] for r in runs_of(bench, teacher)]
         return None if not values or None in values else statistics.fmean(values)
 
+    def time_to_margin(bench: dict, teacher: str) -> float | None:
+        target = mean_of(bench, "full", f"final_{key}") - args.margin
+        times = [time_to_reach([tuple(p) for p in r["curve"]], target) for r in runs_of(bench, teacher)]
+        return None if None in times else statistics.fmean(times)
+
     lines = [f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
-             "/ uniform's | / int's | reached on |", "|---|---|---|---|---|---|---|---|"]
+             f"/ uniform's | / int's | reached on | time to full's final - {args.margin:g} / full's |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for teacher in teachers:
         finals, seconds, shares, vs = [], [], [], {"full": [], "uniform": [], "int": []}
-        reached = 0
+        reached, near = 0, []
         for bench in benches:
+            mine_near, full_near = time_to_margin(bench, teacher), time_to_margin(bench, "full")
+            if mine_near is not None and full_near:
+                near.append(mine_near / full_near)
             finals.append(mean_of(bench, teacher, f"final_{key}"))
             seconds.append(mean_of(bench, teacher, "train_seconds"))
             shares.append(statistics.fmean(r["select_seconds"] / r["train_seconds"] for r in runs_of(bench, teacher)))
@@ -59,7 +72,8 @@ def main() -> None:
                     vs[other].append(mine / theirs)
         lines.append(f"| {teacher} | {mean_spread(finals)} | {mean_spread(seconds, 1)} | "
                      f"{mean_spread([100 * s for s in shares], 1)} % | {mean_spread(vs['full'])} | "
-                     f"{mean_spread(vs['uniform'])} | {mean_spread(vs['int'])} | {reached} of {len(benches)} |")
+                     f"{mean_spread(vs['uniform'])} | {mean_spread(vs['int'])} | {reached} of {len(benches)} | "
+                     f"{mean_spread(near)} ({len(near)} of {len(benches)}) |")
     table = "\n".join(lines)
     print(table)
     if args.out:
