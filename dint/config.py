@@ -24,6 +24,7 @@ STRATEGIES = ("int", "full", "uniform", "importance")
 RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
 ERRORS = ("l1", "l2")
+TOPKS = ("gather", "threshold")
 LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("ddp", "deepspeed")
 
@@ -117,10 +118,11 @@ class TeacherConfig:
     random_share: float = 0.2  # of each selection drawn at random (int: from the points the ranking left)
     error_refresh: int = 10  # steps between scoring forwards over every point; between them, reuse the errors
     #                         the training forwards saw (int, importance; whole signal in memory)
+    topk: str = "gather"  # how ranks agree on the global top-k: gather candidates, or histograms (threshold)
 
     def validate(self, fail: Fail) -> None:
         _require(fail, self, choices={"strategy": STRATEGIES, "ratio_schedule": RATIO_SCHEDULES,
-                                      "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS},
+                                      "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS, "topk": TOPKS},
                  positive=("interval", "error_refresh"), non_negative=("minibatch",))
         if not 0.0 < self.ratio <= 1.0:
             fail("ratio", "must be in (0, 1]")

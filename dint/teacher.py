@@ -77,13 +77,19 @@ def is_selection_step(step: int, total_steps: int, schedule: str, interval: int)
 # --- Exact top-k over ranks --------------------------------------------------------------
 
 
+def worst_first(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as the selection compares them: a NaN error counts as the worst (the largest
+    finite value, like +inf), not as none."""
+    return torch.nan_to_num(scores, nan=torch.finfo(scores.dtype).max)
+
+
 def topk_ordered(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Positions of the k largest scores; among equal scores the lower id wins.
 
     `id_of(positions)` gives the unique ids of some positions; it is asked only for the
     positions tied at the k-th score, so callers need not build ids for every point.
     """
-    scores = torch.nan_to_num(scores, nan=math.inf)  # a NaN error counts as the worst, not as none
+    scores = worst_first(scores)
     n = scores.shape[0]
     if k >= n:
         return torch.arange(n, device=scores.device)
@@ -103,7 +109,7 @@ def select_topk(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], to
     rank's local top-k is enough to know the global k-th score and, for a tie there, the
     highest id that still gets in; each rank then keeps its candidates above that cut.
     """
-    scores = torch.nan_to_num(scores, nan=math.inf)
+    scores = worst_first(scores)
     local = topk_ordered(scores, k, id_of)
     cand_scores, cand_ids = scores[local], id_of(local)
     all_scores, all_ids = all_gather_varlen(cand_scores, cand_ids)
@@ -114,6 +120,63 @@ def select_topk(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], to
     cut_id = all_ids[chosen][all_scores[chosen] == cut_score].max()
     keep = (cand_scores > cut_score) | ((cand_scores == cut_score) & (cand_ids <= cut_id))
     return local[keep]
+
+
+_RADIX = 8  # bits per round of the threshold search: histograms of 256 counts
+_SIGN = -(1 << 63)
+
+
+def select_topk_threshold(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The same selection as `select_topk`, found without gathering candidates.
+
+    The global k-th score is found by radix select: scores become order-preserving 64-bit
+    keys, and each round all-reduces a 256-bin histogram of the next 8 bits of the keys still
+    in the running, so a rank sends a few kilobytes whatever k, the number of points and the
+    number of ranks. Ties at the k-th score are settled the same way on the tied points'
+    global ids (lower id first). Returns this rank's positions, ascending.
+    """
+    scores = worst_first(scores).double() + 0.0  # -0.0 ties 0.0, as in comparisons
+    device = scores.device
+    total = int(all_reduce_sum(torch.tensor([scores.shape[0]], device=device)).item())
+    if k >= total:
+        return torch.arange(scores.shape[0], device=device)
+    if k <= 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    bits = scores.view(torch.int64)
+    keys = bits ^ ((bits >> 63) & ~_SIGN)  # signed order of the keys = order of the scores
+    kth, above = _radix_select(keys ^ _SIGN, k, largest=True)
+    kth ^= _SIGN
+    chosen = keys > kth
+    tied = torch.nonzero(keys == kth).squeeze(1)
+    ids = id_of(tied)
+    top_id = int(all_reduce_max(ids.max().reshape(1) if ids.numel() else torch.zeros(1, dtype=torch.int64,
+                                                                                        device=device)).item())
+    cut, _ = _radix_select(ids, k - above, largest=False, bits=max(_RADIX, top_id.bit_length()))
+    chosen[tied[ids <= cut]] = True
+    return torch.nonzero(chosen).squeeze(1)
+
+
+def _radix_select(keys: torch.Tensor, rank_k: int, largest: bool, bits: int = 64) -> tuple[int, int]:
+    """The `rank_k`-th largest (or smallest) of the keys of every rank, as unsigned `bits`-bit
+    values held in int64, and how many keys of every rank come strictly before it."""
+    rounds = -(-bits // _RADIX)
+    running, before, value = keys, 0, 0
+    for shift in range(_RADIX * (rounds - 1), -1, -_RADIX):
+        digits = (running >> shift) & 0xFF
+        histogram = all_reduce_sum(torch.bincount(digits, minlength=256).to(torch.int64))
+        ordered = histogram.flip(0) if largest else histogram
+        reached = before + ordered.cumsum(0)
+        index = int(torch.searchsorted(reached, torch.tensor([rank_k], device=reached.device)).item())
+        digit = 255 - index if largest else index
+        before = int(reached[index].item() - ordered[index].item())
+        value |= digit << shift
+        running = running[digits == digit]
+    return (value - (1 << 64) if value >= 1 << 63 else value), before
+
+
+def select_topk_by(method: str) -> Callable:
+    """`gather` (every rank's local top-k all-gathered) or `threshold` (histograms)."""
+    return select_topk_threshold if method == "threshold" else select_topk
 
 
 # --- The teacher ---------------------------------------------------------------------------
@@ -261,16 +324,17 @@ class Teacher:
             k = min(total_candidates, max(1, round(ratio * total_candidates)))
             ids_of = lambda positions: shard.global_index(candidates[positions])  # noqa: E731
             draws = lambda: hashed_uniform(shard.global_index(candidates), self.seed, progress)  # noqa: E731
+            select_top = select_topk_by(c.topk)
             if c.strategy == "uniform":
-                positions = select_topk(draws(), k, ids_of)
+                positions = select_top(draws(), k, ids_of)
             elif c.strategy == "int":
                 errors = self._errors(model, shard, candidates, progress, memory)
                 drawn = round(c.random_share * k)
-                positions = select_topk(errors, k - drawn, ids_of)
+                positions = select_top(errors, k - drawn, ids_of)
                 if drawn:  # the rest at random among the points the ranking left
                     random = draws()
                     random[positions] = -1.0  # below every draw
-                    positions = torch.cat([positions, select_topk(random, drawn, ids_of)])
+                    positions = torch.cat([positions, select_top(random, drawn, ids_of)])
             else:
                 errors = self._errors(model, shard, candidates, progress, memory)
                 probability = inclusion_probability(errors, k, total_candidates, c.random_share)

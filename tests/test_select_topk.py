@@ -7,6 +7,7 @@ Expected selections are computed here from the scores with torch.topk or a plain
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,7 @@ def test_select_topk_without_a_process_group_is_topk_ordered():
 # --- select_topk over real ranks ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
+@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda w: f"world{w}")
 def distributed_run(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"topk{world}") / "result.json"
@@ -192,3 +193,25 @@ def test_distributed_rank_with_no_points(distributed_run):
         assert case["held"][1] == 0
         assert case["selected"][1] == []
         assert sum(case["counts"]) == case["k"]
+
+
+def test_threshold_selects_what_gather_selects_on_every_rank(distributed_run):
+    """teacher.topk = "threshold" (histograms, no candidates gathered): per rank, the same points
+    as the all-gather, ties included, in every case of the worker."""
+    for case in distributed_run["cases"]:
+        assert case["threshold"] == [sorted(part) for part in case["selected"]], case["name"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_threshold_matches_gather_in_one_process(seed):
+    from dint.teacher import select_topk_threshold
+
+    g = torch.Generator().manual_seed(seed)
+    n = 500
+    scores = [torch.rand(n, generator=g), torch.round(torch.rand(n, generator=g) * 3) / 3,
+              torch.randn(n, generator=g, dtype=torch.float64),
+              torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, -1.0] * 71 + [2.0] * 3)][seed % 4]
+    ids = torch.randperm(4 * n, generator=g)[:n]
+    for k in (0, 1, 7, 100, 250, 499, 500, 600):
+        gather = set(ids[select_topk(scores, k, lambda p: ids[p])].tolist())
+        assert set(ids[select_topk_threshold(scores, k, lambda p: ids[p])].tolist()) == gather, k

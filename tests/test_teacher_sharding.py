@@ -267,7 +267,8 @@ def test_a_rank_with_no_points(runs):
 
 # --- the newer teachers: random share, importance sampling, error reuse -----------------------
 
-NEW_NAMES = ["int_share_step0", "int_share_ties55", "importance_step0", "importance_step55", "reuse_step1"]
+NEW_NAMES = ["int_share_step0", "int_share_ties55", "int_share_ties55_threshold", "importance_step0",
+             "importance_step55", "reuse_step1"]
 
 
 def new_case(data: dict, name: str) -> dict:
@@ -318,3 +319,10 @@ def test_reuse_selects_from_the_remembered_errors(runs):
     case = new_case(runs[1], "reuse_step1")
     assert case["global_count"] == round(case["ratio"] * N)
     assert set(global_index_of(case["coords"])) != {r[0] for r in rows(case_of(runs[1], "int_step0"))}
+
+
+def test_the_threshold_top_k_selects_what_the_gather_selects(runs):
+    for world in WORLD_SIZES:
+        gather, threshold = (new_case(runs[world], name) for name in ("int_share_ties55", "int_share_ties55_threshold"))
+        assert sorted(global_index_of(threshold["coords"])) == sorted(global_index_of(gather["coords"]))
+        assert threshold["rank_counts"] == gather["rank_counts"]

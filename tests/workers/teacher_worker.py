@@ -49,6 +49,7 @@ CASES = [
 NEW_CASES = [
     ("int_share_step0", dict(strategy="int", random_share=0.5), 0, "siren"),
     ("int_share_ties55", dict(strategy="int", random_share=0.3), 55, "zero"),
+    ("int_share_ties55_threshold", dict(strategy="int", random_share=0.3, topk="threshold"), 55, "zero"),
     ("importance_step0", dict(strategy="importance", random_share=0.2), 0, "siren"),
     ("importance_step55", dict(strategy="importance"), 55, "siren"),
     ("reuse_step1", dict(strategy="int", random_share=0.25, interval_schedule="dense", error_refresh=3), 1, "siren"),

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from dint.distributed.utils import all_gather_varlen, destroy_distributed, init_distributed
-from dint.teacher import select_topk
+from dint.teacher import select_topk, select_topk_threshold
 
 
 def uneven_sizes(n: int, world: int, weights: list[float]) -> list[int]:
@@ -49,12 +49,12 @@ def make_cases(world: int) -> list[dict]:
     scores = torch.rand(n, generator=g)
     ids = torch.arange(n)
     perm = torch.randperm(n, generator=g)
-    sizes = uneven_sizes(n, world, [5, 3, 2])
+    sizes = uneven_sizes(n, world, [5, 3, 2, 4])
     for k in (0, 1, 37, 100, 450, 999, 1000, 1500):
         add(f"random_k{k}", scores, ids, deal(perm, sizes), k)
 
     # Large k: more than any one rank holds, but less than all.
-    add("random_k_above_shares", scores, ids, deal(perm, uneven_sizes(n, world, [1, 1, 1])), 700)
+    add("random_k_above_shares", scores, ids, deal(perm, uneven_sizes(n, world, [1, 1, 1, 1])), 700)
 
     # Sparse, shuffled global ids (not 0..n-1), float64 scores with negative values.
     scores64 = torch.randn(n, generator=g, dtype=torch.float64)
@@ -65,13 +65,11 @@ def make_cases(world: int) -> list[dict]:
     by_score = torch.argsort(scores, descending=True)
     low = by_score[-300:][torch.randperm(300, generator=g)]
     high = by_score[:-300][torch.randperm(n - 300, generator=g)]
-    high_sizes = uneven_sizes(n - 300, world - 1, [3, 1])
+    high_sizes = uneven_sizes(n - 300, world - 1, [3, 1, 2])
     add("low_rank_has_none", scores, ids, deal(high, high_sizes) + [low], 50)
 
     # One rank (rank 1) holds no point at all.
-    empty_sizes = [600] + [0] + ([400] if world == 3 else [])
-    if world == 2:
-        empty_sizes = [1000, 0]
+    empty_sizes = {2: [1000, 0], 3: [600, 0, 400], 4: [600, 0, 250, 150]}[world]
     for k in (0, 10, 250, 1000):
         add(f"empty_rank_k{k}", scores, ids, deal(perm, empty_sizes), k)
 
@@ -81,12 +79,12 @@ def make_cases(world: int) -> list[dict]:
     for k in (1, 137, 500, 801):
         add(f"ties_k{k}", tied, ids, deal(tperm, sizes), k)
     # Ties with shuffled, sparse ids: "lower global id" must not mean "lower position".
-    add("ties_sparse_ids", tied, sparse_ids, deal(tperm, uneven_sizes(n, world, [1, 4, 2])), 333)
+    add("ties_sparse_ids", tied, sparse_ids, deal(tperm, uneven_sizes(n, world, [1, 4, 2, 3])), 333)
     # Every score equal.
     add("all_equal", torch.zeros(n), ids, deal(tperm, sizes), 333)
     # Integer-valued scores with heavy duplication on every rank, small n.
     small = torch.randint(0, 3, (40,), generator=g).to(torch.float32)
-    add("small_ties", small, ids[:40], deal(torch.randperm(40, generator=g), uneven_sizes(40, world, [2, 1, 1])), 17)
+    add("small_ties", small, ids[:40], deal(torch.randperm(40, generator=g), uneven_sizes(40, world, [2, 1, 1, 1])), 17)
     return cases
 
 
@@ -103,6 +101,8 @@ def main() -> None:
         picked = select_topk(local_scores, case["k"], lambda positions: local_ids[positions])
         assert picked.dtype == torch.int64
         selected_ids = local_ids[picked]
+        by_threshold = local_ids[select_topk_threshold(local_scores, case["k"], lambda positions: local_ids[positions])]
+        threshold_ids, threshold_owner = all_gather_varlen(by_threshold, torch.full_like(by_threshold, rank))
         per_rank_ids, owner = all_gather_varlen(selected_ids, torch.full_like(selected_ids, rank))
         counts, = all_gather_varlen(torch.tensor([selected_ids.shape[0]]))
         if rank == 0:
@@ -114,6 +114,7 @@ def main() -> None:
                 held=[o.shape[0] for o in case["owners"]],
                 counts=counts.tolist(),
                 selected=[per_rank_ids[owner == r].tolist() for r in range(world)],
+                threshold=[sorted(threshold_ids[threshold_owner == r].tolist()) for r in range(world)],
             ))
     if rank == 0:
         with open(out, "w") as f:
