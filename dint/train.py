@@ -26,7 +26,7 @@ from dint.components.metrics import MetricsLogger, Timers, peak_rss_mb_per_rank
 from dint.config import USAGE, Config, check_against_store, load_config, parse_cli
 from dint.data import rank_chunk_ids
 from dint.distributed.engine import build_engine, import_engine_library, needs_process_group
-from dint.distributed.utils import all_reduce_sum, barrier, collective_failure, destroy_distributed, init_distributed
+from dint.distributed.utils import barrier, collective_failure, destroy_distributed, init_distributed
 from dint.errors import DintError
 from dint.evaluate import Evaluator
 from dint.model import build_model
@@ -91,7 +91,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(config.to_toml())
         barrier()
-        self.metrics = MetricsLogger(config, self.run_dir / "metrics.jsonl", self.dist.is_main, self.step)
+        self.metrics = MetricsLogger(config, self.run_dir / "metrics.jsonl", self.dist.is_main, self.step,
+                                     shape=self.info.modality == "shape")
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -107,7 +108,8 @@ class Trainer:
                 self.step = self._roll_back(step)
                 continue
             if logging:
-                record = self._record(step, loss, wall_start)
+                record = self.metrics.record(step, loss, self.plan.current, self.plan.steps_per_pass, self.timers,
+                                             self.engine.lr, time.perf_counter() - wall_start)
                 if self.metrics.should_evaluate(step):
                     record.update(self.evaluate())
             if saving:
@@ -168,25 +170,6 @@ class Trainer:
         self.rollbacks = state["rollbacks"]
 
     # --- what is reported --------------------------------------------------------------------
-
-    def _record(self, step: int, loss: torch.Tensor, wall_start: float) -> dict:
-        selection, per_pass = self.plan.current, self.plan.steps_per_pass
-        global_loss = all_reduce_sum(loss.reshape(1).double()) / self.dist.world_size
-        return {
-            "step": step,
-            "wall_seconds": round(time.perf_counter() - wall_start, 4),
-            "loss": float(global_loss.item()),
-            "psnr": None,
-            **({"iou": None} if self.info.modality == "shape" else {}),
-            "ratio": selection.ratio,
-            "selected": selection.global_count,
-            "selected_per_rank": selection.rank_counts,
-            "selected_at": selection.step + 1,  # step, or pass with mini-batches
-            **({"pass": (step - 1) // per_pass + 1, "minibatch": (step - 1) % per_pass + 1} if per_pass > 1 else {}),
-            "select_seconds": round(self.timers["select"].seconds, 4),
-            "update_seconds": round(self.timers["update"].seconds, 4),
-            "lr": self.engine.lr,
-        }
 
     def evaluate(self) -> dict:
         with self.timers["eval"]():

@@ -54,6 +54,12 @@ def test_one_rank_and_two_ranks_reach_the_same_psnr(tmp_path, image_store):
     lines_two = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [l["selected"] for l in lines_one] == [l["selected"] for l in lines_two]
     assert all(sum(l["selected_per_rank"]) == l["selected"] for l in lines_two)
+    for line in lines_one + lines_two:  # trained points per rank and their imbalance, on every line
+        counts = line["trained_per_rank"]
+        assert counts == line["selected_per_rank"] and line["imbalance"] == pytest.approx(
+            max(counts) / (sum(counts) / len(counts)), abs=1e-4)
+    assert all(line["imbalance"] == 1.0 for line in lines_one)
+    assert any(line["imbalance"] > 1.0 for line in lines_two)  # the selection falls where the errors are
 
 
 def test_end_to_end_two_ranks_beats_a_constant_prediction(tmp_path):

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from dint.config import Config
-from dint.distributed.utils import all_gather_varlen
+from dint.distributed.utils import all_gather_varlen, all_reduce_sum
 
 
 class Timer:
@@ -77,10 +77,12 @@ class Timers(dict):
 class MetricsLogger:
     """Decides which steps are logged and evaluated, and writes their lines (rank 0)."""
 
-    def __init__(self, config: Config, path: Path, enabled: bool, resume_after: int | None = None):
-        """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept."""
+    def __init__(self, config: Config, path: Path, enabled: bool, resume_after: int | None = None,
+                 shape: bool = False):
+        """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept.
+        `shape`: lines carry an IoU too."""
         self.total_steps, self.log_every, self.eval_every = config.train.steps, config.train.log_every, config.eval.every
-        self.enabled = enabled
+        self.enabled, self.shape = enabled, shape
         self.history: list[dict[str, Any]] = []  # this run's lines, on every rank (dint bench reads them)
         self._file = None
         if enabled:
@@ -100,6 +102,32 @@ class MetricsLogger:
 
     def should_log(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.total_steps or self.should_evaluate(step)
+
+    def record(self, step: int, loss: torch.Tensor, selection, steps_per_pass: int, timers: Timers, lr: float,
+               wall_seconds: float) -> dict[str, Any]:
+        """The line of `step` (collective: the loss is averaged over ranks); quality is filled in
+        by evaluations. `selection` is the step's (a dint.teacher.Selection)."""
+        world_size = len(selection.rank_counts)
+        counts = selection.rank_counts
+        return {
+            "step": step,
+            "wall_seconds": round(wall_seconds, 4),
+            "loss": float((all_reduce_sum(loss.reshape(1).double()) / world_size).item()),
+            "psnr": None,
+            **({"iou": None} if self.shape else {}),
+            "ratio": selection.ratio,
+            "selected": selection.global_count,
+            "selected_per_rank": counts,
+            # What each rank trained this step, and how far the slowest is above the mean (DDP waits for it).
+            "trained_per_rank": counts,
+            "imbalance": round(max(counts) * world_size / max(1, sum(counts)), 4),
+            "selected_at": selection.step + 1,  # step, or pass with mini-batches
+            **({"pass": (step - 1) // steps_per_pass + 1, "minibatch": (step - 1) % steps_per_pass + 1}
+               if steps_per_pass > 1 else {}),
+            "select_seconds": round(timers["select"].seconds, 4),
+            "update_seconds": round(timers["update"].seconds, 4),
+            "lr": lr,
+        }
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
