@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 import torch
 
-from dint.config import Config, parse_size
+from dint.config import Config
 from dint.data import MiniBatches, Shard, ShardStream, chunk_grid
 from dint.distributed.utils import all_reduce_max, all_reduce_sum, gather_counts
 from dint.errors import warn
@@ -68,7 +68,7 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
     # Every rank must take the same branch: stream if any rank's share is over budget.
     if not all_reduce_max(torch.tensor([int(budget > 0 and share > budget)], device=device)):
         shard = Shard(store, chunk_ids, device, info)
-        shard.cache_points(parse_size(config.data.point_cache))
+        shard.cache_points(config.data.point_cache_bytes)
         if minibatch:
             return MiniBatchesInMemory(teacher, shard, minibatch, steps, config.train.seed)
         return WholeSignal(teacher, shard, steps)
@@ -80,7 +80,7 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
     if minibatch:
         groups = int(all_reduce_max(torch.tensor([len(stream)], device=device)))
         return MiniBatchesStreamed(teacher, stream, groups, steps)
-    return WholeSignalStreamed(teacher, stream, gather_counts(stream.num_points, device))
+    return WholeSignalStreamed(teacher, stream, counts)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -335,7 +336,7 @@ def bench(
         raise DintError("--repeats and --eval-every must be at least 1")
     _, overrides = parse_cli(list(ctx.args))
     names = [t.strip() for t in teachers.split(",") if t.strip()]
-    rank = int(__import__("os").environ.get("RANK", 0))
+    rank = int(os.environ.get("RANK", 0))
     try:
         result = run_bench(str(config) if config else None, overrides, names, repeats, out, eval_every, rank == 0)
     finally:

@@ -91,6 +91,10 @@ class DataConfig:
     def memory_budget_bytes(self) -> int:
         return parse_size(self.memory_budget)
 
+    @property
+    def point_cache_bytes(self) -> int:
+        return parse_size(self.point_cache)
+
 
 @dataclasses.dataclass
 class ModelConfig:

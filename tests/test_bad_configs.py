@@ -29,6 +29,9 @@ lists every section, or every key of the section.
 | not a number (`nan`) | `dint.train: error: C.toml: train.lr = nan must be a finite number` |
 | infinite | `dint.train: error: --model.w0: model.w0 = inf must be a finite number` |
 | `teacher.interval` without `interval_schedule = "fixed"` | `dint.train: error: C.toml: teacher.interval = 5 has no effect with teacher.interval_schedule = "dense": set teacher.interval_schedule = "fixed" or drop the key` |
+| importance sampling with mini-batches | `dint.train: error: C.toml: teacher.strategy = 'importance' selects over the whole signal: with teacher.minibatch > 0 set teacher.strategy = "int", "uniform" or "full"` |
+| error reuse set with mini-batches | `dint.train: error: C.toml: teacher.error_refresh = 5 has no effect with teacher.minibatch > 0 (mini-batches score every selection afresh): drop the key or set teacher.minibatch = 0` |
+| a random share of 1 | `dint.train: error: C.toml: teacher.random_share = 1.0 must be in [0, 1)` |
 | not a size | `dint.train: error: C.toml: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)` |
 | a memory budget without mini-batches | `dint.train: error: C.toml: data.memory_budget = '1GB' needs teacher.minibatch > 0 (streaming selects inside each chunk group) unless teacher.strategy = "full"` |
 | a domain interval with lo >= hi | `dint.train: error: C.toml: data.domain = [[1, -1], [-1, 1]] must list [lo, hi] with finite lo < hi for each axis` |
@@ -105,6 +108,14 @@ ROWS = [
     ("interval_without_fixed_schedule", {"teacher": {"interval": 5}}, [],
      '{C}: teacher.interval = 5 has no effect with teacher.interval_schedule = "dense": set '
      'teacher.interval_schedule = "fixed" or drop the key', "teacher.interval"),
+    ("importance_with_minibatches", {"teacher": {"strategy": "importance", "minibatch": 100}}, [],
+     "{C}: teacher.strategy = 'importance' selects over the whole signal: with teacher.minibatch > 0 set "
+     'teacher.strategy = "int", "uniform" or "full"', "teacher.strategy"),
+    ("error_reuse_with_minibatches", {"teacher": {"strategy": "int", "minibatch": 100, "error_refresh": 5}}, [],
+     "{C}: teacher.error_refresh = 5 has no effect with teacher.minibatch > 0 (mini-batches score every selection "
+     "afresh): drop the key or set teacher.minibatch = 0", "teacher.error_refresh"),
+    ("random_share_of_one", {"teacher": {"random_share": 1.0}}, [],
+     "{C}: teacher.random_share = 1.0 must be in [0, 1)", "teacher.random_share"),
     ("not_a_size", {"data": {"memory_budget": "lots"}}, [],
      "{C}: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)",
      "data.memory_budget"),
