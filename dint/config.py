@@ -25,6 +25,7 @@ RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
 ERRORS = ("l1", "l2")
 TOPKS = ("gather", "threshold")
+BALANCES = ("none", "alltoall")
 LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("ddp", "deepspeed")
 
@@ -123,10 +124,12 @@ class TeacherConfig:
     error_refresh: int = 10  # steps between scoring forwards over every point; between them, reuse the errors
     #                         the training forwards saw (int, importance; whole signal in memory)
     topk: str = "gather"  # how ranks agree on the global top-k: gather candidates, or histograms (threshold)
+    balance: str = "none"  # alltoall: selected points move so every rank trains as many (dint.balance)
 
     def validate(self, fail: Fail) -> None:
         _require(fail, self, choices={"strategy": STRATEGIES, "ratio_schedule": RATIO_SCHEDULES,
-                                      "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS, "topk": TOPKS},
+                                      "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS, "topk": TOPKS,
+                                      "balance": BALANCES},
                  positive=("interval", "error_refresh"), non_negative=("minibatch",))
         if not 0.0 < self.ratio <= 1.0:
             fail("ratio", "must be in (0, 1]")

@@ -229,6 +229,11 @@ class Selection:
         self.memory = memory  # where the training forward leaves the errors it sees
         self._whole: dict | None = None
 
+    @property
+    def trained_counts(self) -> list[int]:
+        """Points each rank trains: its own selection (dint.balance evens them out)."""
+        return self.rank_counts
+
     def parts(self, micro_batch: int) -> list[dict]:
         """The selected points in micro-batches of at most `micro_batch` (0: one batch), each as
         the keyword arguments of a loss: coords, targets, and weights, local, remember when used.

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
+from dint.balance import Balancer
 from dint.batching import build_batch_plan
 from dint.components.checkpoint import CheckpointManager, RngState, save_model
 from dint.components.faults import Faults
-from dint.components.metrics import MetricsLogger, Timers, peak_rss_mb_per_rank
+from dint.components.metrics import MetricsLogger, Timers, bytes_per_rank, peak_rss_mb_per_rank
 from dint.config import USAGE, Config, check_against_store, load_config, parse_cli
 from dint.data import rank_chunk_ids
 from dint.distributed.engine import build_engine, import_engine_library, needs_process_group
-from dint.distributed.utils import barrier, collective_failure, destroy_distributed, init_distributed
+from dint.distributed.utils import TRAFFIC, barrier, collective_failure, destroy_distributed, init_distributed
 from dint.errors import DintError
 from dint.evaluate import Evaluator
 from dint.model import build_model
@@ -73,6 +74,8 @@ class Trainer:
         chunk_ids = rank_chunk_ids(self.info, self.dist.rank, self.dist.world_size)
         self.plan = build_batch_plan(config, self.info, self.store, chunk_ids, self.teacher, self.dist.device,
                                      self.dist.rank)
+        self.balancer = Balancer(c.teacher.balance if self.plan.eager else "none", self.dist.rank)
+        self.trained = None  # what the last step trained, balanced or not (its metrics)
         self.load_seconds = time.perf_counter() - started
         self.evaluator = Evaluator(c.eval, self.info, self.plan.shards(), self.dist.device, c.data.block_points,
                                    c.train.seed)
@@ -108,7 +111,7 @@ class Trainer:
                 self.step = self._roll_back(step)
                 continue
             if logging:
-                record = self.metrics.record(step, loss, self.plan.current, self.plan.steps_per_pass, self.timers,
+                record = self.metrics.record(step, loss, self.trained, self.plan.steps_per_pass, self.timers,
                                              self.engine.lr, time.perf_counter() - wall_start)
                 if self.metrics.should_evaluate(step):
                     record.update(self.evaluate())
@@ -128,9 +131,14 @@ class Trainer:
         """Choose the points (when the teacher says so) and take one optimizer step on them."""
         self.phase = f"step {step}: selection"
         model = self.engine.module
+        TRAFFIC.new_step()
         if self.plan.eager:
-            with self.timers["select"]():
+            with self.timers["select"](), TRAFFIC.counting("select"):
                 selections = self.plan.at(step - 1, model)
+            if self.balancer.active:
+                self.phase = f"step {step}: balancing"
+                with self.timers["balance"](), TRAFFIC.counting("balance"):
+                    selections = self.balancer(selections)
         else:  # a streamed pass is chosen group by group, inside the update
             selections = self.plan.at(step - 1, model)
         self.phase = f"step {step}: gradient all-reduce"
@@ -138,7 +146,12 @@ class Trainer:
                                    **part)
                  for selection in selections for part in selection.parts(self.config.train.micro_batch))
         with self.timers["update"]():
-            return self.engine.step(self.faults.poison(step, parts))
+            loss = self.engine.step(self.faults.poison(step, parts))
+        self.trained = selections[-1] if self.plan.eager else self.plan.current
+        if self.balancer.active:
+            with self.timers["balance"](), TRAFFIC.counting("balance"):
+                self.balancer.settle()  # the errors seen at moved points go back before anything reads them
+        return loss
 
     # --- recovery ----------------------------------------------------------------------------
 
@@ -185,8 +198,10 @@ class Trainer:
             "evaluation": self.evaluator.described,
             "streamed": self.plan.streamed,
             # Selection and update steps only: no store reading, no evaluation.
-            "train_seconds": seconds["select"] + seconds["update"],
-            "select_seconds": seconds["select"], "update_seconds": seconds["update"],
+            "train_seconds": seconds["select"] + seconds["balance"] + seconds["update"],
+            "select_seconds": seconds["select"], "balance_seconds": seconds["balance"],
+            "update_seconds": seconds["update"],
+            **bytes_per_rank(TRAFFIC.total, self.dist.device),
             "load_seconds": self.load_seconds, "eval_seconds": seconds["eval"], "wall_seconds": wall_seconds,
             "peak_rss_mb_per_rank": peak_rss_mb_per_rank(self.dist.device),
             "outputs": {},

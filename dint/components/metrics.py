@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from dint.config import Config
-from dint.distributed.utils import all_gather_varlen, all_reduce_sum
+from dint.distributed.utils import TRAFFIC, all_gather_varlen, all_reduce_sum
 
 
 class Timer:
@@ -61,7 +61,7 @@ class Timer:
 class Timers(dict):
     """The step's timers by name (select, update, eval), saved with checkpoints."""
 
-    NAMES = ("select", "update", "eval")
+    NAMES = ("select", "balance", "update", "eval")
 
     def __init__(self, device: torch.device):
         super().__init__({name: Timer(device) for name in self.NAMES})
@@ -71,7 +71,7 @@ class Timers(dict):
 
     def load_state_dict(self, state: dict) -> None:
         for name, timer in self.items():
-            timer.seconds = state[name]
+            timer.seconds = state.get(name, 0.0)  # "balance" is newer than some checkpoints
 
 
 class MetricsLogger:
@@ -105,10 +105,11 @@ class MetricsLogger:
 
     def record(self, step: int, loss: torch.Tensor, selection, steps_per_pass: int, timers: Timers, lr: float,
                wall_seconds: float) -> dict[str, Any]:
-        """The line of `step` (collective: the loss is averaged over ranks); quality is filled in
-        by evaluations. `selection` is the step's (a dint.teacher.Selection)."""
+        """The line of `step` (collective: the loss is averaged over ranks, the bytes gathered);
+        quality is filled in by evaluations. `selection` is what the step trained (a
+        dint.teacher.Selection, or a dint.balance.BalancedSelection)."""
         world_size = len(selection.rank_counts)
-        counts = selection.rank_counts
+        trained = selection.trained_counts
         return {
             "step": step,
             "wall_seconds": round(wall_seconds, 4),
@@ -117,14 +118,17 @@ class MetricsLogger:
             **({"iou": None} if self.shape else {}),
             "ratio": selection.ratio,
             "selected": selection.global_count,
-            "selected_per_rank": counts,
+            "selected_per_rank": selection.rank_counts,
             # What each rank trained this step, and how far the slowest is above the mean (DDP waits for it).
-            "trained_per_rank": counts,
-            "imbalance": round(max(counts) * world_size / max(1, sum(counts)), 4),
+            "trained_per_rank": trained,
+            "imbalance": round(max(trained) * world_size / max(1, sum(trained)), 4),
+            # Bytes each rank handed to the step's collectives (dint.distributed.utils.Traffic).
+            **bytes_per_rank(TRAFFIC.step, loss.device),
             "selected_at": selection.step + 1,  # step, or pass with mini-batches
             **({"pass": (step - 1) // steps_per_pass + 1, "minibatch": (step - 1) % steps_per_pass + 1}
                if steps_per_pass > 1 else {}),
             "select_seconds": round(timers["select"].seconds, 4),
+            "balance_seconds": round(timers["balance"].seconds, 4),
             "update_seconds": round(timers["update"].seconds, 4),
             "lr": lr,
         }
@@ -148,6 +152,13 @@ class MetricsLogger:
             self._bar.close()
         if self._file is not None:
             self._file.close()
+
+
+def bytes_per_rank(counted: dict[str, int], device: torch.device) -> dict[str, list[int]]:
+    """`select_bytes_per_rank` and `balance_bytes_per_rank` from each rank's counts; collective."""
+    mine = torch.tensor([[counted["select"], counted["balance"]]], dtype=torch.int64, device=device)
+    (every,) = all_gather_varlen(mine)
+    return {"select_bytes_per_rank": every[:, 0].tolist(), "balance_bytes_per_rank": every[:, 1].tolist()}
 
 
 def peak_rss_mb_per_rank(device: torch.device) -> list[float]:

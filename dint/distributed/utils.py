@@ -6,11 +6,14 @@ Without it the same code runs as one process and every collective here is a no-o
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import datetime
 import gc
 import os
 import sys
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -100,9 +103,48 @@ def destroy_distributed() -> None:
     gc.collect()
 
 
+class Traffic:
+    """Bytes this rank hands to the collectives below, summed by purpose ("select", "balance").
+
+    What a rank sends is its own contribution: the tensor it reduces or gathers, the rows
+    it sends to other ranks in an all-to-all. How the backend routes it (rings, trees) is
+    not counted. Collectives outside a `counting` block, and every call in one process,
+    count nothing.
+    """
+
+    def __init__(self):
+        self.step: collections.Counter[str] = collections.Counter()  # since new_step()
+        self.total: collections.Counter[str] = collections.Counter()
+        self._purpose: str | None = None
+
+    @contextlib.contextmanager
+    def counting(self, purpose: str) -> Iterator[None]:
+        outer, self._purpose = self._purpose, purpose
+        try:
+            yield
+        finally:
+            self._purpose = outer
+
+    def add(self, nbytes: int) -> None:
+        if self._purpose is not None and dist.is_initialized():
+            self.step[self._purpose] += nbytes
+            self.total[self._purpose] += nbytes
+
+    def new_step(self) -> None:
+        self.step.clear()
+
+
+TRAFFIC = Traffic()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place; returns the tensor for chaining."""
     if dist.is_initialized():
+        TRAFFIC.add(_nbytes(tensor))
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
@@ -110,8 +152,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Maximum over ranks, in place."""
     if dist.is_initialized():
+        TRAFFIC.add(_nbytes(tensor))
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def all_to_all_rows(tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
+    """Rows of `tensor` to other ranks: the first send_counts[0] rows to rank 0, the next
+    send_counts[1] to rank 1, ...; returns the rows received, in rank order (recv_counts)."""
+    if not dist.is_initialized():
+        return tensor
+    rank = dist.get_rank()
+    received = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
+    row_bytes = _nbytes(tensor[:1]) if tensor.shape[0] else 0
+    TRAFFIC.add(row_bytes * (sum(send_counts) - send_counts[rank]))
+    dist.all_to_all_single(received, tensor.contiguous(), recv_counts, send_counts)
+    return received
 
 
 def all_gather_varlen(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -126,6 +182,7 @@ def all_gather_varlen(*tensors: torch.Tensor) -> list[torch.Tensor]:
     device = tensors[0].device
     size = torch.tensor([tensors[0].shape[0]], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    TRAFFIC.add(_nbytes(size))
     dist.all_gather(sizes, size)
     sizes = [int(s.item()) for s in sizes]
     longest = max(sizes)
@@ -134,6 +191,7 @@ def all_gather_varlen(*tensors: torch.Tensor) -> list[torch.Tensor]:
         padded = tensor.new_zeros((longest, *tensor.shape[1:]))
         padded[: tensor.shape[0]] = tensor
         parts = [torch.empty_like(padded) for _ in range(world_size)]
+        TRAFFIC.add(_nbytes(padded))
         dist.all_gather(parts, padded)
         gathered.append(torch.cat([part[:n] for part, n in zip(parts, sizes)]))
     return gathered

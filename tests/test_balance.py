@@ -1,0 +1,83 @@
+"""teacher.balance = "alltoall": every rank trains as many points, and the training is the same."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, smooth_image, torchrun, write_png
+from dint.balance import balanced_counts, transfer_plan
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_transfer_plan_evens_out_the_counts_moving_only_the_surplus(seed):
+    rng = random.Random(seed)
+    world_size = rng.randint(1, 9)
+    counts = [rng.choice([0, rng.randint(0, 50), rng.randint(0, 5000)]) for _ in range(world_size)]
+    moves = transfer_plan(counts)
+    after = [counts[r] - sum(moves[r]) + sum(moves[s][r] for s in range(world_size)) for r in range(world_size)]
+    assert after == balanced_counts(counts)
+    assert sum(after) == sum(counts) and max(after) - min(after) <= 1
+    targets = balanced_counts(counts)
+    for r in range(world_size):
+        sends, receives = sum(moves[r]), sum(moves[s][r] for s in range(world_size))
+        assert moves[r][r] == 0 and not (sends and receives)  # a point moves at most once
+        assert sends == max(0, counts[r] - targets[r]) and receives == max(0, targets[r] - counts[r])
+
+
+@pytest.fixture(scope="module")
+def flat_store(tmp_path_factory):
+    """A 64x64 image whose left 40 columns are flat: the selection falls on the right."""
+    folder = tmp_path_factory.mktemp("flat")
+    image = smooth_image(64, 64, channels=1, seed=3)
+    image[:, :40] = 128
+    store = folder / "flat.zarr"
+    assert run_cli("dint.cli", "shard", write_png(folder / "flat.png", image), store, "--chunk", "16").returncode == 0
+    return store
+
+
+def train_three_ranks(tmp_path, store, name, *overrides):
+    run_dir = tmp_path / name
+    result = torchrun(3, "-m", "dint.train", "--run.dir", run_dir, "--data.store", store, "--run.device", "cpu",
+                      "--model.width", "32", "--model.hidden_layers", "3", "--train.steps", "40",
+                      "--train.log_every", "5", "--train.micro_batch", "700", "--eval.reconstruction", "false",
+                      "--checkpoint.every", "20", "--checkpoint.resume", "never", *overrides)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return lines, json.loads((run_dir / "summary.json").read_text()), run_dir
+
+
+@pytest.mark.parametrize("teacher", [
+    # the default teacher with error reuse: the errors seen at moved points must go home
+    ("--teacher.strategy", "importance", "--teacher.error_refresh", "5", "--teacher.random_share", "0.25"),
+    ("--teacher.strategy", "int", "--teacher.minibatch", "1500"),
+], ids=["importance-reuse", "int-minibatch"])
+def test_alltoall_trains_equal_counts_with_the_same_update(tmp_path, flat_store, teacher):
+    plain, plain_summary, plain_dir = train_three_ranks(tmp_path, flat_store, "none", *teacher,
+                                                        "--teacher.balance", "none")
+    even, even_summary, even_dir = train_three_ranks(tmp_path, flat_store, "alltoall", *teacher,
+                                                     "--teacher.balance", "alltoall")
+    assert [l["step"] for l in plain] == [l["step"] for l in even]
+    for a, b in zip(plain, even):
+        assert b["selected_per_rank"] == a["selected_per_rank"]  # the same selection...
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)  # ...and the same update
+        assert sum(b["trained_per_rank"]) == sum(a["trained_per_rank"])
+        assert max(b["trained_per_rank"]) - min(b["trained_per_rank"]) <= 1
+        assert b["imbalance"] <= 1.02
+        assert a["balance_bytes_per_rank"] == [0, 0, 0] and a["balance_seconds"] == 0
+        assert b["select_bytes_per_rank"] == a["select_bytes_per_rank"] and min(a["select_bytes_per_rank"]) > 0
+    assert max(a["imbalance"] for a in plain) > 1.1  # the flat region leaves ranks with little to train
+    assert any(sum(b["balance_bytes_per_rank"]) > 0 for b in even)
+    assert even_summary["final_psnr"] == pytest.approx(plain_summary["final_psnr"], abs=0.01)
+    assert sum(even_summary["balance_bytes_per_rank"]) > 0 and plain_summary["balance_bytes_per_rank"] == [0, 0, 0]
+    # The teacher's saved state (selection, and with error reuse every point's remembered error)
+    # is the same, so a resumed run goes on alike.
+    saved = [torch.load(d / "checkpoints" / "step-00000020" / "state.pt", weights_only=True)["parts"]["teacher"]
+             for d in (plain_dir, even_dir)]
+    assert torch.equal(saved[0]["bits"], saved[1]["bits"])
+    if "errors" in saved[0]:
+        np.testing.assert_allclose(saved[1]["errors"].numpy(), saved[0]["errors"].numpy(), rtol=1e-4, atol=1e-6)
