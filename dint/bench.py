@@ -78,8 +78,8 @@ def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[s
     trainer = Trainer(config)
     summary = trainer.train()
     key = "iou" if trainer.info.modality == "shape" else "psnr"
-    curve = [(r["select_seconds"] + r["update_seconds"], r[key]) for r in trainer.metrics.history
-             if r.get(key) is not None]
+    curve = [(r["select_seconds"] + r["balance_seconds"] + r["update_seconds"], r[key])
+             for r in trainer.metrics.history if r.get(key) is not None]
     return {"summary": summary, "curve": curve, "quality_key": key, "config": config}
 
 

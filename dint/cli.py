@@ -348,10 +348,81 @@ def bench(
         print(f"dint bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'quality_vs_time.png'}")
 
 
+def _int_list(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise DintError(f"{option} {text}: expected positive whole numbers separated by commas")
+    return values
+
+
+@one_line_errors("dint scale")
+def scale(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="The training config (TOML) every size runs."),
+    ranks: str = typer.Option("1,2", "--ranks", help="Comma-separated numbers of ranks, e.g. 1,2,4,8."),
+    nodes: str = typer.Option("1", "--nodes", help="Nodes per size: one number for every size, or one per size; "
+                              "more than 1 starts that many torchrun agents on this machine (c10d on 127.0.0.1)."),
+    mode: str = typer.Option("strong", "--mode", help="strong: the same signal at every size; weak: --data.store "
+                             "with {ranks} in it names a signal per size that grows with the ranks."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps per run (train.steps); default: the config's."),
+    out: Path = typer.Option(Path("runs/scale"), "--out", help="Folder for scaling.json, scaling.md, the plots "
+                             "and the runs."),
+    threads: int = typer.Option(1, "--threads", help="OMP_NUM_THREADS of each rank."),
+    target_psnr: Optional[float] = typer.Option(None, "--target-psnr", help="PSNR whose time to reach is reported; "
+                                                "default: the smallest size's final PSNR less 0.5 dB."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Steps between evaluations (outside the clock) for the "
+                                   "time to target; default: a tenth of the steps."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="Seconds a size may take before it counts as failed."),
+    from_runs: Optional[list[Path]] = typer.Option(None, "--from", help="Build the report from finished run "
+                                                   "folders instead of training (e.g. a cluster's sweep); repeatable."),
+) -> None:
+    """Scaling study: train the config at each number of ranks; throughput, efficiency, the
+    step's time split, bytes, imbalance and time to a PSNR, as scaling.json, scaling.md and plots.
+
+    Any further --section.key value is a config override for every size.
+    """
+    from dint import scale as scaling
+    from dint.config import load_config, parse_cli
+
+    if mode not in ("strong", "weak"):
+        raise DintError(f"--mode {mode}: expected strong or weak")
+    if from_runs:
+        result = scaling.from_runs(from_runs, mode, out, target_psnr)
+    else:
+        _, overrides = parse_cli(list(ctx.args))
+        sizes = _int_list("--ranks", ranks)
+        node_counts = _int_list("--nodes", nodes)
+        if len(node_counts) not in (1, len(sizes)):
+            raise DintError(f"--nodes {nodes}: give one number, or one per size of --ranks {ranks}")
+        node_counts = node_counts * len(sizes) if len(node_counts) == 1 else node_counts
+        for size, count in zip(sizes, node_counts):
+            if size % count:
+                raise DintError(f"--ranks {size} is not a multiple of --nodes {count}")
+        if steps is not None:
+            overrides["train.steps"] = str(steps)
+        # Check the config once, here, so a bad key is one line rather than a failure per rank.
+        checked = load_config(str(config) if config else None,
+                              {**overrides, **({"data.store": overrides.get("data.store", "").format(ranks=sizes[0])}
+                                               if mode == "weak" and "data.store" in overrides else {})})
+        if "eval.every" not in overrides:
+            overrides["eval.every"] = str(eval_every or max(1, checked.train.steps // 10))
+        if threads < 1 or timeout <= 0:
+            raise DintError("--threads and --timeout must be positive")
+        result = scaling.scale(str(config) if config else None, overrides, list(zip(sizes, node_counts)), mode, out,
+                               threads, target_psnr, timeout)
+    print(scaling.table(result))
+    print(f"dint scale: wrote {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}, "
+          f"{out / 'step_split.png'}")
+
+
 app.command("shard")(shard)
 app.command("info")(info)
 app.command("render")(render)
 app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(bench)
+app.command("scale", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(scale)
 shard_app.command()(shard)
 
 if __name__ == "__main__":

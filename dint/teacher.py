@@ -14,6 +14,7 @@ lower global index), so the selection does not depend on the number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -277,10 +278,11 @@ class Teacher:
     passes / total passes with mini-batches (the schedules advance per pass).
     """
 
-    def __init__(self, config: TeacherConfig, *, block_points: int, seed: int):
+    def __init__(self, config: TeacherConfig, *, block_points: int, seed: int, score_timer=None):
         self.config = config
         self.block_points = block_points
         self.seed = seed
+        self.score_timer = score_timer or contextlib.nullcontext  # times the scoring forwards
 
     @property
     def chooses(self) -> bool:
@@ -359,7 +361,8 @@ class Teacher:
         if memory is not None and memory.refreshed_at is not None \
                 and progress - memory.refreshed_at < self.config.error_refresh:
             return memory.errors[candidates]
-        errors = point_errors(model, shard, candidates, self.block_points, self.config.error)
+        with self.score_timer():
+            errors = point_errors(model, shard, candidates, self.block_points, self.config.error)
         if memory is not None:
             memory.errors[candidates] = errors
             memory.refreshed_at = progress

@@ -70,18 +70,21 @@ class Trainer:
         self.timers = Timers(self.dist.device)
 
         started = time.perf_counter()
-        self.teacher = Teacher(c.teacher, block_points=c.data.block_points, seed=c.train.seed)
+        self.teacher = Teacher(c.teacher, block_points=c.data.block_points, seed=c.train.seed,
+                               score_timer=self.timers["score"])
         chunk_ids = rank_chunk_ids(self.info, self.dist.rank, self.dist.world_size)
         self.plan = build_batch_plan(config, self.info, self.store, chunk_ids, self.teacher, self.dist.device,
                                      self.dist.rank)
         self.balancer = Balancer(c.teacher.balance if self.plan.eager else "none", self.dist.rank)
         self.trained = None  # what the last step trained, balanced or not (its metrics)
+        self.points_trained = 0  # over every rank and step (dint scale's throughput), saved like the timers
         self.load_seconds = time.perf_counter() - started
         self.evaluator = Evaluator(c.eval, self.info, self.plan.shards(), self.dist.device, c.data.block_points,
                                    c.train.seed)
 
         torch.manual_seed(c.train.seed)  # the same initial model on every rank
-        self.engine = build_engine(c.train, build_model(c.model, self.info).to(self.dist.device), self.dist)
+        self.engine = build_engine(c.train, build_model(c.model, self.info).to(self.dist.device), self.dist,
+                                   self.timers)
         self.faults = Faults(self.dist.rank)
         self.rollbacks = 0
         self.checkpoint = CheckpointManager(
@@ -148,6 +151,7 @@ class Trainer:
         with self.timers["update"]():
             loss = self.engine.step(self.faults.poison(step, parts))
         self.trained = selections[-1] if self.plan.eager else self.plan.current
+        self.points_trained += self.trained.global_count
         if self.balancer.active:
             with self.timers["balance"](), TRAFFIC.counting("balance"):
                 self.balancer.settle()  # the errors seen at moved points go back before anything reads them
@@ -177,10 +181,10 @@ class Trainer:
         return restored
 
     def state_dict(self) -> dict:
-        return {"rollbacks": self.rollbacks}
+        return {"rollbacks": self.rollbacks, "points_trained": self.points_trained}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rollbacks = state["rollbacks"]
+        self.rollbacks, self.points_trained = state["rollbacks"], state.get("points_trained", 0)
 
     # --- what is reported --------------------------------------------------------------------
 
@@ -192,15 +196,20 @@ class Trainer:
         c, seconds = self.config, self.timers.state_dict()
         summary = {
             "final_psnr": quality["psnr"], **({"iou": quality["iou"]} if "iou" in quality else {}),
-            "steps": c.train.steps, "world_size": self.dist.world_size, "teacher": c.teacher.strategy,
+            "steps": c.train.steps, "world_size": self.dist.world_size,
+            "nodes": self.dist.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size)), "teacher": c.teacher.strategy,
             "engine": c.train.engine, "device": str(self.dist.device), "store": str(self.store.path),
             "modality": self.info.modality, "points": self.info.num_points,
             "evaluation": self.evaluator.described,
             "streamed": self.plan.streamed,
             # Selection and update steps only: no store reading, no evaluation.
             "train_seconds": seconds["select"] + seconds["balance"] + seconds["update"],
+            "points_trained": self.points_trained,
             "select_seconds": seconds["select"], "balance_seconds": seconds["balance"],
             "update_seconds": seconds["update"],
+            # Parts of the above: scoring forwards (in select), gradient all-reduce and optimizer (in update).
+            "score_seconds": seconds["score"], "allreduce_seconds": seconds["allreduce"],
+            "optimizer_seconds": seconds["optimizer"],
             **bytes_per_rank(TRAFFIC.total, self.dist.device),
             "load_seconds": self.load_seconds, "eval_seconds": seconds["eval"], "wall_seconds": wall_seconds,
             "peak_rss_mb_per_rank": peak_rss_mb_per_rank(self.dist.device),

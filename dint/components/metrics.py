@@ -59,9 +59,11 @@ class Timer:
 
 
 class Timers(dict):
-    """The step's timers by name (select, update, eval), saved with checkpoints."""
+    """The step's timers by name, saved with checkpoints: select (scoring forwards in `score`),
+    balance, update (the gradient all-reduce in `allreduce`, the optimizer in `optimizer`;
+    DDP only), eval."""
 
-    NAMES = ("select", "balance", "update", "eval")
+    NAMES = ("select", "score", "balance", "update", "allreduce", "optimizer", "eval")
 
     def __init__(self, device: torch.device):
         super().__init__({name: Timer(device) for name in self.NAMES})
@@ -71,7 +73,7 @@ class Timers(dict):
 
     def load_state_dict(self, state: dict) -> None:
         for name, timer in self.items():
-            timer.seconds = state.get(name, 0.0)  # "balance" is newer than some checkpoints
+            timer.seconds = state.get(name, 0.0)  # some timers are newer than some checkpoints
 
 
 class MetricsLogger:
