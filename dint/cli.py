@@ -68,6 +68,9 @@ def shard(
     field: str = typer.Option("occupancy", "--field", help="Meshes: occupancy (inside = 1) or sdf."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Keep a box of the signal: start:stop per spatial "
                                        "axis, e.g. 1000:2024,1500:2524 (read lazily, out of core)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="A dask.distributed scheduler address, e.g. "
+                                            "tcp://head:8786: its workers read and write the chunks (SRC and DEST "
+                                            "on a filesystem they share)."),
 ) -> None:
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
@@ -92,7 +95,7 @@ def shard(
         source_sha256=sha256_of(path),
         extra=source.extra,
     )
-    write_store(source.values, info, dest, overwrite=overwrite)
+    write_store(source.values, info, dest, overwrite=overwrite, scheduler=scheduler)
     seconds = time.perf_counter() - started
     print(f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
           f"chunks {'x'.join(map(str, info.chunks))}, written in {seconds:.1f} s")

@@ -24,7 +24,7 @@ STRATEGIES = ("int", "full", "uniform", "importance")
 RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
 ERRORS = ("l1", "l2")
-TOPKS = ("gather", "threshold")
+TOPKS = ("auto", "gather", "threshold")
 BALANCES = ("none", "alltoall")
 LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("ddp", "deepspeed")
@@ -123,7 +123,8 @@ class TeacherConfig:
     random_share: float = 0.2  # of each selection drawn at random (int: from the points the ranking left)
     error_refresh: int = 10  # steps between scoring forwards over every point; between them, reuse the errors
     #                         the training forwards saw (int, importance; whole signal in memory)
-    topk: str = "gather"  # how ranks agree on the global top-k: gather candidates, or histograms (threshold)
+    topk: str = "auto"  # how ranks agree on the global top-k: gather candidates, histograms (threshold), or
+    #                    auto: gather while its traffic is under 64 MiB a rank (dint.teacher.select_topk_by)
     balance: str = "none"  # alltoall: selected points move so every rank trains as many (dint.balance)
 
     def validate(self, fail: Fail) -> None:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from dint.bench import time_to_reach
+from dint.config import load_config
 from dint.distributed.launch import torchrun_command
 from dint.errors import DintError
 from dint.files import staged
@@ -69,7 +70,8 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as e:
+        config = load_config(str(run_dir / "config.toml"), {})
+    except (OSError, ValueError, DintError) as e:
         raise DintError(f"{run_dir}: not a finished dint run ({e})") from None
     steps = summary["steps"]
     per_step = lambda key: summary[key] / steps  # noqa: E731
@@ -94,6 +96,14 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
         "select_bytes_per_step": statistics.fmean(summary["select_bytes_per_rank"]) / steps,
         "balance_bytes_per_step": statistics.fmean(summary["balance_bytes_per_rank"]) / steps,
         "imbalance": statistics.fmean(l["imbalance"] for l in lines),
+        "imbalance_before_balance": statistics.fmean(max(l["selected_per_rank"]) * ranks / max(1, l["selected"])
+                                                     for l in lines),
+        # What the cost model needs (dint.cost_model).
+        "device": summary["device"], "params": summary["params"], "points_trained": summary["points_trained"],
+        "points_scored_per_rank": summary["points_scored_per_rank"],
+        "model": [config.model.hidden_layers, config.model.width],
+        "in_features": summary["ndim"], "out_features": summary["channels"],
+        "topk": config.teacher.topk, "balance": config.teacher.balance,
         "time_to_target": time_to_reach(curve, target) if target is not None else None,
     }
 
@@ -137,7 +147,33 @@ def report(records: list[dict], mode: str, out: Path, target: float | None) -> d
         plot_scaling(result, tmp)
     with staged(out / "step_split.png") as tmp:
         plot_split(result, tmp)
+    model = modelled(result["records"])
+    result["cost_model"] = model
+    with staged(out / "cost_model.json") as tmp:
+        tmp.write_text(json.dumps(model, indent=2) + "\n")
+    with staged(out / "cost_model.md") as tmp:
+        tmp.write_text(model["markdown"] + "\n")
     return result
+
+
+def modelled(records: list[dict]) -> dict:
+    """The cost model fitted on these records: how well it predicts them, and what it predicts
+    for the named workloads on 8 to 1024 GPUs."""
+    from dint import cost_model
+
+    base = min(records, key=lambda r: r["ranks"])
+    io = (base["in_features"], base["out_features"])
+    here = cost_model.fit_latency(records)
+    check = cost_model.validate(records, *io, tuple(base["model"]), here)
+    ratio = base["points_trained"] / base["steps"] / base["points"]
+    scored = sum(base["points_scored_per_rank"]) / base["steps"]
+    refresh = max(1, round(base["points"] / scored)) if scored else 10**9
+    table, rows = cost_model.prediction_table(base, tuple(base["model"]), *io, ratio, refresh)
+    lines = ["Fitted on the smallest size; its figures for every measured size (this machine, latency "
+             f"{here['intra_latency'] * 1e6:.0f} us per ring step from the measured all-reduce):", "",
+             "| ranks | measured s/step | modelled s/step |", "|---|---|---|"]
+    lines += [f"| {c['ranks']} | {c['measured']:.4f} | {c['modelled']:.4f} |" for c in check]
+    return {"validation": check, "predictions": rows, "markdown": "\n".join(lines) + "\n\n" + table}
 
 
 def from_runs(run_dirs: list[Path], mode: str, out: Path, target: float | None) -> dict:

@@ -201,11 +201,14 @@ def check_destination(dest: Path, overwrite: bool) -> None:
         raise DintError(f"{dest.parent}: output folder does not exist")
 
 
-def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -> Path:
+def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, scheduler: str | None = None) -> Path:
     """Write `values` (a dask array shaped (*info.shape, C)) as a store at `dest`, atomically.
 
     The store is built under a hidden temporary name and renamed into place, so a failure
     (bad chunk, full disk, Ctrl-C) leaves neither a partial store nor a damaged old one.
+    `scheduler`: the address of a dask.distributed scheduler whose workers write the chunks
+    (they must see `dest`'s folder at the same path: a shared filesystem); else this
+    machine's threads.
     """
     import dask.array as da
 
@@ -217,18 +220,45 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False) -
     with staged(dest) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         array = create_values_array(group, info)
-        # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free.
+        # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free
+        # (one writer per chunk, on one machine or many).
         aligned = values.astype(info.dtype).rechunk((*info.chunks, info.channels))
-        # Our own pool: when a task fails dask re-raises at once while sibling tasks still
-        # run; waiting for them means none writes into `tmp` after it is removed below.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            try:
-                da.store(aligned, array, lock=False, compute=True, scheduler="threads", pool=pool)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        if scheduler:
+            _store_on_cluster(da.store(aligned, array, lock=False, compute=False), scheduler)
+        else:
+            # Our own pool: when a task fails dask re-raises at once while sibling tasks still
+            # run; waiting for them means none writes into `tmp` after it is removed below.
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                try:
+                    da.store(aligned, array, lock=False, compute=True, scheduler="threads", pool=pool)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         group.attrs["dint"] = info.to_attrs()
     return dest
+
+
+def _store_on_cluster(stored, address: str) -> None:
+    """Run the store graph on the cluster at `address`; on failure, wait until none of its
+    tasks still runs (none may write into the staging folder once it is removed)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise DintError("--scheduler needs dask.distributed: pip install distributed") from None
+    try:
+        client = Client(address, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise DintError(f"--scheduler {address}: cannot reach the dask scheduler ({_one_line(e)})") from None
+    with client:
+        future = client.compute(stored)
+        try:
+            future.result()
+        except BaseException:
+            keys = {str(k) for k in stored.__dask_graph__()}
+            client.cancel(future, force=True)
+            while any(str(k) in keys for tasks in client.processing().values() for k in tasks):
+                time.sleep(0.1)
+            raise
 
 
 def create_values_array(group: zarr.Group, info: SignalInfo) -> zarr.Array:

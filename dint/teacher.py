@@ -133,8 +133,9 @@ def select_topk_threshold(scores: torch.Tensor, k: int, id_of: Callable[[torch.T
     The global k-th score is found by radix select: scores become order-preserving 64-bit
     keys, and each round all-reduces a 256-bin histogram of the next 8 bits of the keys still
     in the running, so a rank sends a few kilobytes whatever k, the number of points and the
-    number of ranks. Ties at the k-th score are settled the same way on the tied points'
-    global ids (lower id first). Returns this rank's positions, ascending.
+    number of ranks. When more points tie at the k-th score than places are left, the ties are
+    settled the same way on the tied points' global ids (lower id first). Returns this rank's
+    positions, ascending.
     """
     scores = worst_first(scores).double() + 0.0  # -0.0 ties 0.0, as in comparisons
     device = scores.device
@@ -145,21 +146,24 @@ def select_topk_threshold(scores: torch.Tensor, k: int, id_of: Callable[[torch.T
         return torch.empty(0, dtype=torch.int64, device=device)
     bits = scores.view(torch.int64)
     keys = bits ^ ((bits >> 63) & ~_SIGN)  # signed order of the keys = order of the scores
-    kth, above = _radix_select(keys ^ _SIGN, k, largest=True)
+    kth, above, tied_total = _radix_select(keys ^ _SIGN, k, largest=True)
     kth ^= _SIGN
-    chosen = keys > kth
-    tied = torch.nonzero(keys == kth).squeeze(1)
-    ids = id_of(tied)
-    top_id = int(all_reduce_max(ids.max().reshape(1) if ids.numel() else torch.zeros(1, dtype=torch.int64,
-                                                                                        device=device)).item())
-    cut, _ = _radix_select(ids, k - above, largest=False, bits=max(_RADIX, top_id.bit_length()))
-    chosen[tied[ids <= cut]] = True
+    chosen = keys >= kth
+    if above + tied_total > k:  # more points tied at the k-th score than places left: lower ids first
+        chosen = keys > kth
+        tied = torch.nonzero(keys == kth).squeeze(1)
+        ids = id_of(tied)
+        none = torch.zeros(1, dtype=torch.int64, device=device)
+        top_id = int(all_reduce_max(ids.max().reshape(1) if ids.numel() else none).item())
+        cut, _, _ = _radix_select(ids, k - above, largest=False, bits=max(_RADIX, top_id.bit_length()))
+        chosen[tied[ids <= cut]] = True
     return torch.nonzero(chosen).squeeze(1)
 
 
-def _radix_select(keys: torch.Tensor, rank_k: int, largest: bool, bits: int = 64) -> tuple[int, int]:
+def _radix_select(keys: torch.Tensor, rank_k: int, largest: bool, bits: int = 64) -> tuple[int, int, int]:
     """The `rank_k`-th largest (or smallest) of the keys of every rank, as unsigned `bits`-bit
-    values held in int64, and how many keys of every rank come strictly before it."""
+    values held in int64, how many keys of every rank come strictly before it, and how many
+    equal it."""
     rounds = -(-bits // _RADIX)
     running, before, value = keys, 0, 0
     for shift in range(_RADIX * (rounds - 1), -1, -_RADIX):
@@ -172,12 +176,25 @@ def _radix_select(keys: torch.Tensor, rank_k: int, largest: bool, bits: int = 64
         before = int(reached[index].item() - ordered[index].item())
         value |= digit << shift
         running = running[digits == digit]
-    return (value - (1 << 64) if value >= 1 << 63 else value), before
+        equal = int(ordered[index].item())
+    return (value - (1 << 64) if value >= 1 << 63 else value), before, equal
 
 
-def select_topk_by(method: str) -> Callable:
-    """`gather` (every rank's local top-k all-gathered) or `threshold` (histograms)."""
-    return select_topk_threshold if method == "threshold" else select_topk
+GATHER_LIMIT_BYTES = 64 << 20  # topk "auto": gather while a rank receives at most this much
+
+
+def topk_method(method: str, k: int, world_size: int) -> str:
+    """`gather` (every rank's local top-k all-gathered: up to world_size x k (float32 score,
+    int64 id) pairs on every rank), `threshold` (histograms: a few kilobytes), or for `auto`
+    gather, faster to compute, while its traffic stays under GATHER_LIMIT_BYTES (the same
+    choice on every rank, and the same points either way)."""
+    if method == "auto":
+        return "gather" if world_size * k * 12 <= GATHER_LIMIT_BYTES else "threshold"
+    return method
+
+
+def select_topk_by(method: str, k: int, world_size: int) -> Callable:
+    return select_topk_threshold if topk_method(method, k, world_size) == "threshold" else select_topk
 
 
 # --- The teacher ---------------------------------------------------------------------------
@@ -283,6 +300,7 @@ class Teacher:
         self.block_points = block_points
         self.seed = seed
         self.score_timer = score_timer or contextlib.nullcontext  # times the scoring forwards
+        self.points_scored = 0  # by this rank's scoring forwards (dint scale's cost model)
 
     @property
     def chooses(self) -> bool:
@@ -322,7 +340,8 @@ class Teacher:
           inverse of that probability so the loss (and its gradient) is unbiased (Soft Mining).
         """
         device, c = candidates.device, self.config
-        total_candidates = sum(gather_counts(candidates.shape[0], device))
+        candidate_counts = gather_counts(candidates.shape[0], device)
+        total_candidates = sum(candidate_counts)
         ratio, weights, normalizer = 1.0, None, None
         if not self.chooses:
             positions = torch.arange(candidates.shape[0], device=device)
@@ -331,7 +350,7 @@ class Teacher:
             k = min(total_candidates, max(1, round(ratio * total_candidates)))
             ids_of = lambda positions: shard.global_index(candidates[positions])  # noqa: E731
             draws = lambda: hashed_uniform(shard.global_index(candidates), self.seed, progress)  # noqa: E731
-            select_top = select_topk_by(c.topk)
+            select_top = select_topk_by(c.topk, k, len(candidate_counts))
             if c.strategy == "uniform":
                 positions = select_top(draws(), k, ids_of)
             elif c.strategy == "int":
@@ -363,6 +382,7 @@ class Teacher:
             return memory.errors[candidates]
         with self.score_timer():
             errors = point_errors(model, shard, candidates, self.block_points, self.config.error)
+        self.points_scored += candidates.shape[0]
         if memory is not None:
             memory.errors[candidates] = errors
             memory.refreshed_at = progress

@@ -27,7 +27,8 @@ from dint.components.metrics import MetricsLogger, Timers, bytes_per_rank, peak_
 from dint.config import USAGE, Config, check_against_store, load_config, parse_cli
 from dint.data import rank_chunk_ids
 from dint.distributed.engine import build_engine, import_engine_library, needs_process_group
-from dint.distributed.utils import TRAFFIC, barrier, collective_failure, destroy_distributed, init_distributed
+from dint.distributed.utils import (TRAFFIC, barrier, collective_failure, destroy_distributed, gather_counts,
+                                    init_distributed)
 from dint.errors import DintError
 from dint.evaluate import Evaluator
 from dint.model import build_model
@@ -200,11 +201,15 @@ class Trainer:
             "nodes": self.dist.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size)), "teacher": c.teacher.strategy,
             "engine": c.train.engine, "device": str(self.dist.device), "store": str(self.store.path),
             "modality": self.info.modality, "points": self.info.num_points,
+            "ndim": self.info.ndim, "channels": self.info.channels,
+            "params": sum(p.numel() for p in self.engine.module.parameters()),
             "evaluation": self.evaluator.described,
             "streamed": self.plan.streamed,
             # Selection and update steps only: no store reading, no evaluation.
             "train_seconds": seconds["select"] + seconds["balance"] + seconds["update"],
             "points_trained": self.points_trained,
+            # Points through each rank's scoring forwards since this process started (not saved in checkpoints).
+            "points_scored_per_rank": gather_counts(self.teacher.points_scored, self.dist.device),
             "select_seconds": seconds["select"], "balance_seconds": seconds["balance"],
             "update_seconds": seconds["update"],
             # Parts of the above: scoring forwards (in select), gradient all-reduce and optimizer (in update).

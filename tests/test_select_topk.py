@@ -215,3 +215,41 @@ def test_threshold_matches_gather_in_one_process(seed):
     for k in (0, 1, 7, 100, 250, 499, 500, 600):
         gather = set(ids[select_topk(scores, k, lambda p: ids[p])].tolist())
         assert set(ids[select_topk_threshold(scores, k, lambda p: ids[p])].tolist()) == gather, k
+
+
+def test_auto_gathers_while_the_traffic_is_small_and_uses_histograms_beyond():
+    from dint.teacher import GATHER_LIMIT_BYTES, select_topk_by, select_topk_threshold
+
+    small_k = GATHER_LIMIT_BYTES // (12 * 8)  # 8 ranks x k (score, id) pairs of 12 bytes: at the limit
+    assert select_topk_by("auto", small_k, 8) is select_topk
+    assert select_topk_by("auto", small_k + 1, 8) is select_topk_threshold
+    assert select_topk_by("auto", small_k + 1, 1) is select_topk  # one rank receives 1 x k
+    assert select_topk_by("gather", 10**9, 64) is select_topk
+    assert select_topk_by("threshold", 1, 1) is select_topk_threshold
+
+
+def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
+    """Two ranks, the paper's INT selecting every step with teacher.topk = "threshold": the bytes
+    each rank sends for selection are the same for signals 16x apart (gather's grow with k)."""
+    import json as json_
+
+    from conftest import run_cli, smooth_image, write_png
+
+    sent = {}
+    for side in (32, 128):
+        store = tmp_path / f"s{side}.zarr"
+        png = write_png(tmp_path / f"s{side}.png", smooth_image(side, side, channels=1, seed=side))
+        assert run_cli("dint.cli", "shard", png, store, "--chunk", str(side // 2)).returncode == 0
+        for topk in ("threshold", "gather"):
+            run_dir = tmp_path / f"{topk}{side}"
+            result = torchrun(2, "-m", "dint.train", "--data.store", store, "--run.dir", run_dir, "--run.device", "cpu",
+                              "--model.width", "8", "--model.hidden_layers", "1", "--train.steps", "4",
+                              "--train.log_every", "1", "--teacher.strategy", "int", "--teacher.random_share", "0",
+                              "--teacher.error_refresh", "1", "--teacher.topk", topk,
+                              "--eval.reconstruction", "false")
+            assert result.returncode == 0, result.stderr
+            lines = [json_.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            sent[topk, side] = [l["select_bytes_per_rank"] for l in lines]
+    assert sent["threshold", 32] == sent["threshold", 128]
+    assert all(0 < b < 20_000 for line in sent["threshold", 32] for b in line)
+    assert all(big[0] > 10 * small[0] for big, small in zip(sent["gather", 128], sent["gather", 32]))
