@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@mkdir -p runs/demo
-	$(VENV)/bin/dint-shard builtin:cameraman runs/demo/cameraman.zarr --overwrite
+	@mkdir -p runs/stores
+	$(VENV)/bin/dint-shard builtin:cameraman runs/stores/cameraman.zarr --overwrite
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m dint.train --config configs/demo.toml
 
 test: $(STAMP)

@@ -19,6 +19,7 @@ as a packed bit mask over the mini-batch's points (one bit per point).
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable, Iterator, Protocol
 
 import numpy as np
@@ -27,7 +28,8 @@ import torch
 from dint.config import Config
 from dint.data import MiniBatches, Shard, ShardStream, chunk_grid
 from dint.distributed.utils import all_reduce_max, all_reduce_sum, gather_counts
-from dint.errors import warn
+from dint.errors import DintError, warn
+from dint.resources import available_memory, human, local_ranks
 from dint.store import SignalInfo, Store
 from dint.teacher import Selection, Teacher
 
@@ -65,6 +67,8 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
     if idle and idle[0] == rank:  # said once, by the first idle rank
         warn(f"rank(s) {', '.join(map(str, idle))} hold no point and train nothing: the store has {len(grid)} "
              f"chunk(s) for {len(counts)} ranks (shard it with a smaller --chunk)")
+    if budget == 0:  # no budget set: the machine's memory is the budget
+        budget = _budget_from_memory(config, share, len(counts), device)
     # Every rank must take the same branch: stream if any rank's share is over budget.
     if not all_reduce_max(torch.tensor([int(budget > 0 and share > budget)], device=device)):
         shard = Shard(store, chunk_ids, device, info)
@@ -81,6 +85,25 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
         groups = int(all_reduce_max(torch.tensor([len(stream)], device=device)))
         return MiniBatchesStreamed(teacher, stream, groups, steps)
     return WholeSignalStreamed(teacher, stream, counts)
+
+
+def _budget_from_memory(config: Config, share: int, world_size: int, device: torch.device) -> int:
+    """Without data.memory_budget: 0 (hold the share in memory) when every rank's share fits in
+    half the memory available to it, else a budget to stream within (mini-batches, `full`),
+    else a refusal (collective: every rank decides alike)."""
+    have = available_memory() // local_ranks()
+    too_big = int(all_reduce_max(torch.tensor([int(share > have // 2)], device=device)))
+    if not too_big:
+        return 0
+    if config.teacher.minibatch or config.teacher.strategy == "full":
+        if int(os.environ.get("RANK", 0)) == 0:
+            warn(f"a rank's share of the store is over half the {human(have)} of memory available to each rank: "
+                 f"streamed within data.memory_budget = {human(have // 2)}")
+        return have // 2
+    raise DintError(f"{config.data.store}: a rank's share of the store ({human(share)} here) does not fit in half the "
+                    f"{human(have)} of memory available to each of the {local_ranks()} rank(s) on this machine; set "
+                    "teacher.minibatch (mini-batch INT streams its groups), use more ranks, or set data.memory_budget",
+                    shared=True)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -6,19 +6,23 @@ shapes) over the whole signal is measured every `eval_every` steps, outside the 
 region: a run's clock is its training time (selection and update), nothing else.
 
 A teacher is a name and settings: a preset (TEACHERS) or `name:section.key=value;...`,
-e.g. `default:model.init_scale=1` for the default teacher without weight scaling.
+e.g. `default:model.init_scale=1` for the default teacher without weight scaling. A value
+`xF` multiplies the config's own value by F: `default:train.steps=x2;train.lr=x2` is the
+default teacher given twice the steps and twice the learning rate of the other rows.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
 from dint.config import TeacherConfig, load_config
 from dint.errors import DintError
-from dint.files import staged
+from dint.distributed.utils import on_rank0
+from dint.files import anything, claim_folder, staged
 
 REFERENCE = "full"
 DEFAULT_TEACHERS = "full,uniform,int,default"
@@ -68,11 +72,33 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return None
 
 
+def relative_settings(config_path: str | None, overrides: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
+    """Settings with every `xF` value replaced by F times the config's value (an int stays an int)."""
+    relative = {k: v for k, v in settings.items() if v.startswith("x")}
+    if not relative:
+        return settings
+    base = load_config(config_path, overrides).to_dict()
+    resolved = dict(settings)
+    for key, value in relative.items():
+        section, _, name = key.partition(".")
+        current = base.get(section, {}).get(name)
+        try:
+            factor = float(value[1:])
+        except ValueError:
+            raise DintError(f"--teachers: {key}={value}: x must be followed by a number, e.g. x2") from None
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise DintError(f"--teachers: {key}={value}: {key} is not a number in the config")
+        scaled = current * factor
+        resolved[key] = str(round(scaled) if isinstance(current, int) else scaled)
+    return resolved
+
+
 def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path,
             eval_every: int) -> dict:
     """Train once; the run's summary and its quality curve [(train seconds, quality)]."""
     from dint.train import Trainer
 
+    settings = relative_settings(config_path, overrides, settings)
     config = load_config(config_path, {**overrides, **settings, "run.dir": str(run_dir), "eval.every": str(eval_every),
                                        "checkpoint.resume": "never", "eval.reconstruction": "false"})
     trainer = Trainer(config)
@@ -86,12 +112,14 @@ def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[s
 def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str], repeats: int, out: Path,
           eval_every: int, is_main: bool) -> dict:
     specs = [parse_teacher(t) for t in teachers]
+    on_rank0(lambda: claim_folder(out, "dint bench's outputs"), _device_of(config_path, overrides))
     if REFERENCE not in [label for label, _ in specs]:
         specs.insert(0, parse_teacher(REFERENCE))
     runs, config_dict = [], None
     for repeat in range(repeats):
         reference = None
         for label, settings in sorted(specs, key=lambda s: s[0] != REFERENCE):  # the reference first
+            settings = relative_settings(config_path, overrides, settings)
             result = run_one(config_path, overrides, settings, out / "runs" / f"{_slug(label)}-{repeat}", eval_every)
             summary, curve, key = result["summary"], result["curve"], result["quality_key"]
             final = summary["iou"] if key == "iou" else summary["final_psnr"]
@@ -106,15 +134,21 @@ def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str
                 "time_to_reference": time_to_reach(curve, reference),
             })
     result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with staged(out / "bench.json") as tmp:
+    if is_main:  # in the folder claimed above: whatever is there is dint's
+        with staged(out / "bench.json", may_replace=anything) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
-        with staged(out / "bench.md") as tmp:
+        with staged(out / "bench.md", may_replace=anything) as tmp:
             tmp.write_text(table(result) + "\n")
-        with staged(out / "quality_vs_time.png") as tmp:
+        with staged(out / "quality_vs_time.png", may_replace=anything) as tmp:
             plot(result, tmp)
     return result
+
+
+def _device_of(config_path: str | None, overrides: dict[str, str]):
+    """The device the runs use (the one collectives before the first run go through)."""
+    from dint.distributed.utils import pick_device
+
+    return pick_device(load_config(config_path, overrides).run.device, int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _slug(label: str) -> str:

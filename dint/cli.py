@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
-from dint.errors import DintError
+from dint.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
 from dint.readers import MODALITY_CHOICES, ReadOptions, read_source
-from dint.files import sha256_of
-from dint.store import SignalInfo, check_destination, default_chunks, default_domain, open_store, write_store
+from dint.files import sha256_of, shown
+from dint.store import SignalInfo, check_chunk_count, check_destination, default_chunks, default_domain, open_store, write_store
 
 BUILTIN_SIGNALS = {
     # scikit-image ships this 512x512 grey photograph (CC0) in its wheel.
@@ -28,16 +29,26 @@ shard_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def one_line_errors(command: str):
-    """Turn a DintError into one line on stderr and exit code 2, never a traceback."""
+    """Turn a DintError or an OS error (a read-only folder, a full disk) into one line on
+    stderr and exit code 2, never a traceback; SIGTERM stops the command like Ctrl-C, its
+    cleanups run, and it exits 143 (130 for Ctrl-C) with one line."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
+            stop_on_sigterm()
             try:
                 return fn(*args, **kwargs)
             except DintError as e:
-                print(f"{command}: error: {e}", file=sys.stderr)
+                print(f"{command}: error: {escaped(str(e))}", file=sys.stderr)
                 raise typer.Exit(e.exit_code) from None
+            except OSError as e:
+                print(f"{command}: error: {os_error_line(e)}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt as e:
+                line, code = stopped_line(e)
+                print(f"{command}: {line}", file=sys.stderr)
+                raise typer.Exit(code) from None
 
         return run
 
@@ -75,6 +86,9 @@ def shard(
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
     path = resolve_source(src)
+    source, target = path.resolve(), dest.resolve()
+    if target == source or target in source.parents:
+        raise DintError(f"{shown(dest)}: is or contains the source {shown(src)}; dint never writes over its input")
     check_destination(dest, overwrite)
     options = _read_options(modality, chunk, keep_alpha, shape, dtype, resolution, field)
     source = read_source(path, options)
@@ -95,6 +109,11 @@ def shard(
         source_sha256=sha256_of(path),
         extra=source.extra,
     )
+    _check_shard_fits(info, chunk)
+    problem = info.float32_problem()
+    if problem is not None:
+        key, what = problem
+        raise DintError(f"{shown(src)}: its {key.replace('_', ' ')} {list(getattr(info, key))} {what}")
     write_store(source.values, info, dest, overwrite=overwrite, scheduler=scheduler)
     seconds = time.perf_counter() - started
     print(f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
@@ -233,15 +252,16 @@ def render(
                      resolution=_parse_resolution(resolution, signal.ndim) if resolution is not None else None,
                      region=box)
     dest = out or run_dir / _default_render_name(grid, signal.shape)
-    _check_render_destination(dest, run_dir)
+    previews_replaceable = _check_render_destination(dest, run_dir)
     chunks = tuple(min(chunk, n) for n in grid.shape) if chunk else None
+    _check_render_fits(grid.shape, chunks, signal, dest)
 
     dist = init_distributed(device)
     try:
         model.to(dist.device)
         outputs = render_pyramid(model, signal, grid, dest, device=dist.device, rank=dist.rank,
                                  world_size=dist.world_size, block_points=block_points, chunks=chunks,
-                                 top_side=pyramid_top)
+                                 top_side=pyramid_top, previews_replaceable=previews_replaceable)
     finally:
         destroy_distributed()
     if dist.is_main:
@@ -252,6 +272,17 @@ def render(
               f"(scale {','.join(f'{s:g}' for s in grid.scale)} of {'x'.join(map(str, signal.shape))}), "
               f"{len(levels)} levels, {dist.world_size} rank(s), {time.perf_counter() - started:.1f} s; "
               f"wrote {', '.join(outputs.values())}")
+
+
+def _check_render_fits(shape: tuple[int, ...], chunks: tuple[int, ...] | None, signal: SignalInfo, dest: Path) -> None:
+    """Refuse, before rendering, a grid too large to plan or to store (--scale 1000000)."""
+    import math
+
+    from dint.resources import require_disk
+
+    check_chunk_count(shape, chunks or default_chunks(shape))
+    level0 = math.prod(shape) * signal.channels * np.dtype(signal.dtype).itemsize
+    require_disk(level0, f"a render of {'x'.join(map(str, shape))} points (uncompressed, finest level)", dest.parent)
 
 
 def _parse_scale(text: str, ndim: int) -> tuple:
@@ -292,14 +323,42 @@ def _default_render_name(grid, store_shape: tuple[int, ...]) -> str:
     return name + ".zarr"
 
 
-def _check_render_destination(dest: Path, run_dir: Path) -> None:
+def _check_render_destination(dest: Path, run_dir: Path) -> bool:
+    """Refuse a destination dint render would have to write over something not its own;
+    whether the previews beside it may be replaced (they belong to a dint store being
+    replaced, or live in a folder dint claimed)."""
+    from dint.files import MARK, is_dint_store
+    from dint.render import preview_names
+
     if not dest.parent.is_dir():
-        raise DintError(f"{dest.parent}: output folder does not exist")
+        raise DintError(f"{shown(dest.parent)}: output folder does not exist")
     resolved, run = dest.resolve(), run_dir.resolve()
     if resolved == run or resolved in run.parents:
-        raise DintError(f"--out {dest}: would replace the run folder")
-    if dest.exists() and not (dest.is_dir() and (dest / "zarr.json").is_file()):
-        raise DintError(f"--out {dest}: exists and is not a zarr store; refusing to replace it")
+        raise DintError(f"--out {shown(dest)}: would replace the run folder")
+    if os.path.lexists(dest) and not is_dint_store(dest):
+        raise DintError(f"--out {shown(dest)}: exists and is not a dint store or pyramid; refusing to replace it")
+    companions = is_dint_store(dest) or (dest.parent / MARK).is_file()
+    if not companions:
+        for preview in preview_names(dest).values():
+            if os.path.lexists(preview):
+                raise DintError(f"--out {shown(dest)}: its preview {shown(preview)} exists and was not made by dint; "
+                                "refusing to replace it (choose another --out)")
+    return companions
+
+
+def _check_shard_fits(info: SignalInfo, chunk: Optional[int]) -> None:
+    """Refuse, before reading, a conversion whose chunks cannot be planned or held: too many
+    chunks for dask's task graph, or chunks too large for the threads writing them at once."""
+    import math
+
+    from dint.resources import human, require_memory
+
+    count = check_chunk_count(info.shape, info.chunks)
+    point = info.channels * np.dtype(info.dtype).itemsize + 8  # a value, and a float64 working copy per point
+    per_chunk = math.prod(info.chunks) * point * 3  # read, converted, compressed
+    threads = min(os.cpu_count() or 1, count)
+    require_memory(per_chunk * threads, f"--chunk {chunk or 'default'}: {threads} chunk(s) of "
+                   f"{'x'.join(map(str, info.chunks))} points written at once ({human(per_chunk)} each)")
 
 
 def _parse_resolution(text: str, ndim: int) -> tuple[int, ...]:

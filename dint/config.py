@@ -114,14 +114,14 @@ class TeacherConfig:
     # int: top-k by error; importance: drawn by error, the loss reweighted; uniform: random k; full: every point.
     # The defaults are the fastest teacher measured (README, Measured); configs/paper/ set the paper's INT.
     strategy: str = "importance"
-    ratio: float = 0.2  # fraction selected at the start
-    ratio_schedule: str = "step"
+    ratio: float = 0.1  # fraction selected (at the start, with a rising ratio_schedule)
+    ratio_schedule: str = "constant"
     interval_schedule: str = "dense"
     interval: int = 1  # steps between selections with interval_schedule = "fixed"
     error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
     minibatch: int = 0  # points per mini-batch (mini-batch INT, one optimizer step each); 0: whole signal
     random_share: float = 0.2  # of each selection drawn at random (int: from the points the ranking left)
-    error_refresh: int = 10  # steps between scoring forwards over every point; between them, reuse the errors
+    error_refresh: int = 20  # steps between scoring forwards over every point; between them, reuse the errors
     #                         the training forwards saw (int, importance; whole signal in memory)
     topk: str = "auto"  # how ranks agree on the global top-k: gather candidates, histograms (threshold), or
     #                    auto: gather while its traffic is under 64 MiB a rank (dint.teacher.select_topk_by)
@@ -293,7 +293,11 @@ def check_against_store(config: Config, info: Any) -> Any:
     if len(config.data.domain) != info.ndim:
         raise DintError(f"{origins.get('data.domain', 'default')}: data.domain = {config.data.domain!r} gives "
                         f"{len(config.data.domain)} intervals, the store has {info.ndim} axes")
-    return dataclasses.replace(info, domain=tuple((float(lo), float(hi)) for lo, hi in config.data.domain))
+    replaced = dataclasses.replace(info, domain=tuple((float(lo), float(hi)) for lo, hi in config.data.domain))
+    problem = replaced.float32_problem()
+    if problem is not None and problem[0] == "domain":
+        raise DintError(f"{origins.get('data.domain', 'default')}: data.domain = {config.data.domain!r} {problem[1]}")
+    return replaced
 
 
 def _key_types(config: Config) -> dict[str, type]:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from dint.model import siren_macs, siren_params
+
 # Interconnect assumptions (per GPU, one direction). Sources:
 #   NVLink 4 on H100 SXM: 900 GB/s bidirectional per GPU (NVIDIA H100 datasheet), so 450 GB/s.
 #   InfiniBand NDR: 400 Gb/s = 50 GB/s per port, one ConnectX-7 per GPU as in a DGX H100
@@ -46,15 +48,6 @@ WORKLOADS = {  # name: (points, channels)
 }
 PAPER_SIREN = (5, 256)  # hidden sine layers, width
 GPU_COUNTS = (8, 64, 256, 1024)
-
-
-def siren_macs(in_features: int, out_features: int, hidden_layers: int, width: int) -> int:
-    """Multiply-adds per point of a forward pass (= its weights)."""
-    return in_features * width + (hidden_layers - 1) * width * width + width * out_features
-
-
-def siren_params(in_features: int, out_features: int, hidden_layers: int, width: int) -> int:
-    return siren_macs(in_features, out_features, hidden_layers, width) + hidden_layers * width + out_features
 
 
 @dataclasses.dataclass
@@ -170,10 +163,15 @@ def prediction_table(record: dict, config_model: tuple[int, int], in_features: i
                      ratio: float, refresh: int) -> tuple[str, list[dict]]:
     """README-ready tables: the named workloads at the paper's SIREN on 8-1024 GPUs."""
     measured_macs = siren_macs(in_features, out_features, *config_model)
-    cpu = rates_from_record(record, measured_macs)
+    measured = rates_from_record(record, measured_macs)
+    on_gpu = str(record["device"]).startswith("cuda")
+
+    def gpu_rates(macs: int) -> Rates:  # a GPU measured, or the datasheet's from this CPU's proportions
+        return measured.scaled_to(macs) if on_gpu else gpu_datasheet_rates(macs, measured.scaled_to(macs))
+
     lines = ["Modelled, not measured (dint.cost_model). Compute rates: "
-             f"{cpu.source}, scaled to the paper's SIREN {PAPER_SIREN[0]}x{PAPER_SIREN[1]} by multiply-adds; "
-             f"GPU: {gpu_datasheet_rates(measured_macs, cpu).source}. Interconnect: NVLink "
+             f"{measured.source}, scaled to the paper's SIREN {PAPER_SIREN[0]}x{PAPER_SIREN[1]} by multiply-adds"
+             + ("" if on_gpu else f"; GPU: {gpu_datasheet_rates(measured_macs, measured).source}") + ". Interconnect: NVLink "
              f"{INTERCONNECT['intra_bandwidth'] / 1e9:.0f} GB/s and {INTERCONNECT['intra_latency'] * 1e6:.0f} us inside "
              f"a node of {INTERCONNECT['gpus_per_node']}, InfiniBand {INTERCONNECT['inter_bandwidth'] / 1e9:.0f} GB/s "
              f"and {INTERCONNECT['inter_latency'] * 1e6:.0f} us between nodes. Mean trained share {ratio:.2f}, "
@@ -184,8 +182,7 @@ def prediction_table(record: dict, config_model: tuple[int, int], in_features: i
         ndim = 2 if "image" in name else 3
         macs = siren_macs(ndim, channels, *PAPER_SIREN)
         params = siren_params(ndim, channels, *PAPER_SIREN)
-        gpu = gpu_datasheet_rates(macs, cpu.scaled_to(macs))
-        for row in predict(gpu, points, params, ratio, refresh, 1.0):
+        for row in predict(gpu_rates(macs), points, params, ratio, refresh, 1.0):
             rows.append({"workload": name, **row})
             lines.append(f"| {name} | {row['world']} | {row['topk']} | {row['step_seconds'] * 1000:,.1f} | "
                          f"{row['points_per_second']:,.3g} | {row['efficiency']:.0%} |")

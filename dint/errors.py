@@ -15,7 +15,45 @@ class DintError(Exception):
         self.shared = shared  # every rank raises it: rank 0 alone reports it
 
 
+def escaped(text: str) -> str:
+    """`text` with every non-printable character (a newline, an escape sequence) written as its
+    escape, so whatever a message quotes (a file name) stays on one line and cannot forge one."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def warn(message: str) -> None:
     """One warning line on stderr; in a multi-rank run it says which rank."""
     rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None
-    print(f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{message}", file=sys.stderr, flush=True)
+    print(f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{escaped(message)}", file=sys.stderr,
+          flush=True)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (timeout, Slurm, Kubernetes, systemd) taken like Ctrl-C: every cleanup that runs
+    on an interrupt (staging folders removed, old outputs kept) runs on it too."""
+
+    exit_code = 143
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises Stopped in the main thread (call it from the main thread)."""
+    import signal
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def os_error_line(error: OSError) -> str:
+    """An OS error as one line: the path it concerns (escaped) and what the system said."""
+    text = escaped(str(error.filename)) if error.filename is not None else ""
+    reason = error.strerror or type(error).__name__
+    return f"{text}: {reason}" if text else reason
+
+
+def stopped_line(error: KeyboardInterrupt) -> tuple[str, int]:
+    """What a stopped command says, and its exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    if isinstance(error, Stopped):
+        return "stopped by SIGTERM; nothing half-written was left", Stopped.exit_code
+    return "interrupted; nothing half-written was left", 130

@@ -1,25 +1,54 @@
-"""Writing outputs so that a reader never sees half of one: stage, then publish.
+"""Writing outputs: never half of one, never over what dint did not make, one writer at a time.
 
-Every file or folder dint writes (a store, a checkpoint, model.pt, a reconstruction, a
-preview) is built under a hidden staging name beside its destination and renamed into
-place when whole. One naming scheme for all of them, `.STEM.tmp-TOKEN.SUFFIX` (the suffix
-kept last, since some writers pick the format from it), so what a crash leaves behind is
-recognisable as dint's.
+- **Stage, then publish.** Every file or folder dint writes (a store, a checkpoint,
+  model.pt, a reconstruction, a preview) is built under a hidden staging name beside its
+  destination and renamed into place when whole. One naming scheme for all of them,
+  `.STEM.tmp-HOST.PID.RANDOM.SUFFIX` (the suffix kept last, since some writers pick the
+  format from it), so what a killed process leaves behind is recognisable as dint's, and
+  as stale once its process is gone (`remove_stale`).
+- **Replace only what dint made.** `publish` never replaces anything unless its caller
+  says what may be replaced (`may_replace`): a dint store for stores, anything inside a
+  folder dint claimed (`claim_folder`: a run folder, a bench's output) for the files it
+  holds. A destination that appears while dint writes is left alone: the final rename
+  refuses to replace it (renameat2's RENAME_NOREPLACE).
+- **One writer per destination.** `exclusive(path)` holds an advisory lock (flock) whose
+  file names the holder; the kernel drops it when the holder dies, so a stale lock never
+  blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
+import socket
 import uuid
+import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from dint.errors import DintError, escaped
+
+MARK = ".dint"  # in a folder dint claimed for its outputs
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_STAGING = re.compile(r"^\.(?P<stem>.*)\.(?:tmp|old)-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>.*)$")
 
 
 def new_token() -> str:
-    return uuid.uuid4().hex[:8]
+    """HOST.PID.RANDOM: unique, and tells a later run on this host whether its maker still lives."""
+    return f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def shown(path: object) -> str:
+    """A path (or a message) as printed on one line: control characters escaped, so a file
+    name cannot split or forge a log line."""
+    return escaped(str(path))
 
 
 def staging_path(dest: Path, token: str | None = None) -> Path:
@@ -37,17 +66,29 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def publish(tmp: Path, dest: Path) -> Path:
-    """Rename the finished `tmp` to `dest`. An old `dest` is moved aside first and removed after
-    (a folder cannot be swapped for another atomically), so `dest` is at every moment either the
-    old whole output or the new whole one."""
-    if not dest.exists() or not tmp.is_dir():
-        os.replace(tmp, dest)
+def anything(_: Path) -> bool:
+    """may_replace for files inside a folder dint claimed: whatever is there is dint's."""
+    return True
+
+
+def publish(tmp: Path, dest: Path, may_replace: Callable[[Path], bool] | None = None) -> Path:
+    """Rename the finished `tmp` to `dest`.
+
+    `dest` is replaced only if `may_replace(dest)` says so; then the old one is moved aside
+    first and removed after (a folder cannot be swapped for another atomically), so `dest` is
+    at every moment either the old whole output or the new whole one. Whatever else is at
+    `dest`, or appears there meanwhile, is left as it is and the publish fails (DintError).
+    """
+    if not os.path.lexists(dest):
+        _rename_noreplace(tmp, dest)
         return dest
+    if may_replace is None or not may_replace(dest):
+        raise DintError(f"{shown(dest)}: exists and was not made by dint (or appeared while dint was writing "
+                        "it); left as it is, nothing written there")
     old = dest.with_name(f".{dest.name}.old-{new_token()}")
     os.replace(dest, old)
     try:
-        os.replace(tmp, dest)
+        _rename_noreplace(tmp, dest)
     except BaseException:
         os.replace(old, dest)
         raise
@@ -55,17 +96,145 @@ def publish(tmp: Path, dest: Path) -> Path:
     return dest
 
 
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """os.rename that fails, rather than replace, when `dst` exists (Linux renameat2)."""
+    if _renameat2 is not None:
+        if _renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise DintError(f"{shown(dst)}: appeared while dint was writing it; left as it is, nothing written there")
+        if code not in (errno.EINVAL, errno.ENOSYS):  # a filesystem without the flag: fall back below
+            raise OSError(code, os.strerror(code), str(dst))
+    if os.path.lexists(dst):
+        raise DintError(f"{shown(dst)}: appeared while dint was writing it; left as it is, nothing written there")
+    os.rename(src, dst)
+
+
+def _load_renameat2():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
 @contextlib.contextmanager
-def staged(dest: Path, token: str | None = None) -> Iterator[Path]:
-    """`with staged(dest) as tmp:` write `tmp`; it is published as `dest` when the block ends,
-    and removed, leaving `dest` as it was, when the block raises."""
+def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """`with staged(dest) as tmp:` write `tmp`; it is published as `dest` when the block ends
+    (replacing only what `may_replace` allows), and removed, leaving `dest` as it was, when
+    the block raises."""
+    remove_stale(dest)
     tmp = staging_path(dest, token)
     try:
         yield tmp
-        publish(tmp, dest)
+        publish(tmp, dest, may_replace)
     except BaseException:
         remove(tmp)
         raise
+
+
+def remove_stale(dest: Path) -> None:
+    """Remove what dead dint processes on this host left beside `dest` (staging and set-aside
+    names of `dest`); anything of a live process, or of another host, is left."""
+    dest = Path(dest)
+    try:
+        siblings = list(dest.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        match = _STAGING.match(path.name)
+        if not match or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        if (match["stem"], match["suffix"]) in ((dest.stem, dest.suffix), (dest.name, "")):
+            remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- What dint made ---------------------------------------------------------------------------
+
+
+def is_dint_store(path: Path) -> bool:
+    """A folder whose zarr.json carries dint's attributes (a store, a reconstruction, a render
+    pyramid): what dint-shard --overwrite and dint render may replace."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(attrs, dict) and isinstance(attrs.get("dint"), dict)
+
+
+def check_claimable(path: Path, what: str) -> None:
+    """Refuse, before anything is written, a `path` that claim_folder would refuse."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise DintError(f"{shown(path)}: exists and is not a folder; {what} needs a folder")
+    if path.is_dir() and not (path / MARK).is_file() and any(path.iterdir()):
+        raise DintError(f"{shown(path)}: a folder with files dint did not make (no {MARK} mark in it); {what} "
+                        "writes only into a new or empty folder, or one dint made: choose another")
+
+
+def claim_folder(path: Path, what: str) -> Path:
+    """Make `path` a folder of dint's outputs: create it, or adopt it empty, or accept it when
+    dint made it (its MARK); refuse anything else. Files in a claimed folder are dint's."""
+    path = Path(path)
+    check_claimable(path, what)
+    path.mkdir(parents=True, exist_ok=True)
+    mark = path / MARK
+    if not mark.is_file():
+        mark.write_text(json.dumps({"made_by": "dint", "for": what}) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path, what: str, remove_after: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `lock_file` (created if needed) for the block, or fail at once
+    naming the holder and what it holds (`what`). The kernel releases the lock when the holder
+    exits, however it exits, so a lock of a dead process never blocks. `remove_after`: the
+    file goes when the block ends (a lock beside an output, not inside one)."""
+    lock_file = Path(lock_file)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise DintError(f"{shown(lock_file)}: held by {shown(holder)} (the {what}); one at a time, so this one "
+                            "stops") from None
+        try:  # the holder before us may have removed the file: then lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"dint pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        if remove_after:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_file)
+        os.close(fd)  # releases the lock
 
 
 def sha256_of(path: Path, block: int = 1 << 22) -> str:

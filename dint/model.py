@@ -58,6 +58,23 @@ class Siren(nn.Module):
         return self.head(self.body(coords))
 
 
+def siren_macs(in_features: int, out_features: int, hidden_layers: int, width: int) -> int:
+    """Multiply-adds per point of a forward pass (= its weights)."""
+    return in_features * width + (hidden_layers - 1) * width * width + width * out_features
+
+
+def siren_params(in_features: int, out_features: int, hidden_layers: int, width: int) -> int:
+    return siren_macs(in_features, out_features, hidden_layers, width) + hidden_layers * width + out_features
+
+
+def training_bytes(config: "ModelConfig", info: "SignalInfo", micro_batch: int) -> int:
+    """Memory a training step needs for the model: weights, gradients and Adam's two moments
+    (4 floats a parameter), and the activations of one micro-batch kept for the backward
+    (about 3 floats per neuron and point)."""
+    params = siren_params(info.ndim, info.channels, config.hidden_layers, config.width)
+    return 16 * params + 12 * micro_batch * config.width * config.hidden_layers
+
+
 def build_model(config: "ModelConfig", info: "SignalInfo") -> Siren:
     """The SIREN of `config` for `info`'s coordinates in and channels out (training and dint render)."""
     return Siren(info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first,

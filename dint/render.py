@@ -30,7 +30,7 @@ import zarr
 from dint.data import CoordinateMap, chunk_grid, partition_chunks
 from dint.errors import DintError
 from dint.evaluate import inside_threshold
-from dint.files import publish, remove, staging_path
+from dint.files import anything, is_dint_store, publish, remove, remove_stale, staging_path
 from dint.store import (SignalInfo, create_values_array, default_chunks, from_training, open_store, to_dtype, to_unit,
                         writable_values)
 
@@ -81,14 +81,17 @@ def to_storage(values: np.ndarray, info: SignalInfo) -> np.ndarray:
 
 def build_together(dest: Path, rank: int, device: torch.device, create: Callable[[Path], None],
                    fill: Callable[[Path], None], finish: Callable[[Path], dict[str, Path]],
-                   name: str = "store") -> dict[str, str]:
+                   name: str = "store", previews_replaceable: bool = True) -> dict[str, str]:
     """How every store that ranks write together is made: rank 0 creates it under a staging
     name (the same on every rank), every rank fills in its own chunks, rank 0 finishes it
     (metadata, previews staged beside `dest`: {kind: staged file}) and publishes it, then the
     previews. A failure leaves `dest` and its previews as they were. Returns {kind: path}
-    of what was written (rank 0; {} on the others)."""
+    of what was written (rank 0; {} on the others). `dest` is replaced only if it is a dint
+    store; an existing preview only if `previews_replaceable`."""
     from dint.distributed.utils import barrier, shared_token
 
+    if rank == 0:
+        remove_stale(dest)
     tmp = staging_path(dest, shared_token(device))
     previews: dict[str, Path] = {}
     try:
@@ -100,10 +103,10 @@ def build_together(dest: Path, rank: int, device: torch.device, create: Callable
         if rank != 0:
             return {}
         previews = finish(tmp)
-        outputs = {name: str(publish(tmp, dest))}
+        outputs = {name: str(publish(tmp, dest, is_dint_store))}
         final_names = preview_names(dest)
         for kind, staged_file in previews.items():
-            outputs[kind] = str(publish(staged_file, final_names[kind]))
+            outputs[kind] = str(publish(staged_file, final_names[kind], anything if previews_replaceable else None))
         return outputs
     except BaseException:
         if rank == 0:
@@ -343,7 +346,7 @@ def _my_chunks(level, rank: int, world_size: int) -> list[tuple[tuple[int, ...],
 def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, dest: Path, *,
                    device: torch.device, rank: int = 0, world_size: int = 1, block_points: int = 65536,
                    chunks: tuple[int, ...] | None = None, top_side: int = PYRAMID_TOP_SIDE,
-                   name: str | None = None) -> dict[str, str]:
+                   name: str | None = None, previews_replaceable: bool = True) -> dict[str, str]:
     """Render `model` (trained on `info`) on `grid` into an OME-Zarr pyramid at `dest`.
 
     Every rank calls this (in a process group, or alone): rank 0 creates the group under a
@@ -388,7 +391,8 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
             write_ome_metadata(tmp, ome_metadata(target, levels, scale, translation, name or _stem(dest)))
         return _pyramid_previews(tmp, dest, target, levels)
 
-    return build_together(dest, rank, device, lambda tmp: create_pyramid(tmp, target, levels), fill, finish)
+    return build_together(dest, rank, device, lambda tmp: create_pyramid(tmp, target, levels), fill, finish,
+                          previews_replaceable=previews_replaceable)
 
 
 def _stem(path: Path) -> str:

@@ -19,8 +19,10 @@ the run folders with `dint scale --from`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,7 +34,7 @@ from dint.bench import time_to_reach
 from dint.config import load_config
 from dint.distributed.launch import torchrun_command
 from dint.errors import DintError
-from dint.files import staged
+from dint.files import anything, claim_folder, staged
 
 # The step's parts, as dint.train's timers measure them on rank 0 (seconds per step).
 PARTS = ("score", "topk_merge", "balance", "forward_backward", "allreduce", "optimizer")
@@ -49,14 +51,39 @@ def run_size(config: str | None, overrides: dict[str, str], ranks: int, nodes: i
     endpoint = f"127.0.0.1:{_free_port()}" if nodes > 1 else None
     commands = [torchrun_command(ranks // nodes, *args, nnodes=nodes, rdzv_endpoint=endpoint) for _ in range(nodes)]
     started = time.monotonic()
-    agents = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for c in commands]
-    outputs = [agent.communicate(timeout=max(1.0, timeout - (time.monotonic() - started))) for agent in agents]
+    # Each agent in a session of its own, so that whatever stops this command (a timeout,
+    # Ctrl-C, SIGTERM) stops the agents and their ranks too, not leave them running.
+    agents = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True) for c in commands]
+    try:
+        outputs = [agent.communicate(timeout=max(1.0, timeout - (time.monotonic() - started))) for agent in agents]
+    except subprocess.TimeoutExpired:
+        _stop(agents)
+        raise DintError(f"the run on {ranks} rank(s), {nodes} node(s) took over --timeout {timeout:g} s; stopped "
+                        f"(see {run_dir})") from None
+    except BaseException:
+        _stop(agents)
+        raise
     failed = [(agent.returncode, err) for agent, (_, err) in zip(agents, outputs) if agent.returncode]
     if failed:
         errors = [line for _, err in failed for line in err.splitlines() if "error:" in line]
         raise DintError(f"the run on {ranks} rank(s), {nodes} node(s) failed (exit {failed[0][0]}): "
                         + (errors[0].strip() if errors else f"see {run_dir}"))
+
+
+def _stop(agents: list[subprocess.Popen]) -> None:
+    """SIGTERM to each agent's session (the agent and its ranks), SIGKILL after 10 s."""
+    for agent in agents:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for agent in agents:
+        try:
+            agent.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
 
 
 def _free_port() -> int:
@@ -121,6 +148,7 @@ def scale(config: str | None, overrides: dict[str, str], sizes: list[tuple[int, 
     store = overrides.get("data.store")
     if mode == "weak" and (store is None or "{ranks}" not in store):
         raise DintError("--mode weak needs --data.store with {ranks} in it: one store per size (README: weak scaling)")
+    claim_folder(out, "dint scale's outputs")
     records = []
     for ranks, nodes in sizes:
         run_dir = out / "runs" / f"ranks{ranks}-nodes{nodes}"
@@ -138,20 +166,20 @@ def report(records: list[dict], mode: str, out: Path, target: float | None) -> d
     records = [record_of(Path(r["run_dir"]), r["ranks"], r["nodes"], target) for r in records]
     add_relative(records)
     result = {"mode": mode, "target_psnr": target, "records": sorted(records, key=lambda r: (r["ranks"], r["nodes"]))}
-    out.mkdir(parents=True, exist_ok=True)
-    with staged(out / "scaling.json") as tmp:
+    claim_folder(out, "dint scale's outputs")
+    with staged(out / "scaling.json", may_replace=anything) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
-    with staged(out / "scaling.md") as tmp:
+    with staged(out / "scaling.md", may_replace=anything) as tmp:
         tmp.write_text(table(result) + "\n")
-    with staged(out / "scaling.png") as tmp:
+    with staged(out / "scaling.png", may_replace=anything) as tmp:
         plot_scaling(result, tmp)
-    with staged(out / "step_split.png") as tmp:
+    with staged(out / "step_split.png", may_replace=anything) as tmp:
         plot_split(result, tmp)
     model = modelled(result["records"])
     result["cost_model"] = model
-    with staged(out / "cost_model.json") as tmp:
+    with staged(out / "cost_model.json", may_replace=anything) as tmp:
         tmp.write_text(json.dumps(model, indent=2) + "\n")
-    with staged(out / "cost_model.md") as tmp:
+    with staged(out / "cost_model.md", may_replace=anything) as tmp:
         tmp.write_text(model["markdown"] + "\n")
     return result
 

@@ -28,7 +28,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from dint.errors import DintError, warn
-from dint.files import staged
+from dint.files import exclusive, is_dint_store, shown, staged
 
 FORMAT_VERSION = 1
 # Set in the `values` array's attributes ({"dint": {"every_chunk_stored": true}}) by
@@ -71,6 +71,24 @@ class SignalInfo:
     @property
     def num_points(self) -> int:
         return math.prod(self.shape)
+
+    def float32_problem(self) -> tuple[str, str] | None:
+        """(key, problem) when value_range or domain cannot be used in float32, as training and
+        rendering use them (endpoints beyond float32, a span that overflows or rounds to 0);
+        None when both can."""
+        for key, intervals in (("value_range", [self.value_range]), ("domain", list(self.domain))):
+            for axis, (lo, hi) in enumerate(intervals):
+                where = f" at axis {axis}" if key == "domain" else ""
+                with np.errstate(over="ignore"):
+                    lo32, hi32 = np.float32(lo), np.float32(hi)
+                    span = np.float32(hi32 - lo32)
+                if not (np.isfinite(lo32) and np.isfinite(hi32) and np.isfinite(span)):
+                    return key, f"overflows float32{where} (training computes in float32: |values| and their span " \
+                                f"must stay below {float(np.finfo(np.float32).max):.3g})"
+                if not span >= np.finfo(np.float32).tiny:
+                    return key, f"is too narrow for float32{where} ([{lo:g}, {hi:g}] rounds to an empty or " \
+                                "subnormal interval)"
+        return None
 
     def to_attrs(self) -> dict[str, Any]:
         return {
@@ -142,7 +160,7 @@ class SignalInfo:
         extra = attrs.get("extra", {})
         if not isinstance(extra, dict):
             raise bad("extra", "is malformed (expected a JSON object)")
-        return cls(
+        info = cls(
             modality=modality,
             shape=tuple(int(s) for s in shape),
             channels=int(attrs["channels"]),
@@ -155,6 +173,10 @@ class SignalInfo:
             extra=dict(extra),
             format_version=int(version),
         )
+        problem = info.float32_problem()
+        if problem is not None:
+            raise bad(*problem)
+        return info
 
 
 def _is_int(value: Any) -> bool:  # numpy integers too (an info built in code, saved in a checkpoint)
@@ -193,12 +215,29 @@ def default_chunks(shape: tuple[int, ...], side: int | None = None) -> tuple[int
     return tuple(max(1, min(side, s)) for s in shape)
 
 
+MAX_CHUNKS = 1 << 24  # dask plans a task per chunk: beyond this the plan alone fills the memory
+
+
+def check_chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    """The number of chunks of `shape`, refused (DintError) beyond MAX_CHUNKS."""
+    count = math.prod(-(-n // c) for n, c in zip(shape, chunks))
+    if count > MAX_CHUNKS:
+        raise DintError(f"{'x'.join(map(str, shape))} points in chunks of {'x'.join(map(str, chunks))} make "
+                        f"{count:,} chunks, over the {MAX_CHUNKS:,} dask can plan on one machine; pass a larger "
+                        "--chunk (or, for a mesh, a smaller --resolution)")
+    return count
+
+
 def check_destination(dest: Path, overwrite: bool) -> None:
-    """Refuse early, before any reading, what write_store would refuse late."""
-    if dest.exists() and not overwrite:
-        raise DintError(f"{dest}: already exists (pass --overwrite to replace it)")
-    if not dest.parent.exists():
-        raise DintError(f"{dest.parent}: output folder does not exist")
+    """Refuse early, before any reading, what write_store would refuse late: an existing DEST
+    without --overwrite, and with it anything but a dint store."""
+    if os.path.lexists(dest) and not overwrite:
+        raise DintError(f"{shown(dest)}: already exists (pass --overwrite to replace it)")
+    if os.path.lexists(dest) and not is_dint_store(dest):
+        raise DintError(f"{shown(dest)}: exists and is not a dint store; --overwrite replaces only a dint store, "
+                        "so it is left as it is")
+    if not dest.parent.is_dir():
+        raise DintError(f"{shown(dest.parent)}: output folder does not exist")
 
 
 def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, scheduler: str | None = None) -> Path:
@@ -217,7 +256,9 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, s
     expected = (*info.shape, info.channels)
     if tuple(values.shape) != expected:
         raise ValueError(f"values shape {values.shape} does not match the signal info {expected}")
-    with staged(dest) as tmp:
+    with exclusive(dest.with_name(f".{dest.name}.lock"), "writer of this store", remove_after=True), \
+            staged(dest, may_replace=is_dint_store if overwrite else None) as tmp:
+        check_destination(dest, overwrite)  # again, under the lock: another writer may have finished meanwhile
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         array = create_values_array(group, info)
         # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free
@@ -481,12 +522,33 @@ def _check_chunk_files(store: Store) -> None:
         relative = Path(folder).relative_to(store.path).as_posix()
         present.update(f"{relative}/{name}" for name in files)
     grid = store.chunk_grid_shape()
-    missing = (index for index in itertools.product(*map(range, grid)) if store.chunk_key(index) not in present)
-    first = next(missing, None)
-    if first is not None:
-        count = 1 + sum(1 for _ in missing)
-        raise DintError(f"{store.path}: {store.describe_chunk(first)} is missing ({count} of {math.prod(grid)} "
-                        "chunk files missing; the store is damaged: make it again with dint-shard)")
+    total = math.prod(grid)
+    # Bounded by the files on disk, not by the grid (a hostile store may declare billions of
+    # chunks): count the present keys of the grid, and look for the first missing one only
+    # among the first len(present) + 1 indices, where it must be.
+    encoding = store.values.metadata.chunk_key_encoding
+    prefix = f"{VALUES}/" + (f"c{encoding.separator}" if encoding.name == "default" else "")
+    found = sum(1 for key in present if _grid_index(key, grid, prefix, encoding.separator) is not None)
+    if found == total:
+        return
+    first = next(index for index in itertools.islice(itertools.product(*map(range, grid)), found + 1)
+                 if store.chunk_key(index) not in present)
+    raise DintError(f"{store.path}: {store.describe_chunk(first)} is missing ({total - found} of {total} "
+                    "chunk files missing; the store is damaged: make it again with dint-shard)")
+
+
+def _grid_index(key: str, grid: tuple[int, ...], prefix: str, separator: str) -> tuple[int, ...] | None:
+    """The chunk index of a key such as "values/c/i/j/0" inside `grid`, or None for any other file."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix):].split(separator)
+    if len(parts) != len(grid) + 1 or parts[-1] != "0":
+        return None
+    try:
+        index = tuple(int(p) for p in parts[:-1])
+    except ValueError:
+        return None
+    return index if all(0 <= i < n for i, n in zip(index, grid)) else None
 
 
 def _check_json(file: Path, store: Path) -> None:

@@ -10,6 +10,7 @@ The update is that of the mean loss over the global selection, whichever ranks h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -28,14 +29,27 @@ from dint.config import USAGE, Config, check_against_store, load_config, parse_c
 from dint.data import rank_chunk_ids
 from dint.distributed.engine import build_engine, import_engine_library, needs_process_group
 from dint.distributed.utils import (TRAFFIC, barrier, collective_failure, destroy_distributed, gather_counts,
-                                    init_distributed)
-from dint.errors import DintError
+                                    init_distributed, on_rank0)
+from dint.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
+from dint.files import check_claimable, claim_folder, exclusive
 from dint.evaluate import Evaluator
-from dint.model import build_model
+from dint.model import build_model, training_bytes
 from dint.quality import ssim
+from dint.resources import local_ranks, require_memory
 from dint.render import PREVIEW_MAX_POINTS, render_reconstruction
 from dint.store import open_store, to_unit
 from dint.teacher import Teacher
+
+RUN_LOCK = ".dint-lock"  # in run.dir, held by rank 0 while a run trains there
+
+
+def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
+    """Claim `run_dir` for dint (dint.files.claim_folder) and lock it for this run; the lock
+    goes when the returned stack closes or the process ends."""
+    claim_folder(run_dir, "a training run")
+    stack = contextlib.ExitStack()
+    stack.enter_context(exclusive(run_dir / RUN_LOCK, "training run in this folder"))
+    return stack
 
 
 def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: torch.Tensor, global_count: int,
@@ -65,9 +79,15 @@ class Trainer:
         import_engine_library(c.train.engine, c.run.device)
         self.dist = init_distributed(c.run.device, c.run.collective_timeout, needs_process_group(c.train.engine))
         self.phase = "start-up"  # named in the message when a collective times out
+        self.run_dir = Path(c.run.dir)
         self.store = open_store(c.data.store)
         self.info = check_against_store(config, self.store.info)  # with data.domain, if set
-        self.run_dir = Path(c.run.dir)
+        # Refused before anything is loaded: a model that cannot fit (model.width = 1e6, say).
+        micro = c.train.micro_batch or max(1, self.info.num_points // self.dist.world_size)
+        require_memory(training_bytes(c.model, self.info, micro),
+                       f"model.width = {c.model.width}, model.hidden_layers = {c.model.hidden_layers} (weights, gradients, "
+                       f"Adam's state and a micro-batch's activations)", local_ranks(), self.dist.device)
+        on_rank0(lambda: check_claimable(self.run_dir, "a training run"), self.dist.device)  # before loading
         self.timers = Timers(self.dist.device)
 
         started = time.perf_counter()
@@ -82,6 +102,9 @@ class Trainer:
         self.load_seconds = time.perf_counter() - started
         self.evaluator = Evaluator(c.eval, self.info, self.plan.shards(), self.dist.device, c.data.block_points,
                                    c.train.seed)
+        # The run folder is dint's (made, adopted empty, or made by dint before) and this run's
+        # alone until it ends: rank 0 holds its lock. Made only now, once the data has loaded.
+        self.run_folder = on_rank0(lambda: hold_run_folder(self.run_dir), self.dist.device)
 
         torch.manual_seed(c.train.seed)  # the same initial model on every rank
         self.engine = build_engine(c.train, build_model(c.model, self.info).to(self.dist.device), self.dist,
@@ -95,7 +118,6 @@ class Trainer:
             before_manifest=self.faults.saving)
         self.step = self.checkpoint.resume()  # steps done
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(config.to_toml())
         barrier()
         self.metrics = MetricsLogger(config, self.run_dir / "metrics.jsonl", self.dist.is_main, self.step,
@@ -129,7 +151,15 @@ class Trainer:
                 self.metrics.log(record)
             self.metrics.advance()
         self.metrics.close()
-        return self.finish(quality or self.evaluate(), time.perf_counter() - wall_start)
+        try:
+            return self.finish(quality or self.evaluate(), time.perf_counter() - wall_start)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let the run folder go (its lock), once the run's outputs are written."""
+        if self.run_folder is not None:
+            self.run_folder.close()
 
     def train_step(self, step: int) -> torch.Tensor:
         """Choose the points (when the teacher says so) and take one optimizer step on them."""
@@ -247,19 +277,28 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     trainer, config = None, None
+    stop_on_sigterm()  # torchrun, Slurm and timeout stop ranks with SIGTERM: clean up as on Ctrl-C
     try:
         check_only = "--check" in argv
         config_path, overrides = parse_cli([a for a in argv if a != "--check"])
         config = load_config(config_path, overrides)
         if check_only:  # validate config and store, then stop (launch/run_train.sh runs this first)
             check_against_store(config, open_store(config.data.store).info)
+            check_claimable(Path(config.run.dir), "a training run")
             return 0
         trainer = Trainer(config)
         summary = trainer.train()
     except DintError as e:
         if os.environ.get("RANK", "0") == "0" or not e.shared:  # an error every rank sees is printed once
-            print(f"dint.train: error: {e}", file=sys.stderr)
+            print(f"dint.train: error: {escaped(str(e))}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        print(f"dint.train: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        line, code = stopped_line(e)
+        print(f"dint.train: {line}", file=sys.stderr)
+        return code
     except RuntimeError as e:  # a collective broke: say which rank saw it, and where, in one line
         message = collective_failure(e, trainer.phase if trainer is not None else "start-up",
                                      config.run.collective_timeout if config else None)

@@ -131,8 +131,13 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_sound_one(tmp_path, refe
     result = run_cli("dint.train", "--config", config, "--run.dir", run_dir)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "step-00000030" in warnings[0] and "no manifest.json" in warnings[0]
+    assert len(warnings) == 2 and "step-00000030" in warnings[0] and "no manifest.json" in warnings[0]
     assert "resuming from" in result.stderr and "step-00000020" in result.stderr
+    # Saving step 30 again does not delete the incomplete folder (dint deletes only complete
+    # checkpoints it recognises): it is kept under another name.
+    assert "was not a complete checkpoint: kept as step-00000030.damaged-" in warnings[1]
+    kept = [p for p in folder.iterdir() if p.name.startswith("step-00000030.damaged-")]
+    assert len(kept) == 1 and (kept[0] / "state.pt").is_file()
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):

@@ -410,7 +410,7 @@ def _write_bad_inputs(folder: Path) -> dict[str, tuple[Path, list[str], str]]:
     gz = folder / "cut.nii.gz"
     nib.save(nib.Nifti1Image(volume((16, 16, 16), np.int16), np.eye(4)), gz)
     gz.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])  # header intact, data cut
-    cases["truncated nii.gz"] = (gz, [], "truncated")  # found while the store is written
+    cases["truncated nii.gz"] = (gz, [], "truncated")  # found when it is inflated, before writing
     garbage = folder / "garbage.nii.gz"
     garbage.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
     cases["corrupt nii.gz"] = (garbage, [], "NIfTI")

@@ -68,7 +68,8 @@ def test_end_to_end_two_ranks_beats_a_constant_prediction(tmp_path):
     store = tmp_path / "rgb.zarr"
     assert run_cli("dint.cli", "shard", png, store, "--chunk", "24").returncode == 0
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "c.toml", store, run_dir, train={"steps": 150}, eval={"every": 50})
+    config = write_config(tmp_path / "c.toml", store, run_dir, train={"steps": 150}, eval={"every": 50},
+                          teacher={"ratio_schedule": "step"})
     result = torchrun(2, "-m", "dint.train", "--config", config)
     assert result.returncode == 0, result.stderr
     assert "final PSNR" in result.stdout

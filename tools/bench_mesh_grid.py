@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dint.files import is_dint_store
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,8 @@ def run_shard(mesh: Path, resolution: int, field: str, workdir: Path) -> dict:
         raise SystemExit(f"{' '.join(command)} failed ({code}):\n{err}")
     attrs = json.loads((dest / "zarr.json").read_text())["attributes"]["dint"]
     on_disk = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    shutil.rmtree(dest)
+    if is_dint_store(dest):  # only the store this tool just made
+        shutil.rmtree(dest)
     extra = attrs["extra"]
     return {
         "mesh": mesh.name,

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import make_large_signal  # noqa: E402
 
 from dint.store import open_store  # noqa: E402
+from dint.files import is_dint_store  # noqa: E402
 
 PLUTO = REPO.parent / "shared" / "data" / "images" / "pluto" / "pluto_4408x4344_gray.jpg"
 TARGET_SECONDS, TARGET_BYTES = 120, 2e9
@@ -80,7 +81,7 @@ def main() -> int:
     info = opened.info
     raw = math.prod(opened.values.shape) * opened.values.dtype.itemsize
     on_disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-    if not args.keep:
+    if not args.keep and is_dint_store(store):  # only the store this tool just made
         shutil.rmtree(store)
 
     met = seconds < TARGET_SECONDS and peak < TARGET_BYTES

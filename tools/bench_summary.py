@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--margin", type=float, default=0.5)
+    parser.add_argument("--uniform", default="uniform", help="the row the '/ uniform's' column divides by, e.g. "
+                        "a uniform teacher with the same settings as the teacher compared")
     args = parser.parse_args()
     benches = [json.loads((folder / "bench.json").read_text()) for folder in args.folders]
     teachers = list(dict.fromkeys(run["teacher"] for bench in benches for run in bench["runs"]))
@@ -49,7 +51,7 @@ def main() -> None:
         return None if None in times else statistics.fmean(times)
 
     lines = [f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
-             f"/ uniform's | / int's | reached on | time to full's final - {args.margin:g} / full's |",
+             f"/ {args.uniform.split(':')[0]}'s{'*' if ':' in args.uniform else ''} | / int's | reached on | time to full's final - {args.margin:g} / full's |",
              "|---|---|---|---|---|---|---|---|---|"]
     for teacher in teachers:
         finals, seconds, shares, vs = [], [], [], {"full": [], "uniform": [], "int": []}
@@ -66,8 +68,8 @@ def main() -> None:
                 continue
             reached += 1
             vs["full"].append(mine / mean_of(bench, "full", "train_seconds"))
-            for other in ("uniform", "int"):
-                theirs = mean_of(bench, other, "time_to_reference")
+            for other, label in (("uniform", args.uniform), ("int", "int")):
+                theirs = mean_of(bench, label, "time_to_reference")
                 if theirs:
                     vs[other].append(mine / theirs)
         lines.append(f"| {teacher} | {mean_spread(finals)} | {mean_spread(seconds, 1)} | "

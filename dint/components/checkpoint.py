@@ -14,6 +14,7 @@ with 1 or 3.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -25,8 +26,8 @@ from torch import nn
 
 from dint.config import CheckpointConfig, Config
 from dint.distributed.utils import DistInfo, all_gather_varlen, all_reduce_max
-from dint.errors import DintError
-from dint.files import fsync, sha256_of, staged
+from dint.errors import DintError, warn
+from dint.files import anything, fsync, new_token, sha256_of, shown, staged
 from dint.store import SignalInfo
 
 CHECKPOINTS = "checkpoints"
@@ -149,7 +150,7 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "config": config.to_dict(),
         "signal": info.to_attrs(),
     }
-    with staged(path) as tmp:  # a crash mid-save leaves the previous model.pt whole
+    with staged(path, may_replace=anything) as tmp:  # in the claimed run folder; a crash leaves the old one whole
         torch.save(payload, tmp)
     return path
 
@@ -188,7 +189,12 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
     folder = dest.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with staged(dest) as tmp:
+        if os.path.lexists(dest) and not is_complete_checkpoint(dest):
+            # A damaged (or foreign) folder where this checkpoint goes: kept, under another name.
+            aside = dest.with_name(f"{dest.name}.damaged-{new_token()}")
+            os.rename(dest, aside)
+            warn(f"{shown(dest)} was not a complete checkpoint: kept as {shown(aside.name)}")
+        with staged(dest, may_replace=is_complete_checkpoint) as tmp:
             tmp.mkdir()
             torch.save(state, tmp / STATE)
             fsync(tmp / STATE)
@@ -200,9 +206,25 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
         fsync(folder)
     except OSError as e:
         raise DintError(f"{folder}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
-    for old in list_checkpoints(run_dir)[keep:]:
+    # Rotation deletes only complete checkpoints it recognises: a folder holding anything else
+    # (or missing a file) may not be dint's, and stays.
+    complete = [p for p in list_checkpoints(run_dir) if is_complete_checkpoint(p)]
+    for old in complete[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint folder exactly as save_checkpoint leaves it: its manifest, and the files it
+    lists, nothing else (checksums are checked when loading, not here)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+        present = {p.name for p in path.iterdir()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(files, dict) and present == {MANIFEST, *files} and all((path / n).is_file() for n in files)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -217,8 +239,10 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> dict:
     """The state saved in checkpoint folder `path`, after checking its manifest; DintError if bad."""
     manifest_path = path / MANIFEST
+    if not os.path.lexists(path):
+        raise DintError(f"{shown(path)}: checkpoint not found")
     if not manifest_path.is_file():
-        raise DintError(f"{path}: incomplete checkpoint (no {MANIFEST})")
+        raise DintError(f"{shown(path)}: incomplete checkpoint (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]

@@ -13,6 +13,7 @@ import datetime
 import gc
 import os
 import sys
+import time
 from typing import Iterator
 
 import torch
@@ -95,6 +96,12 @@ def destroy_distributed() -> None:
     the collection.
     """
     if dist.is_initialized():
+        # A moment with the GIL released: a gloo worker thread still dropping its last
+        # reference to a finished collective (which takes the GIL) does so now, not while the
+        # group's destructor holds the GIL and waits for that thread (a deadlock seen once in
+        # some hundreds of runs). No collective here: a failing rank may be alone.
+        gc.collect()
+        time.sleep(0.05)
         deepspeed_comm = sys.modules.get("deepspeed.comm")
         if deepspeed_comm is not None and deepspeed_comm.is_initialized():
             deepspeed_comm.destroy_process_group()  # also drops DeepSpeed's own references to the groups
@@ -204,12 +211,48 @@ def gather_counts(count: int, device: torch.device) -> list[int]:
 
 
 def shared_token(device: torch.device) -> str:
-    """A random token, the same on every rank (rank 0's): names a staging folder all ranks write."""
-    token = torch.tensor([int.from_bytes(os.urandom(4), "little")], dtype=torch.int64)
+    """Rank 0's staging token (dint.files.new_token: host, pid, random), the same on every rank:
+    names a staging folder all ranks write, stale once rank 0's process is gone."""
+    from dint.files import new_token
+
+    host, pid, random = new_token().split(".")
+    token = torch.tensor([int(host, 16), int(pid), int(random, 16)], dtype=torch.int64)
     if dist.is_initialized():
         token = token.to(device)
         dist.broadcast(token, src=0)
-    return f"{int(token.item()):08x}"
+    host, pid, random = (int(v) for v in token.tolist())
+    return f"{host:08x}.{pid}.{random:08x}"
+
+
+def broadcast_text(text: str, device: torch.device) -> str:
+    """Rank 0's `text` on every rank (as bytes in a tensor: nothing is unpickled)."""
+    if not dist.is_initialized():
+        return text
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8) if dist.get_rank() == 0 else torch.zeros(0)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = data.to(device) if dist.get_rank() == 0 else torch.zeros(int(size.item()), dtype=torch.uint8,
+                                                                       device=device)
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().tolist()).decode()
+
+
+def on_rank0(action, device: torch.device):
+    """Run `action` on rank 0 alone; when it raises a DintError, every rank raises it (rank 0
+    reports it), so no rank is left waiting for one that stopped. Returns rank 0's result
+    (None on the others)."""
+    from dint.errors import DintError
+
+    result, message = None, ""
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            result = action()
+        except DintError as e:
+            message = str(e)
+    message = broadcast_text(message, device)
+    if message:
+        raise DintError(message, shared=True)
+    return result
 
 
 def collective_failure(error: RuntimeError, phase: str, timeout_s: float | None) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dint.errors import DintError
+from dint.resources import check_decoded_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,16 @@ def float_audio_range(values) -> tuple[float, float] | None:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
+def png_header(path: Path) -> tuple[int, int, int]:
+    """(width, height, channels) from a PNG's IHDR chunk, without decoding it."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise DintError(f"{path}: not a PNG file")
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(head[25], 4)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), channels
+
+
 def png_bit_depth(path: Path) -> int:
     with open(path, "rb") as f:
         head = f.read(26)
@@ -156,18 +167,27 @@ def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_decoded_size(path, tuple(series.shape), series.dtype.itemsize)
             array, axes = series.asarray(), series.axes
         if array.ndim == 3 and axes[0] in "SC" and axes[1:] == "YX":  # planar colour: samples first
             array = np.moveaxis(array, 0, -1)
     elif suffix == ".png" and png_bit_depth(path) == 16:
-        # Pillow truncates 16-bit colour PNGs to 8 bits; imagecodecs keeps all 16.
+        # Pillow truncates 16-bit colour PNGs to 8 bits; imagecodecs keeps all 16. Pillow's
+        # pixel limit does not apply here: the declared size is checked before inflating.
         import imagecodecs
 
+        width, height, channels = png_header(path)
+        check_decoded_size(path, (height, width, channels), 2)
         array = imagecodecs.png_decode(path.read_bytes())
     else:
         from PIL import Image
 
+        # dint's own limit (declared bytes, every bit depth: dint.resources) replaces Pillow's
+        # pixel count, which spares 16-bit images and refuses gigapixel images that fit.
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as image:
+            check_decoded_size(path, (image.height, image.width, max(3 if image.mode == "P" else 1,
+                                                                     len(image.getbands()))), 1)
             image.load()
             mode = image.mode
             if mode == "P":

@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from dint.errors import DintError
+from dint.files import shown
 from dint.readers.common import ReadOptions, Source
 
 EXTENSIONS = (".ply", ".obj", ".stl", ".off")
@@ -518,13 +519,15 @@ class MeshGrid:
 
 
 def read(path: Path, options: ReadOptions) -> Source:
-    from dint.store import default_chunks
+    from dint.store import check_chunk_count, default_chunks
 
     path = Path(path)
     if options.field not in ("occupancy", "sdf"):
         raise DintError(f"--field {options.field}: must be occupancy or sdf")
     if options.resolution < 2:
         raise DintError(f"--resolution {options.resolution}: must be at least 2")
+    grid_shape = (options.resolution,) * 3
+    check_chunk_count(grid_shape, default_chunks(grid_shape, options.chunk))  # before the mesh is even read
     mesh = load_mesh(path)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
@@ -532,6 +535,11 @@ def read(path: Path, options: ReadOptions) -> Source:
     center, scale = normalisation(used)
     watertight = bool(mesh.is_watertight)
     r = options.resolution
+    extent = (used.max(axis=0) - used.min(axis=0)) * scale  # in [-1, 1] grid units
+    if not mesh.area > 0 or extent.min() < 2.0 / (r - 1):
+        raise DintError(f"{shown(path)}: the mesh is flat or degenerate (area {float(mesh.area):.3g}, thinnest side "
+                        f"{float(extent.min()) * (r - 1) / 2:.3g} grid cells at --resolution {r}): it encloses no "
+                        "grid point, so the field would be empty")
     chunks = default_chunks((r, r, r), options.chunk)
     axes = (0,) if watertight else (0, 1, 2)
     grid = MeshGrid((vertices - center) * scale, faces, r, options.field, chunks, axes)

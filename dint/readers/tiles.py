@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dint.errors import DintError
+from dint.files import shown
 from dint.readers.common import IMAGE_EXTENSIONS, ReadOptions, Source, image_array, png_bit_depth
 
 EXTENSIONS: tuple[str, ...] = ()  # folders are picked by read_source, not by extension
@@ -48,12 +49,16 @@ def read(path: Path, options: ReadOptions) -> Source:
 def _grid(path: Path) -> dict[tuple[int, int], Path]:
     """{(row, col): tile file}, numbered from 0, for a complete grid; DintError otherwise."""
     found: dict[tuple[str, str], dict[tuple[int, int], Path]] = collections.defaultdict(dict)
+    folder = path.resolve()
     for file in sorted(path.iterdir()):
         match = TILE_NAME.match(file.name)
         if file.name.startswith(".") or not file.is_file() or not match:
             continue
         if match["ext"].lower() not in IMAGE_EXTENSIONS:
             continue
+        if file.resolve().parent != folder:  # a link out of the folder: read only what was given
+            raise DintError(f"{shown(file)}: links to {shown(file.resolve())}, outside the tile folder; dint reads "
+                            "only the tiles in it")
         group = found[match["prefix"], match["ext"].lower()]
         position = (int(match["row"]), int(match["col"]))
         if position in group:

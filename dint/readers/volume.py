@@ -18,8 +18,8 @@ binaries, uncompressed MetaImage data and uncompressed TIFF stacks are memory-ma
 NIfTI, zarr arrays and compressed TIFFs are read region by region. Those lazy reads run
 while the store is written, so they too turn any failure into a one-line DintError. Only
 compressed MetaImage data and compressed .npz members are decompressed into memory.
-A .nii.gz is read in slabs of whole slices; gzip has no random access, so each slab
-decompresses from the file start (nibabel uses indexed_gzip, when installed, to avoid it).
+A .nii.gz (gzip has no random access) is inflated once, after its declared size is checked
+against the decoding limit (dint.resources), then read in blocks from memory.
 
 Voxel spacing, where the file has it, is kept as extra["spacing"] in (Z, Y, X) order.
 """
@@ -35,6 +35,8 @@ from typing import Callable
 import numpy as np
 
 from dint.errors import DintError
+from dint.files import shown
+from dint.resources import check_decoded_size
 from dint.readers.common import (ReadOptions, Regions, Source, aligned_blocks, check_dtype, error_message,
                                  extension_of, float_audio_range, lazy_array, native_order, store_chunks)
 
@@ -187,10 +189,18 @@ def _read_npz(path: Path, options: ReadOptions) -> Source:
             start = member.header_offset + 30 + name_length + extra_length
             end = min(start + member.file_size, path.stat().st_size)
             array = _npy_memmap(path, start, end, f".npz member {names[0]}")
-        else:  # compressed (np.savez_compressed): decompressed into memory
+        else:  # compressed (np.savez_compressed): decompressed into memory, once its declared size is checked
             try:
                 with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    declared, _, declared_dtype = read_header(f)
+                check_decoded_size(path, tuple(declared), np.dtype(declared_dtype).itemsize)
+                with archive.open(member) as f:
                     array = np.lib.format.read_array(f, allow_pickle=False)
+            except DintError:
+                raise
             except Exception as e:
                 raise DintError(error_message(path, f"cannot read .npz member {names[0]}", e)) from None
     return _plain(path, array, options, "npz")
@@ -271,6 +281,17 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
         raise DintError(error_message(path, "not a readable NIfTI file", e)) from None
     proxy = image.dataobj
     shape = tuple(int(s) for s in image.shape)  # (X, Y, Z[, T]) or (X, Y, Z, 1, C)
+    if extension_of(path) == ".nii.gz" and 0 not in shape:
+        # gzip has no random access: reading slab by slab would inflate from the start for
+        # every slab (time growing with the square of the size). The declared size is checked,
+        # then the data inflated once.
+        check_decoded_size(path, shape, 8)  # scaled values may come out as float64: count the worst
+        try:
+            proxy = np.asanyarray(image.dataobj)
+        except EOFError as e:
+            raise DintError(error_message(path, "truncated file", e)) from None
+        except Exception as e:
+            raise DintError(error_message(path, "cannot read the NIfTI data", e)) from None
     if len(shape) == 5 and shape[3] == 1:
         proxy_index = lambda index: proxy[(*index[:3], 0, index[3])]  # noqa: E731
         shape = (*shape[:3], shape[4])
@@ -291,8 +312,6 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
     check_dtype(path, dtype)
     store = store_chunks(zyx_shape, has_channels, options)  # (Z, Y, X[, C])
     chunks = (*store[2::-1], *store[3:])  # the same blocks in nibabel's (X, Y, Z[, C]) order
-    if extension_of(path) == ".nii.gz":  # slabs of whole slices: each read restarts the gzip stream
-        chunks = (shape[0], shape[1], *chunks[2:])
     values = lazy_array(path, Regions(path, shape, dtype.newbyteorder("="), proxy_index, base=proxy), chunks, "nifti")
     values = values.transpose(2, 1, 0, *range(3, len(shape)))
     return _volume(values, has_channels, {"spacing": _spacing(spacing)})
@@ -329,9 +348,26 @@ def _metaimage_fields(path: Path) -> dict[str, str]:
     return fields
 
 
+def _check_data_file_inside(path: Path) -> None:
+    """A MetaImage header may name its data file anywhere (`../../etc/passwd`, an absolute
+    path), a LIST of files or a name pattern: dint reads only one data file beside the header
+    (inside its folder, links resolved), or the header's own LOCAL data."""
+    data_file = _metaimage_fields(path).get("ElementDataFile", "")
+    if data_file.upper().startswith("LIST") or "%" in data_file:
+        raise DintError(f"{shown(path)}: ElementDataFile = {data_file!r}: data spread over a LIST of files or a "
+                        "file-name pattern is not read; name one data file beside the header")
+    if not data_file or data_file.upper() == "LOCAL":
+        return
+    folder = path.parent.resolve()
+    if folder not in (folder / data_file).resolve().parents:
+        raise DintError(f"{shown(path)}: ElementDataFile = {data_file!r} is outside the header's folder; dint reads "
+                        "only a data file beside the header")
+
+
 def _read_metaimage(path: Path, options: ReadOptions) -> Source:
     import SimpleITK as sitk
 
+    _check_data_file_inside(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -1,0 +1,521 @@
+"""Safety (issue 11): dint replaces only what it made, one writer per destination, reads only
+what it was given, stops cleanly on SIGTERM, and says the real cause in one line.
+
+| Input | What the user sees |
+|---|---|
+| `dint-shard SRC DEST --overwrite`, DEST a folder of other files, a plain file, or a zarr group dint did not write | `dint-shard: error: DEST: exists and is not a dint store; --overwrite replaces only a dint store, so it is left as it is` |
+| `dint-shard SRC DEST --overwrite`, DEST the source itself or the folder holding it | `dint-shard: error: DEST: is or contains the source SRC; dint never writes over its input` |
+| a `run.dir` holding files dint did not make (a `model.pt`, a `summary.json`, `checkpoints/step-00000001/`) | `dint.train: error: RUN: a folder with files dint did not make (no .dint mark in it); a training run writes only into a new or empty folder, or one dint made: choose another` |
+| a second training in a run folder while one trains there | `dint.train: error: RUN/.dint-lock: held by dint pid N on HOST (the training run in this folder); one at a time, so this one stops` |
+| a second `dint-shard` to a DEST being written | `dint-shard: error: .DEST.lock: held by dint pid N on HOST (the writer of this store); one at a time, so this one stops` |
+| DEST appears while dint writes it | `DEST: appeared while dint was writing it; left as it is, nothing written there` |
+| `dint render --out X` where X is not a dint store, or X.png exists and dint did not make it | `dint render: error: --out X: exists and is not a dint store or pyramid; refusing to replace it` / `... its preview X.png exists and was not made by dint; refusing to replace it (choose another --out)` |
+| `dint bench` / `dint scale` `--out` a folder of other files | `...: a folder with files dint did not make (no .dint mark in it); dint bench's outputs writes only into a new or empty folder, or one dint made: choose another` |
+| a MetaImage header whose ElementDataFile is outside its folder (`../../etc/passwd`, an absolute path) | `dint-shard: error: H.mhd: ElementDataFile = '../../etc/passwd' is outside the header's folder; dint reads only a data file beside the header` |
+| a MetaImage header with a LIST of data files or a name pattern | `dint-shard: error: H.mhd: ElementDataFile = 'LIST': data spread over a LIST of files or a file-name pattern is not read; name one data file beside the header` |
+| a tile that links out of its folder | `dint-shard: error: T/tile_0_1.png: links to /elsewhere/x.png, outside the tile folder; dint reads only the tiles in it` |
+| SIGTERM during `dint-shard` (timeout, Slurm, Kubernetes) | `dint-shard: stopped by SIGTERM; nothing half-written was left`, exit code 143, no `.DEST.tmp-*` |
+| a staging folder left by a killed dint process | removed by the next dint run writing that destination (one of a live process, or of another host, is left) |
+| an OS error (DEST under /proc, a read-only folder) | `dint-shard: error: PATH: Operation not permitted` (one line, exit 2) |
+| a store whose value_range or domain overflows float32 (±1e300, [0, 1e-300]) | `S.zarr: store attribute 'domain' = [[-1e+300, 1e+300], ...] overflows float32 at axis 0 (...)` / `... is too narrow for float32 ...` |
+| an array of values beyond float32 (1e300) | `dint-shard: error: X.npy: its value range [...] overflows float32 (...)` |
+| a flat or degenerate mesh (one triangle, zero-area faces) | `dint-shard: error: M.obj: the mesh is flat or degenerate (...): it encloses no grid point, so the field would be empty` |
+| a file name with a newline | printed escaped (`a\\nb.png`), on one line |
+| `--checkpoint.resume FOLDER` that does not exist | `dint.train: error: FOLDER: checkpoint not found` |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO, make_image_store, run_cli, smooth_image, torchrun, write_png
+from dint.errors import DintError
+from dint.files import MARK, claim_folder, exclusive, new_token, publish, remove_stale, staged, staging_path
+
+
+def one_line(result, says: str, code: int = 2) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert says in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"") for p in sorted(folder.rglob("*"))}
+
+
+# --- Rule 1: dint deletes or replaces only what it made, never its inputs --------------------
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    (tmp_path / "in").mkdir()
+    return write_png(tmp_path / "in" / "img.png", smooth_image(24, 20))
+
+
+def _unrelated_folder(tmp_path, png):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    return folder
+
+
+def _plain_file(tmp_path, png):
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    return path
+
+
+def _foreign_zarr(tmp_path, png):
+    folder = tmp_path / "other.zarr"
+    folder.mkdir()
+    (folder / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    (folder / "data.bin").write_bytes(b"\0" * 10)
+    return folder
+
+
+@pytest.mark.parametrize("make", [_unrelated_folder, _plain_file, _foreign_zarr])
+def test_overwrite_replaces_only_a_dint_store(tmp_path, png, make):
+    dest = make(tmp_path, png)
+    before = tree(dest) if dest.is_dir() else dest.read_bytes()
+    result = run_cli("dint.cli", "shard", png, dest, "--overwrite")
+    one_line(result, "exists and is not a dint store; --overwrite replaces only a dint store")
+    assert (tree(dest) if dest.is_dir() else dest.read_bytes()) == before
+
+
+@pytest.mark.parametrize("which", ["source", "its folder", "a folder above"])
+def test_overwrite_never_touches_the_source(tmp_path, png, which):
+    dest = {"source": png, "its folder": png.parent, "a folder above": tmp_path}[which]
+    before = png.read_bytes()
+    one_line(run_cli("dint.cli", "shard", png, dest, "--overwrite"), "dint never writes over its input")
+    assert png.read_bytes() == before
+
+
+def test_overwrite_replaces_a_dint_store(tmp_path, png):
+    dest = tmp_path / "s.zarr"
+    assert run_cli("dint.cli", "shard", png, dest).returncode == 0
+    assert run_cli("dint.cli", "shard", png, dest, "--overwrite", "--chunk", "8").returncode == 0
+    assert json.loads((dest / "zarr.json").read_text())["attributes"]["dint"]["chunks"] == [8, 8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "s.zarr"]
+
+
+def train_args(store, run_dir, *extra):
+    return ["dint.train", "--data.store", store, "--run.dir", run_dir, "--run.device", "cpu",
+            "--model.width", "8", "--model.hidden_layers", "1", "--train.steps", "3", "--eval.reconstruction",
+            "false", *extra]
+
+
+@pytest.mark.parametrize("planted", ["model.pt", "summary.json", "checkpoints/step-00000001/weights.bin"])
+def test_training_refuses_a_run_folder_dint_did_not_make(tmp_path, image_store, planted):
+    run_dir = tmp_path / "run"
+    (run_dir / planted).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / planted).write_bytes(b"the user's")
+    before = tree(run_dir)
+    result = run_cli(*train_args(image_store, run_dir))
+    one_line(result, "a folder with files dint did not make (no .dint mark in it)")
+    assert tree(run_dir) == before
+
+
+def test_training_adopts_an_empty_folder_and_reuses_its_own(tmp_path, image_store):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for _ in range(2):
+        result = run_cli(*train_args(image_store, run_dir, "--checkpoint.resume", "never"))
+        assert result.returncode == 0, result.stderr
+    assert (run_dir / MARK).is_file() and (run_dir / "summary.json").is_file()
+
+
+def test_rotation_deletes_only_complete_checkpoints(tmp_path, image_store):
+    run_dir = tmp_path / "run"
+    assert run_cli(*train_args(image_store, run_dir, "--checkpoint.every", "1", "--checkpoint.keep", "1")).returncode == 0
+    # Plant look-alikes: a step folder with a file dint would not write, one without a manifest.
+    odd, bare = run_dir / "checkpoints" / "step-00000098", run_dir / "checkpoints" / "step-00000099"
+    odd.mkdir()
+    (odd / "manifest.json").write_text(json.dumps({"step": 98, "files": {}}))
+    (odd / "notes.txt").write_text("mine")
+    bare.mkdir()
+    (bare / "state.pt").write_bytes(b"mine")
+    result = run_cli(*train_args(image_store, run_dir, "--checkpoint.every", "1", "--checkpoint.keep", "1",
+                                 "--checkpoint.resume", "never", "--train.steps", "6"))
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["step-00000006", "step-00000098", "step-00000099"], names
+    assert (odd / "notes.txt").read_text() == "mine" and (bare / "state.pt").read_bytes() == b"mine"
+
+
+def test_render_refuses_to_replace_what_dint_did_not_make(tmp_path, image_store):
+    run_dir = tmp_path / "run"
+    assert run_cli(*train_args(image_store, run_dir)).returncode == 0
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / "zarr.json").write_text("{}")
+    one_line(run_cli("dint.cli", "render", run_dir, "--out", other), "exists and is not a dint store or pyramid")
+    (tmp_path / "photo.png").write_bytes(b"my holiday")
+    one_line(run_cli("dint.cli", "render", run_dir, "--out", tmp_path / "photo.zarr"),
+             "its preview")
+    assert (tmp_path / "photo.png").read_bytes() == b"my holiday" and not (tmp_path / "photo.zarr").exists()
+    # Its own pyramid, and the preview beside it, are dint's to replace.
+    fresh = tmp_path / "fresh.zarr"
+    for _ in range(2):
+        assert run_cli("dint.cli", "render", run_dir, "--out", fresh).returncode == 0
+    assert (tmp_path / "fresh.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["bench", "scale"])
+def test_bench_and_scale_write_only_into_their_own_folders(tmp_path, image_store, command):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "bench.json").write_text("my own numbers")
+    extra = ["--teachers", "full"] if command == "bench" else ["--ranks", "1"]
+    result = run_cli("dint.cli", command, "--data.store", image_store, "--train.steps", "2", "--out", out,
+                     "--model.width", "8", "--model.hidden_layers", "1", *extra)
+    one_line(result, "a folder with files dint did not make (no .dint mark in it)")
+    assert (out / "bench.json").read_text() == "my own numbers"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1,
+                              max_size=12).filter(lambda n: n not in (".", "..", MARK)), min_size=1, max_size=4,
+                      unique=True))
+def test_claim_folder_takes_only_new_empty_or_marked_folders(tmp_path_factory, names):
+    folder = tmp_path_factory.mktemp("claim")
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    with pytest.raises(DintError, match="a folder with files dint did not make"):
+        claim_folder(folder, "a test")
+    assert not (folder / MARK).exists()
+    empty = tmp_path_factory.mktemp("empty")
+    claim_folder(empty, "a test")
+    (empty / names[0]).write_bytes(b"dint's")
+    claim_folder(empty, "a test")  # marked: dint's, whatever it holds
+
+
+# --- Rule 2: no two writers on one destination ----------------------------------------------
+
+
+def test_the_final_rename_never_replaces_what_appeared(tmp_path):
+    dest = tmp_path / "out.zarr"
+    with pytest.raises(DintError, match="appeared while dint was writing it"):
+        with staged(dest) as tmp:
+            tmp.mkdir()
+            (tmp / "new").write_text("dint's")
+            dest.mkdir()  # another writer, meanwhile
+            (dest / "theirs").write_text("theirs")
+    assert sorted(p.name for p in dest.iterdir()) == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    empty = tmp_path / "empty"
+    (tmp_path / "src").write_text("x")
+    empty.mkdir()  # even an empty folder is not replaced silently
+    with pytest.raises(DintError):
+        publish(tmp_path / "src", empty)
+
+
+def test_a_second_shard_to_the_same_destination_stops_at_once(tmp_path, png):
+    dest = tmp_path / "s.zarr"
+    with exclusive(dest.with_name(f".{dest.name}.lock"), "writer of this store"):
+        result = run_cli("dint.cli", "shard", png, dest)
+    one_line(result, f"held by dint pid {os.getpid()}")
+    assert not dest.exists()
+
+
+def test_a_second_training_in_one_run_folder_stops_naming_the_first(tmp_path, image_store):
+    run_dir = claim_folder(tmp_path / "run", "a training run")
+    with exclusive(run_dir / ".dint-lock", "training run in this folder"):
+        held = run_cli(*train_args(image_store, run_dir))
+        two_ranks = torchrun(2, "-m", *train_args(image_store, run_dir))
+    one_line(held, f"held by dint pid {os.getpid()}")
+    assert two_ranks.returncode != 0 and f"held by dint pid {os.getpid()}" in two_ranks.stderr, two_ranks.stderr
+    assert not (run_dir / "summary.json").exists()
+    # The holder is gone (its lock with it): the next run trains.
+    assert run_cli(*train_args(image_store, run_dir)).returncode == 0
+
+
+# --- Rule 3: read only what was given --------------------------------------------------------
+
+
+def metaimage(folder: Path, data_file: str) -> Path:
+    header = folder / "vol.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\n"
+                      f"ElementDataFile = {data_file}\n")
+    return header
+
+
+@pytest.mark.parametrize("data_file, says", [
+    ("../../../../../../etc/passwd", "is outside the header's folder"),
+    ("../secret.raw", "is outside the header's folder"),
+    ("/etc/hostname", "is outside the header's folder"),
+    ("LIST", "LIST of files or a file-name pattern"),
+    ("slice%03d.raw 1 2 1", "LIST of files or a file-name pattern"),
+])
+def test_metaimage_data_files_must_lie_beside_the_header(tmp_path, data_file, says):
+    folder = tmp_path / "vol"
+    folder.mkdir()
+    (tmp_path / "secret.raw").write_bytes(bytes(8))
+    header = metaimage(folder, data_file)
+    one_line(run_cli("dint.cli", "shard", header, tmp_path / "v.zarr"), says)
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_metaimage_beside_the_header_still_reads(tmp_path):
+    folder = tmp_path / "vol"
+    folder.mkdir()
+    (folder / "vol.raw").write_bytes(bytes(range(8)))
+    result = run_cli("dint.cli", "shard", metaimage(folder, "vol.raw"), tmp_path / "v.zarr")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_tile_linking_out_of_its_folder_is_refused(tmp_path):
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    write_png(tiles / "tile_0_0.png", smooth_image(8, 8))
+    outside = write_png(tmp_path / "elsewhere.png", smooth_image(8, 8))
+    (tiles / "tile_0_1.png").symlink_to(outside)
+    one_line(run_cli("dint.cli", "shard", tiles, tmp_path / "t.zarr"), "outside the tile folder")
+
+
+# --- Rule 5: every way a run ends leaves nothing half-made -----------------------------------
+
+
+def test_sigterm_during_sharding_leaves_nothing(tmp_path):
+    source = tmp_path / "big.npy"
+    np.save(source, np.random.default_rng(0).random((160, 160, 160), dtype=np.float32))
+    dest = tmp_path / "big.zarr"
+    process = subprocess.Popen([sys.executable, "-m", "dint.cli", "shard", str(source), str(dest), "--chunk", "16"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob(".big.tmp-*")):
+        time.sleep(0.01)
+    assert list(tmp_path.glob(".big.tmp-*")), "the conversion never started"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM; nothing half-written was left" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, png):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    dest = tmp_path / "s.zarr"
+    host, _, random = new_token().split(".")
+    stale = staging_path(dest, f"{host}.{dead_pid}.{random}")
+    live = staging_path(dest, new_token())  # this process: alive
+    other_host = staging_path(dest, f"{int(host, 16) ^ 1:08x}.{dead_pid}.{random}")
+    old_link = tmp_path / f".{dest.name}.old-{host}.{dead_pid}.{random}"
+    for path in (stale, live, other_host):
+        path.mkdir()
+    old_link.symlink_to(tmp_path / "nowhere")
+    unrelated = tmp_path / ".s.tmp-notdints.zarr"
+    unrelated.mkdir()
+    assert run_cli("dint.cli", "shard", png, dest).returncode == 0
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert stale.name not in left and old_link.name not in left
+    assert {live.name, other_host.name, unrelated.name, "s.zarr"} <= set(left)
+    remove_stale(dest)  # idempotent, and leaves the live one
+    assert live.exists()
+
+
+# --- Rule 6: errors say the real cause, safely -----------------------------------------------
+
+
+def test_an_os_error_is_one_line(tmp_path, png):
+    one_line(run_cli("dint.cli", "shard", png, "/proc/dint-test.zarr"), "/proc")
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("value_range", [0, 1e-300], "is too narrow for float32"),
+    ("value_range", [-3e38, 3e38], "overflows float32"),
+    ("value_range", [0, 1e308], "overflows float32"),
+    ("domain", [[-1e300, 1e300], [-1, 1]], "overflows float32 at axis 0"),
+    ("domain", [[-1, 1], [1e30, 1.000000001e30]], "is too narrow for float32 at axis 1"),
+])
+def test_stores_whose_ranges_overflow_float32_are_refused_naming_the_attribute(tmp_path, key, value, says):
+    store = make_image_store(tmp_path)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["dint"][key] = value
+    (store / "zarr.json").write_text(json.dumps(meta))
+    one_line(run_cli("dint.cli", "info", store), f"store attribute '{key}'")
+    one_line(run_cli("dint.cli", "info", store), says)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.floats(allow_nan=False, allow_infinity=False), width=st.floats(min_value=0, allow_nan=False,
+                                                                             allow_infinity=False))
+def test_float32_problem_holds_exactly_when_float32_fails(lo, width):
+    from dint.store import SignalInfo
+
+    hi = lo + width
+    if not lo < hi:
+        return
+    info = SignalInfo(modality="audio", shape=(4,), channels=1, dtype="float64", value_range=(lo, hi),
+                      domain=((-1.0, 1.0),), chunks=(4,), source_name="x", source_sha256="0")
+    with np.errstate(over="ignore"):
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        usable = bool(np.isfinite(np.float32(hi32 - lo32)) and np.float32(hi32 - lo32) >= np.finfo(np.float32).tiny)
+    assert (info.float32_problem() is None) == usable
+    if usable:  # the mapping to [-1, 1] is finite at both ends
+        from dint.store import to_training
+
+        ends = to_training(np.array([lo32, hi32], dtype=np.float32), info.value_range)
+        assert np.isfinite(ends).all()
+
+
+def test_values_beyond_float32_are_refused_when_sharding(tmp_path):
+    source = tmp_path / "huge.npy"
+    np.save(source, np.array([0.0, 1e300, -1e300, 5.0])[:, None].repeat(2, axis=1).reshape(2, 2, 2))
+    one_line(run_cli("dint.cli", "shard", source, tmp_path / "h.zarr"), "overflows float32")
+    assert not (tmp_path / "h.zarr").exists()
+
+
+@pytest.mark.parametrize("obj", [
+    "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n",  # one triangle: flat
+    "v 0 0 0\nv 1 1 1\nv 2 2 2\nv 0 0 1\nf 1 2 3\nf 1 2 3\n",  # zero-area faces
+])
+def test_a_flat_or_degenerate_mesh_is_an_error(tmp_path, obj):
+    mesh = tmp_path / "m.obj"
+    mesh.write_text(obj)
+    result = run_cli("dint.cli", "shard", mesh, tmp_path / "m.zarr", "--resolution", "16")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "m.obj" in result.stderr and not (tmp_path / "m.zarr").exists()
+
+
+def test_a_newline_in_a_file_name_is_printed_escaped(tmp_path):
+    result = run_cli("dint.cli", "shard", tmp_path / "a\nb.png", tmp_path / "x.zarr")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "a\\nb.png" in result.stderr, result.stderr
+
+
+def test_a_missing_resume_folder_says_not_found(tmp_path, image_store):
+    missing = tmp_path / "no-such-checkpoint"
+    one_line(run_cli(*train_args(image_store, tmp_path / "run", "--checkpoint.resume", missing)),
+             f"{missing}: checkpoint not found")
+
+
+def test_a_store_declaring_billions_of_chunks_is_refused_at_once(tmp_path):
+    """Checks whose cost grows with the number of chunks stay bounded by the files present."""
+    store = make_image_store(tmp_path)
+    group = json.loads((store / "zarr.json").read_text())
+    group["attributes"]["dint"].update(shape=[65536, 65536], chunks=[1, 1])
+    (store / "zarr.json").write_text(json.dumps(group))
+    array = json.loads((store / "values" / "zarr.json").read_text())
+    array["shape"] = [65536, 65536, 1]
+    array["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1]
+    (store / "values" / "zarr.json").write_text(json.dumps(array))
+    started = time.monotonic()
+    result = run_cli("dint.cli", "info", store, timeout=60)
+    one_line(result, "of 4294967296 chunk files missing")
+    assert time.monotonic() - started < 30
+
+
+# --- Rule 4: refuse before starting what cannot fit -------------------------------------------
+
+
+def cube_obj(path: Path) -> Path:
+    corners = [(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)]
+    faces = [(1, 3, 4), (1, 4, 2), (5, 6, 8), (5, 8, 7), (1, 2, 6), (1, 6, 5), (3, 7, 8), (3, 8, 4), (1, 5, 7),
+             (1, 7, 3), (2, 4, 8), (2, 8, 6)]
+    path.write_text("".join(f"v {x} {y} {z}\n" for x, y, z in corners) + "".join(f"f {a} {b} {c}\n" for a, b, c in faces))
+    return path
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--resolution", "100000"], "chunks, over the 16,777,216 dask can plan on one machine"),
+    (["--resolution", "4096", "--chunk", "1000000"], "--chunk 1000000: "),
+])
+def test_a_mesh_grid_that_cannot_fit_is_refused_at_once(tmp_path, args, says):
+    started = time.monotonic()
+    result = run_cli("dint.cli", "shard", cube_obj(tmp_path / "cube.obj"), tmp_path / "c.zarr", *args, timeout=120)
+    one_line(result, says)
+    assert time.monotonic() - started < 60 and not (tmp_path / "c.zarr").exists()
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading(tmp_path, image_store):
+    result = run_cli(*train_args(image_store, tmp_path / "run", "--model.width", "1000000"))
+    one_line(result, "model.width = 1000000, model.hidden_layers = 1 (weights, gradients")
+    assert "of memory;" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_store_too_large_for_memory_is_refused_unless_it_can_stream(tmp_path):
+    store = make_image_store(tmp_path)
+    group = json.loads((store / "zarr.json").read_text())
+    group["attributes"]["dint"].update(shape=[1000000, 1000000], chunks=[4096, 4096])
+    (store / "zarr.json").write_text(json.dumps(group))
+    array = json.loads((store / "values" / "zarr.json").read_text())
+    array["shape"] = [1000000, 1000000, 1]
+    array["chunk_grid"]["configuration"]["chunk_shape"] = [4096, 4096, 1]
+    array["attributes"] = {}  # a store of before "every chunk stored": missing chunks read as zeros
+    (store / "values" / "zarr.json").write_text(json.dumps(array))
+    result = run_cli(*train_args(store, tmp_path / "run"), timeout=120)
+    one_line(result, "does not fit in half the")
+    assert "set teacher.minibatch" in result.stderr
+
+
+def test_a_render_too_large_is_refused_at_once(tmp_path, image_store):
+    run_dir = tmp_path / "run"
+    assert run_cli(*train_args(image_store, run_dir)).returncode == 0
+    started = time.monotonic()
+    one_line(run_cli("dint.cli", "render", run_dir, "--scale", "1000000", timeout=120), "chunks, over the")
+    assert time.monotonic() - started < 60
+
+
+def png_declaring(path: Path, width: int, height: int, bit_depth: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def npz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("values.npy", header.getvalue() + bytes(4096))
+    return path
+
+
+def nifti_gz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb") as f:
+        f.write(header.binaryblock + bytes(4) + bytes(4096))
+    return path
+
+
+@pytest.mark.parametrize("bomb", [
+    lambda d: png_declaring(d / "b16.png", 20000, 20000, 16),  # Pillow's pixel limit skips 16-bit PNGs
+    lambda d: png_declaring(d / "b8.png", 20000, 20000, 8),
+    lambda d: npz_declaring(d / "b.npz", (4000, 4000, 100)),
+    lambda d: nifti_gz_declaring(d / "b.nii.gz", (2000, 2000, 400)),
+], ids=["png16", "png8", "npz", "nii.gz"])
+def test_decompression_bombs_are_refused_before_inflating(tmp_path, bomb):
+    source = bomb(tmp_path)
+    result = run_cli("dint.cli", "shard", source, tmp_path / "b.zarr",
+                     extra_env={"DINT_MAX_DECODE_BYTES": str(100 << 20)})
+    one_line(result, "DINT_MAX_DECODE_BYTES")
+    assert "declares" in result.stderr and not (tmp_path / "b.zarr").exists()
