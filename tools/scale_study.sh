@@ -23,7 +23,7 @@ shard w2 1600:2112,1600:2112 64
 common=(--model.width 64 --model.hidden_layers 3)
 
 # 1. Selection bytes (the paper's INT, a top-k at every step, 2 ranks, 5 steps).
-for n in 64 256 1024; do
+for n in ${BYTES_SIZES-64 256 1024}; do
   for topk in threshold gather; do
     OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node 2 -m dint.train --data.store "$out/stores/p$n.zarr" \
       --run.dir "$out/bytes/$topk-$n" --run.device cpu "${common[@]}" --train.steps 5 --train.log_every 1 \
@@ -39,7 +39,8 @@ for balance in none alltoall; do
     --steps 30 --eval-every 30 --teacher.balance $balance --out "$out/imbalance-$balance" > /dev/null
   .venv/bin/python -c 'import json, sys
 for r in json.load(open(sys.argv[1]))["records"]:
-    print(f"imbalance ({sys.argv[2]}): {r[\"ranks\"]} ranks: trained {r[\"imbalance\"]:.4f}, selected {r[\"imbalance_before_balance\"]:.4f}, balance bytes/step {r[\"balance_bytes_per_step\"]:,.0f}")' \
+    print("imbalance ({}): {} ranks: trained {:.4f}, selected {:.4f}, balance bytes/step {:,.0f}".format(
+        sys.argv[2], r["ranks"], r["imbalance"], r["imbalance_before_balance"], r["balance_bytes_per_step"]))' \
     "$out/imbalance-$balance/scaling.json" $balance
 done
 
