@@ -5,7 +5,7 @@
     score       t_score   * N/W / refresh          scoring forwards, amortised over refresh steps
     select      t_select  * N/W                     local ranking and drawing over the rank's points
                 + gather:    allgather(12 k_local) + t_select * r N   (every rank merges W x k_local)
-                  threshold: 8 x allreduce(2 KiB)                    (radix rounds, whatever N and W)
+                  threshold: 4 x allreduce(2 KiB)                    (radix rounds of float32 errors)
     balance     alltoall(16 * moved)                moved = the surplus, (1 - 1/imbalance) r N / W
     train       t_train   * r N / W                 forward and backward on the rank's share
     all-reduce  allreduce(4 P)                      the gradients
@@ -28,6 +28,7 @@ import dataclasses
 import math
 
 from dint.model import siren_macs, siren_params
+from dint.teacher import topk_method
 
 # Interconnect assumptions (per GPU, one direction). Sources:
 #   NVLink 4 on H100 SXM: 900 GB/s bidirectional per GPU (NVIDIA H100 datasheet), so 450 GB/s.
@@ -130,7 +131,7 @@ def step_seconds(rates: Rates, world: int, points: int, params: int, ratio: floa
     if topk == "gather":
         select += allgather_seconds(12 * k_local, world, net) + rates.select * ratio * points
     else:
-        select += 8 * allreduce_seconds(2048, world, net)
+        select += 4 * allreduce_seconds(2048, world, net)
     moved = (1 - 1 / imbalance) * k_local
     return {
         "score": rates.score * local / refresh,
@@ -200,7 +201,8 @@ def validate(records: list[dict], in_features: int, out_features: int, config_mo
         ratio = r["points_trained"] / r["steps"] / r["points"]
         scored = sum(r["points_scored_per_rank"]) / r["steps"]
         refresh = max(1, round(r["points"] / scored)) if scored else 10**9
-        parts = step_seconds(rates, r["ranks"], r["points"], r["params"], ratio, refresh, r["topk"],
+        topk = topk_method(r["topk"], round(ratio * r["points"]), r["ranks"])
+        parts = step_seconds(rates, r["ranks"], r["points"], r["params"], ratio, refresh, topk,
                              max(1.0, r["imbalance_before_balance"]) if r["balance"] == "alltoall" else 1.0, net)
         out.append({"ranks": r["ranks"], "measured": r["seconds_per_step"], "modelled": sum(parts.values())})
     return out

@@ -79,7 +79,7 @@ class SignalInfo:
         for key, intervals in (("value_range", [self.value_range]), ("domain", list(self.domain))):
             for axis, (lo, hi) in enumerate(intervals):
                 where = f" at axis {axis}" if key == "domain" else ""
-                with np.errstate(over="ignore"):
+                with np.errstate(over="ignore", invalid="ignore"):
                     lo32, hi32 = np.float32(lo), np.float32(hi)
                     span = np.float32(hi32 - lo32)
                 if not (np.isfinite(lo32) and np.isfinite(hi32) and np.isfinite(span)):
@@ -287,7 +287,7 @@ def _store_on_cluster(stored, address: str) -> None:
     except ImportError:
         raise DintError("--scheduler needs dask.distributed: pip install distributed") from None
     try:
-        client = Client(address, timeout="20s", set_as_default=False)
+        client = Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise DintError(f"--scheduler {address}: cannot reach the dask scheduler ({_one_line(e)})") from None
     with client:

@@ -130,24 +130,33 @@ _SIGN = -(1 << 63)
 def select_topk_threshold(scores: torch.Tensor, k: int, id_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """The same selection as `select_topk`, found without gathering candidates.
 
-    The global k-th score is found by radix select: scores become order-preserving 64-bit
-    keys, and each round all-reduces a 256-bin histogram of the next 8 bits of the keys still
-    in the running, so a rank sends a few kilobytes whatever k, the number of points and the
-    number of ranks. When more points tie at the k-th score than places are left, the ties are
-    settled the same way on the tied points' global ids (lower id first). Returns this rank's
-    positions, ascending.
+    The global k-th score is found by radix select: scores become order-preserving integer
+    keys as wide as they are (32 bits for float32 errors), and each round all-reduces a 256-bin
+    histogram of the next 8 bits of the keys still in the running, so a rank sends a few
+    kilobytes whatever k, the number of points and the number of ranks. When more points tie
+    at the k-th score than places are left, the ties are settled the same way on the tied
+    points' global ids (lower id first). Returns this rank's positions, ascending.
     """
-    scores = worst_first(scores).double() + 0.0  # -0.0 ties 0.0, as in comparisons
+    scores = worst_first(scores) + 0.0  # -0.0 ties 0.0, as in comparisons
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.double()
     device = scores.device
     total = int(all_reduce_sum(torch.tensor([scores.shape[0]], device=device)).item())
     if k >= total:
         return torch.arange(scores.shape[0], device=device)
     if k <= 0:
         return torch.empty(0, dtype=torch.int64, device=device)
-    bits = scores.view(torch.int64)
-    keys = bits ^ ((bits >> 63) & ~_SIGN)  # signed order of the keys = order of the scores
-    kth, above, tied_total = _radix_select(keys ^ _SIGN, k, largest=True)
-    kth ^= _SIGN
+    # Order-preserving integer keys, no wider than the scores: float32 errors need 4 rounds.
+    if scores.dtype == torch.float32:
+        bits = scores.view(torch.int32).to(torch.int64)
+        keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed order of the keys = order of the scores
+        kth, above, tied_total = _radix_select(keys + (1 << 31), k, largest=True, bits=32)
+        kth -= 1 << 31
+    else:
+        bits = scores.view(torch.int64)
+        keys = bits ^ ((bits >> 63) & ~_SIGN)
+        kth, above, tied_total = _radix_select(keys ^ _SIGN, k, largest=True)
+        kth ^= _SIGN
     chosen = keys >= kth
     if above + tied_total > k:  # more points tied at the k-th score than places left: lower ids first
         chosen = keys > kth

@@ -360,7 +360,7 @@ def test_float32_problem_holds_exactly_when_float32_fails(lo, width):
         return
     info = SignalInfo(modality="audio", shape=(4,), channels=1, dtype="float64", value_range=(lo, hi),
                       domain=((-1.0, 1.0),), chunks=(4,), source_name="x", source_sha256="0")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         lo32, hi32 = np.float32(lo), np.float32(hi)
         usable = bool(np.isfinite(np.float32(hi32 - lo32)) and np.float32(hi32 - lo32) >= np.finfo(np.float32).tiny)
     assert (info.float32_problem() is None) == usable
