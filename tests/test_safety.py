@@ -519,3 +519,76 @@ def test_decompression_bombs_are_refused_before_inflating(tmp_path, bomb):
                      extra_env={"DINT_MAX_DECODE_BYTES": str(100 << 20)})
     one_line(result, "DINT_MAX_DECODE_BYTES")
     assert "declares" in result.stderr and not (tmp_path / "b.zarr").exists()
+
+
+# --- Property-based: any attribute, config value or header is accepted or refused in one line ---
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                 max_size=4), max_leaves=12)
+_ATTRIBUTE_KEYS = ["format_version", "modality", "shape", "channels", "dtype", "value_range", "domain", "chunks",
+                   "source", "extra"]
+
+
+@pytest.fixture(scope="module")
+def attribute_store(tmp_path_factory):
+    return make_image_store(tmp_path_factory.mktemp("attrs"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(_ATTRIBUTE_KEYS), value=_json)
+def test_any_store_attribute_value_is_accepted_or_refused_naming_it(attribute_store, key, value):
+    from dint.store import SignalInfo
+
+    attrs = json.loads((attribute_store / "zarr.json").read_text())["attributes"]["dint"]
+    attrs[key] = value
+    try:
+        info = SignalInfo.from_attrs(attrs, "S.zarr")
+    except DintError as e:
+        message = str(e)
+        assert message.startswith("S.zarr: ") and "\n" not in message
+        assert key in message or "modality" in message or "format version" in message
+        return
+    assert info.float32_problem() is None  # what is accepted can be trained in float32
+
+
+_CONFIG_KEYS = ["train.steps", "train.lr", "train.micro_batch", "teacher.ratio", "teacher.strategy",
+                "teacher.topk", "teacher.balance", "teacher.random_share", "teacher.error_refresh", "model.width",
+                "model.init_scale", "data.memory_budget", "data.domain", "eval.sample", "checkpoint.keep"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(_CONFIG_KEYS),
+       value=st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+       | st.integers(-2**64, 2**64).map(str) | st.floats().map(repr))
+def test_any_config_value_is_accepted_or_refused_naming_the_key(key, value):
+    from dint.config import load_config
+
+    try:
+        load_config(None, {"data.store": "S.zarr", key: value})
+    except DintError as e:
+        assert key in str(e), (key, value, str(e))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data_file=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\0"), min_size=1,
+                         max_size=20))
+def test_any_metaimage_data_file_is_read_only_inside_the_header_folder(tmp_path_factory, data_file):
+    """Whatever ElementDataFile says, dint reads a file only if it resolves inside the header's
+    folder; anything else is refused before SimpleITK opens it."""
+    from dint.readers import ReadOptions, read_source
+
+    folder = tmp_path_factory.mktemp("mhd") / "inner"
+    folder.mkdir()
+    header = metaimage(folder, data_file)
+    name = data_file.strip()
+    inside = (not name.upper().startswith("LIST") and "%" not in name
+              and (name.upper() == "LOCAL" or folder.resolve() in (folder / name).resolve().parents))
+    try:
+        read_source(header, ReadOptions())
+    except DintError as e:
+        assert "\n" not in str(e)
+        if not inside:
+            assert "ElementDataFile" in str(e), str(e)
+        return
+    assert inside, data_file
