@@ -22,7 +22,7 @@ from pathlib import Path
 from dint.config import TeacherConfig, load_config
 from dint.errors import DintError
 from dint.distributed.utils import on_rank0
-from dint.files import anything, claim_folder, staged
+from dint.files import claim_folder, write_outputs
 
 REFERENCE = "full"
 DEFAULT_TEACHERS = "full,uniform,int,default"
@@ -134,13 +134,10 @@ def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str
                 "time_to_reference": time_to_reach(curve, reference),
             })
     result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
-    if is_main:  # in the folder claimed above: whatever is there is dint's
-        with staged(out / "bench.json", may_replace=anything) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-        with staged(out / "bench.md", may_replace=anything) as tmp:
-            tmp.write_text(table(result) + "\n")
-        with staged(out / "quality_vs_time.png", may_replace=anything) as tmp:
-            plot(result, tmp)
+    if is_main:  # into the folder claimed above
+        write_outputs(out, {"bench.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
+                            "bench.md": lambda tmp: tmp.write_text(table(result) + "\n"),
+                            "quality_vs_time.png": lambda tmp: plot(result, tmp)})
     return result
 
 

@@ -362,15 +362,12 @@ def _check_shard_fits(info: SignalInfo, chunk: Optional[int]) -> None:
 
 
 def _parse_resolution(text: str, ndim: int) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        sizes = ()
+    sizes = _int_list("--resolution", text)
     if len(sizes) == 1:
         sizes = sizes * ndim
-    if len(sizes) != ndim or min(sizes) < 1:
+    if len(sizes) != ndim:
         raise DintError(f"--resolution {text}: expected one positive size, or {ndim} separated by commas")
-    return sizes
+    return tuple(sizes)
 
 
 @one_line_errors("dint bench")

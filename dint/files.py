@@ -139,6 +139,13 @@ def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], b
         raise
 
 
+def write_outputs(folder: Path, writers: dict[str, Callable[[Path], object]]) -> None:
+    """Write each named file of a folder dint claimed (`claim_folder`), staged: {name: write(tmp)}."""
+    for name, write in writers.items():
+        with staged(Path(folder) / name, may_replace=anything) as tmp:
+            write(tmp)
+
+
 def remove_stale(dest: Path) -> None:
     """Remove what dead dint processes on this host left beside `dest` (staging and set-aside
     names of `dest`); anything of a live process, or of another host, is left."""

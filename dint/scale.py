@@ -34,7 +34,7 @@ from dint.bench import time_to_reach
 from dint.config import load_config
 from dint.distributed.launch import torchrun_command
 from dint.errors import DintError
-from dint.files import anything, claim_folder, staged
+from dint.files import claim_folder, write_outputs
 
 # The step's parts, as dint.train's timers measure them on rank 0 (seconds per step).
 PARTS = ("score", "topk_merge", "balance", "forward_backward", "allreduce", "optimizer")
@@ -166,21 +166,17 @@ def report(records: list[dict], mode: str, out: Path, target: float | None) -> d
     records = [record_of(Path(r["run_dir"]), r["ranks"], r["nodes"], target) for r in records]
     add_relative(records)
     result = {"mode": mode, "target_psnr": target, "records": sorted(records, key=lambda r: (r["ranks"], r["nodes"]))}
-    claim_folder(out, "dint scale's outputs")
-    with staged(out / "scaling.json", may_replace=anything) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    with staged(out / "scaling.md", may_replace=anything) as tmp:
-        tmp.write_text(table(result) + "\n")
-    with staged(out / "scaling.png", may_replace=anything) as tmp:
-        plot_scaling(result, tmp)
-    with staged(out / "step_split.png", may_replace=anything) as tmp:
-        plot_split(result, tmp)
     model = modelled(result["records"])
+    claim_folder(out, "dint scale's outputs")
+    write_outputs(out, {
+        "scaling.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
+        "scaling.md": lambda tmp: tmp.write_text(table(result) + "\n"),
+        "scaling.png": lambda tmp: plot_scaling(result, tmp),
+        "step_split.png": lambda tmp: plot_split(result, tmp),
+        "cost_model.json": lambda tmp: tmp.write_text(json.dumps(model, indent=2) + "\n"),
+        "cost_model.md": lambda tmp: tmp.write_text(model["markdown"] + "\n"),
+    })
     result["cost_model"] = model
-    with staged(out / "cost_model.json", may_replace=anything) as tmp:
-        tmp.write_text(json.dumps(model, indent=2) + "\n")
-    with staged(out / "cost_model.md", may_replace=anything) as tmp:
-        tmp.write_text(model["markdown"] + "\n")
     return result
 
 
