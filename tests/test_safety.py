@@ -14,6 +14,7 @@ what it was given, stops cleanly on SIGTERM, and says the real cause in one line
 | a MetaImage header whose ElementDataFile is outside its folder (`../../etc/passwd`, an absolute path) | `dint-shard: error: H.mhd: ElementDataFile = '../../etc/passwd' is outside the header's folder; dint reads only a data file beside the header` |
 | a MetaImage header with a LIST of data files or a name pattern | `dint-shard: error: H.mhd: ElementDataFile = 'LIST': data spread over a LIST of files or a file-name pattern is not read; name one data file beside the header` |
 | a tile that links out of its folder | `dint-shard: error: T/tile_0_1.png: links to /elsewhere/x.png, outside the tile folder; dint reads only the tiles in it` |
+| a zarr source holding a link (a chunk file, a sub-folder) out of its folder | `dint-shard: error: IN.zarr/c: links to /elsewhere/c, outside the zarr folder IN.zarr; dint reads only what is inside it` |
 | SIGTERM during `dint-shard` (timeout, Slurm, Kubernetes) | `dint-shard: stopped by SIGTERM; nothing half-written was left`, exit code 143, no `.DEST.tmp-*` |
 | a staging folder left by a killed dint process | removed by the next dint run writing that destination (one of a live process, or of another host, is left) |
 | an OS error (DEST under /proc, a read-only folder) | `dint-shard: error: PATH: Operation not permitted` (one line, exit 2) |
@@ -592,3 +593,25 @@ def test_any_metaimage_data_file_is_read_only_inside_the_header_folder(tmp_path_
             assert "ElementDataFile" in str(e), str(e)
         return
     assert inside, data_file
+
+
+@pytest.mark.parametrize("link", ["a chunk file", "a sub-folder"])
+def test_a_zarr_source_linking_out_of_its_folder_is_refused(tmp_path, link):
+    import zarr
+
+    source = tmp_path / "in.zarr"
+    array = zarr.create_array(str(source), shape=(4, 4, 4), chunks=(2, 4, 4), dtype="uint8")
+    array[:] = 7
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    if link == "a chunk file":
+        chunk = next(p for p in source.rglob("*") if p.is_file() and p.name != "zarr.json")
+        (secret / "c").write_bytes(chunk.read_bytes())
+        chunk.unlink()
+        chunk.symlink_to(secret / "c")
+    else:
+        folder = source / "c"
+        folder.rename(secret / "c")
+        folder.symlink_to(secret / "c")
+    one_line(run_cli("dint.cli", "shard", source, tmp_path / "out.zarr"), "outside the zarr folder")
+    assert not (tmp_path / "out.zarr").exists()

@@ -27,6 +27,7 @@ Voxel spacing, where the file has it, is kept as extra["spacing"] in (Z, Y, X) o
 from __future__ import annotations
 
 import math
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -235,11 +236,24 @@ def _read_raw(path: Path, options: ReadOptions) -> Source:
 # zarr
 
 
+def _check_links_inside(folder: Path) -> None:
+    """A zarr folder may hold links (to chunk files, to sub-folders): each must resolve inside
+    the folder, or dint would read what it was not given. One walk over what is there."""
+    root = folder.resolve()
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            entry = Path(parent) / name
+            if entry.is_symlink() and root not in entry.resolve().parents:
+                raise DintError(f"{shown(entry)}: links to {shown(entry.resolve())}, outside the zarr folder "
+                                f"{shown(folder)}; dint reads only what is inside it")
+
+
 def _read_zarr(path: Path, options: ReadOptions) -> Source:
     import zarr
 
     if not path.is_dir():
         raise DintError(f"{path}: expected a zarr folder")
+    _check_links_inside(path)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:
