@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -134,9 +135,21 @@ def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], b
     try:
         yield tmp
         publish(tmp, dest, may_replace)
-    except BaseException:
+    except BaseException as e:
         remove(tmp)
+        if isinstance(e, KeyboardInterrupt):
+            _remove_late_writes(tmp)
         raise
+
+
+def _remove_late_writes(tmp: Path, seconds: float = 1.0) -> None:
+    """After an interrupt (Ctrl-C, SIGTERM), a write already handed to another thread (zarr's
+    I/O loop) may still land and recreate `tmp`: watch for a moment and remove it again."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if os.path.lexists(tmp):
+            remove(tmp)
 
 
 def write_outputs(folder: Path, writers: dict[str, Callable[[Path], object]]) -> None:

@@ -367,10 +367,13 @@ def _check_data_file_inside(path: Path) -> None:
     path), a LIST of files or a name pattern: dint reads only one data file beside the header
     (inside its folder, links resolved), or the header's own LOCAL data."""
     data_file = _metaimage_fields(path).get("ElementDataFile", "")
+    if not data_file:  # SimpleITK would guess where the data is
+        raise DintError(f"{shown(path)}: ElementDataFile is missing or empty; name the data file beside the header, "
+                        "or LOCAL")
     if data_file.upper().startswith("LIST") or "%" in data_file:
         raise DintError(f"{shown(path)}: ElementDataFile = {data_file!r}: data spread over a LIST of files or a "
                         "file-name pattern is not read; name one data file beside the header")
-    if not data_file or data_file.upper() == "LOCAL":
+    if data_file.upper() == "LOCAL":
         return
     folder = path.parent.resolve()
     if folder not in (folder / data_file).resolve().parents:
