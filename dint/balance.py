@@ -78,11 +78,10 @@ class BalancedSelection:
         self.received_coords = moved[:, :ndim]
         self.received_targets = moved[:, ndim:ndim + channels]
         self.received_weights = moved[:, ndim + channels] if selection.weights is not None else None
-        memory = selection.memory
-        self.memory = memory
+        self.memory = selection.memory
         # The errors the training forward sees at the received points, to send back (error reuse).
         self.returned = torch.zeros(moved.shape[0], dtype=torch.float32, device=moved.device) \
-            if memory is not None else None
+            if self.memory is not None else None
 
     # Selection's interface, as the trainer and the metrics use it.
     def __getattr__(self, name: str):

@@ -68,7 +68,7 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
         warn(f"rank(s) {', '.join(map(str, idle))} hold no point and train nothing: the store has {len(grid)} "
              f"chunk(s) for {len(counts)} ranks (shard it with a smaller --chunk)")
     if budget == 0:  # no budget set: the machine's memory is the budget
-        budget = _budget_from_memory(config, share, len(counts), device)
+        budget = _budget_from_memory(config, share, device)
     # Every rank must take the same branch: stream if any rank's share is over budget.
     if not all_reduce_max(torch.tensor([int(budget > 0 and share > budget)], device=device)):
         shard = Shard(store, chunk_ids, device, info)
@@ -87,7 +87,7 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
     return WholeSignalStreamed(teacher, stream, counts)
 
 
-def _budget_from_memory(config: Config, share: int, world_size: int, device: torch.device) -> int:
+def _budget_from_memory(config: Config, share: int, device: torch.device) -> int:
     """Without data.memory_budget: 0 (hold the share in memory) when every rank's share fits in
     half the memory available to it, else a budget to stream within (mini-batches, `full`),
     else a refusal (collective: every rank decides alike)."""

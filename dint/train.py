@@ -228,7 +228,7 @@ class Trainer:
         summary = {
             "final_psnr": quality["psnr"], **({"iou": quality["iou"]} if "iou" in quality else {}),
             "steps": c.train.steps, "world_size": self.dist.world_size,
-            "nodes": self.dist.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size)), "teacher": c.teacher.strategy,
+            "nodes": self.dist.world_size // local_ranks(), "teacher": c.teacher.strategy,
             "engine": c.train.engine, "device": str(self.dist.device), "store": str(self.store.path),
             "modality": self.info.modality, "points": self.info.num_points,
             "ndim": self.info.ndim, "channels": self.info.channels,
