@@ -19,6 +19,8 @@ import os
 import statistics
 from pathlib import Path
 
+from dint.components.metrics import quality_curve, time_to_reach
+from dint.components.plots import quality_vs_time
 from dint.config import TeacherConfig, load_config
 from dint.errors import DintError
 from dint.distributed.utils import on_rank0
@@ -58,20 +60,6 @@ def _text(value: object) -> str:
     return json.dumps(value) if isinstance(value, (list, bool)) else str(value)
 
 
-def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
-    """The training time at which `curve` ([(seconds, quality)], in time order) first reaches
-    `target`, interpolated linearly between evaluations; None if it never does."""
-    previous = None
-    for seconds, quality in curve:
-        if quality >= target:
-            if previous is None or previous[1] >= target:
-                return seconds
-            (t0, q0) = previous
-            return t0 + (seconds - t0) * (target - q0) / (quality - q0)
-        previous = (seconds, quality)
-    return None
-
-
 def relative_settings(config_path: str | None, overrides: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
     """Settings with every `xF` value replaced by F times the config's value (an int stays an int)."""
     relative = {k: v for k, v in settings.items() if v.startswith("x")}
@@ -104,8 +92,7 @@ def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[s
     trainer = Trainer(config)
     summary = trainer.train()
     key = "iou" if trainer.info.modality == "shape" else "psnr"
-    curve = [(r["select_seconds"] + r["balance_seconds"] + r["update_seconds"], r[key])
-             for r in trainer.metrics.history if r.get(key) is not None]
+    curve = quality_curve(trainer.metrics.history, key)
     return {"summary": summary, "curve": curve, "quality_key": key, "config": config}
 
 
@@ -181,26 +168,13 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    colours = {}
+    colours, curves = {}, []
     for run in result["runs"]:
-        curve = run["curve"]
         colour = colours.setdefault(run["teacher"], f"C{len(colours) % 10}")
-        axes.plot([t for t, _ in curve], [q for _, q in curve], color=colour, alpha=0.9 if run["repeat"] == 0 else 0.4,
-                  label=run["teacher"] if run["repeat"] == 0 else None)
+        curves.append({"curve": run["curve"], "colour": colour, "alpha": 0.9 if run["repeat"] == 0 else 0.4,
+                       "label": run["teacher"] if run["repeat"] == 0 else None})
     reference = [r[f"final_{result['quality']}"] for r in result["runs"] if r["teacher"] == result["reference"]]
+    line = None
     if reference and all(math.isfinite(q) for q in reference):
-        axes.axhline(statistics.fmean(reference), color="grey", linestyle=":", linewidth=1,
-                     label=f"{result['reference']}'s final")
-    axes.set_xlabel("training seconds (selection + update)")
-    axes.set_ylabel(result["quality"].upper() + (" (dB)" if result["quality"] == "psnr" else ""))
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        line = (statistics.fmean(reference), f"{result['reference']}'s final")
+    quality_vs_time(curves, path, result["quality"], line)

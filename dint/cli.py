@@ -15,7 +15,7 @@ import typer
 
 from dint.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
 from dint.readers import MODALITY_CHOICES, ReadOptions, read_source
-from dint.files import sha256_of, shown
+from dint.files import check_input, real_path, sha256_of, shown
 from dint.store import SignalInfo, check_chunk_count, check_destination, default_chunks, default_domain, open_store, write_store
 
 BUILTIN_SIGNALS = {
@@ -86,7 +86,8 @@ def shard(
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
     path = resolve_source(src)
-    source, target = path.resolve(), dest.resolve()
+    check_input(path, "file")
+    source, target = real_path(path), real_path(dest)
     if target == source or target in source.parents:
         raise DintError(f"{shown(dest)}: is or contains the source {shown(src)}; dint never writes over its input")
     check_destination(dest, overwrite)
@@ -331,7 +332,8 @@ def _check_render_destination(dest: Path, run_dir: Path) -> bool:
     from dint.render import preview_names
 
     if not dest.parent.is_dir():
-        raise DintError(f"{shown(dest.parent)}: output folder does not exist")
+        raise DintError(f"{shown(dest.parent)}: " + ("not a folder, so nothing can be written inside it"
+                                                      if os.path.lexists(dest.parent) else "output folder does not exist"))
     resolved, run = dest.resolve(), run_dir.resolve()
     if resolved == run or resolved in run.parents:
         raise DintError(f"--out {shown(dest)}: would replace the run folder")
@@ -477,11 +479,30 @@ def scale(
           f"{out / 'step_split.png'}")
 
 
+@one_line_errors("dint report")
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders (run.dir of trainings), finished or still training."),
+    target: Optional[float] = typer.Option(None, "--target", help="Quality (PSNR in dB, IoU for shapes) whose time "
+                                           "to reach is compared; default: the highest every run has reached."),
+    plot: Path = typer.Option(Path("report.png"), "--plot", help="Where to write the plot of quality against "
+                              "training time (replaces only a PNG dint wrote)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Print the table only."),
+) -> None:
+    """Compare runs: state, teacher, steps, quality, training seconds and time to a quality,
+    as a table, and their quality against training time as a plot."""
+    from dint.report import report as make_report
+
+    print(make_report(runs, target, None if no_plot else plot))
+    if not no_plot:
+        print(f"dint report: wrote {plot}")
+
+
 app.command("shard")(shard)
 app.command("info")(info)
 app.command("render")(render)
 app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(bench)
 app.command("scale", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(scale)
+app.command("report")(report)
 shard_app.command()(shard)
 
 if __name__ == "__main__":

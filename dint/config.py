@@ -17,6 +17,7 @@ from typing import Any, Callable
 import tomli_w
 
 from dint.errors import DintError
+from dint.files import check_input
 
 # The choices of each key, here so that reading a config imports no torch.
 DEVICES = ("auto", "cpu", "cuda")
@@ -187,6 +188,34 @@ class CheckpointConfig:
         _require(fail, self, positive=("keep",), non_negative=("every",))
 
 
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
+
+
+def map_steps(entries: list, steps: int) -> list[int]:
+    """metrics.selection_maps as steps: an int is a step, "P%" the step P% of the way through."""
+    resolved = {entry if isinstance(entry, int) else max(1, round(float(_PERCENT.fullmatch(entry).group(1)) / 100 * steps))
+                for entry in entries}
+    return sorted(resolved)
+
+
+@dataclasses.dataclass
+class MetricsConfig:
+    tensorboard: bool = True  # run.dir/tensorboard/: scalars at logged steps, pictures at evaluations (rank 0)
+    # Steps whose selection run.dir/selection.png shows (steps, or "P%" of the run); []: no maps.
+    selection_maps: list = dataclasses.field(default_factory=lambda: [1, "25%", "50%", "100%"])
+    map_size: int = 512  # longest side of a map or picture, in bins of points (huge signals are binned)
+    plots: bool = True  # run.dir/quality.png at the end: quality and loss against steps and seconds
+
+    def validate(self, fail: Fail) -> None:
+        _require(fail, self, positive=("map_size",))
+        for entry in self.selection_maps:
+            is_step = isinstance(entry, int) and not isinstance(entry, bool) and entry >= 1
+            is_share = isinstance(entry, str) and (m := _PERCENT.fullmatch(entry)) and 0 < float(m.group(1)) <= 100
+            if not (is_step or is_share):
+                fail("selection_maps", f"has {entry!r}: each entry is a step (an integer >= 1) or a share of the "
+                     "run such as \"25%\"")
+
+
 @dataclasses.dataclass
 class Config:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
@@ -196,6 +225,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,6 +240,9 @@ class Config:
                 fail(key, "must be a finite number")
         for section in _sections():
             getattr(self, section).validate(lambda name, problem, s=section: fail(f"{s}.{name}", problem))
+        late = [entry for entry in self.metrics.selection_maps if isinstance(entry, int) and entry > self.train.steps]
+        if late:
+            fail("metrics.selection_maps", f"has step {late[0]}, past train.steps = {self.train.steps}")
         if self.data.memory_budget_bytes and self.teacher.minibatch == 0 and self.teacher.strategy != "full":
             fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
                  "unless teacher.strategy = \"full\"")
@@ -318,6 +351,7 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
     if path is not None:
         path = Path(path)
         try:
+            check_input(path, "config file")
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise DintError(f"{path}: config file not found") from None
@@ -341,7 +375,7 @@ USAGE = """usage: python -m dint.train --config PATH [--section.key VALUE ...] [
        torchrun --nproc_per_node N -m dint.train --config PATH [--section.key VALUE ...]
 
 Train one SIREN over a dint store with Implicit Neural Teaching. Every key of the config
-(sections run, data, model, teacher, train, eval, checkpoint) can be set in the TOML file
+(sections run, data, model, teacher, train, eval, checkpoint, metrics) can be set in the TOML file
 and overridden on the command line, e.g. --train.steps 100 or --teacher.strategy=uniform.
 
   --config PATH     the TOML config (configs/demo.toml, configs/cpu/, configs/paper/)

@@ -8,10 +8,11 @@ occupancy, at or below 0 for a signed distance.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
+from dint.maps import FieldMaps
 from dint.config import EvalConfig
 from dint.data import Shard
 from dint.distributed.utils import all_reduce_sum
@@ -40,14 +41,18 @@ class Evaluator:
         self.described = {"sampled": self.sample is not None, "points": config.sample or info.num_points}
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module) -> dict:
+    def __call__(self, model: torch.nn.Module, maps: FieldMaps | None = None) -> dict:
+        """{"psnr": dB} (and "iou" for shapes); `maps`, when given, are fed the same forwards
+        (dint.maps), so pictures of the fit cost no second pass (collective)."""
         shape = self.info.modality == "shape"
         if shape:
             surface, above = inside_threshold(self.info)
             level = to_training(surface, self.info.value_range)
         # [squared error, points, intersection, union], in float64 so large signals sum exactly enough
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        for prediction, target in self._batches(model):
+        for prediction, target, where in self._batches(model):
+            if maps is not None:
+                maps.add(where(), prediction, target)
             sums[0] += (prediction - target).double().square().sum()
             sums[1] += target.shape[0]
             if shape:
@@ -61,24 +66,27 @@ class Evaluator:
             result["iou"] = iou(sums[2].item(), sums[3].item())
         return result
 
-    def _batches(self, model: torch.nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, model: torch.nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable]]:
+        """(prediction, target, where) by blocks; where() gives the points' integer positions."""
         block = self.block_points
         if self.sample is not None:
-            coords, targets = self.sample
+            coords, targets, positions = self.sample
             for start in range(0, coords.shape[0], block):
-                yield model(coords[start : start + block]), targets[start : start + block]
+                end = start + block
+                yield model(coords[start:end]), targets[start:end], lambda s=start, e=end: positions[s:e]
             return
         for shard in self.shards:
             for local in shard.blocks(block):
-                yield model(shard.coords(local)), shard.targets(local)
+                yield model(shard.coords(local)), shard.targets(local), lambda s=shard, i=local: s.multi_index(i)
 
-    def _sample(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coordinates and targets of this rank's part of a fixed random sample of points."""
+    def _sample(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Coordinates, targets and positions of this rank's part of a fixed random sample of points."""
         generator = torch.Generator().manual_seed(seed + 1)
         wanted = torch.randint(0, self.info.num_points, (size,), generator=generator).unique().to(self.device)
-        coords, targets = [], []
+        coords, targets, positions = [], [], []
         for shard in self.shards:
             _, local = shard.local_index(wanted)
             coords.append(shard.coords(local))
             targets.append(shard.targets(local))
-        return torch.cat(coords), torch.cat(targets)
+            positions.append(shard.multi_index(local))
+        return torch.cat(coords), torch.cat(targets), torch.cat(positions)

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 import uuid
 import zlib
@@ -37,6 +38,7 @@ from typing import Callable, Iterator
 from dint.errors import DintError, escaped
 
 MARK = ".dint"  # in a folder dint claimed for its outputs
+RUN_LOCK = ".dint-lock"  # in a run folder, held by rank 0 while a training runs there (dint.train)
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 _STAGING = re.compile(r"^\.(?P<stem>.*)\.(?:tmp|old)-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>.*)$")
 
@@ -255,6 +257,62 @@ def exclusive(lock_file: Path, what: str, remove_after: bool = False) -> Iterato
             with contextlib.suppress(OSError):
                 os.unlink(lock_file)
         os.close(fd)  # releases the lock
+
+
+# --- What dint reads -------------------------------------------------------------------------
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def check_input(path: Path, what: str = "input") -> None:
+    """Refuse, in one line, an input that is not a regular file or a folder: reading a named
+    pipe or a device blocks or never ends, and a symlink loop has nothing to read."""
+    try:
+        mode = os.stat(path).st_mode  # through links, to what would be read
+    except FileNotFoundError:
+        raise DintError(f"{shown(path)}: {what} not found") from None
+    except OSError as e:  # a symlink loop, a name too long, a path through a file, no permission
+        raise DintError(f"{shown(path)}: cannot read the {what} ({e.strerror})") from None
+    for test, kind in _SPECIAL:
+        if test(mode):
+            raise DintError(f"{shown(path)}: is {kind}, not a file or folder; dint reads only regular files "
+                            "(a pipe or device could block it or never end)")
+
+
+def real_path(path: Path) -> Path:
+    """The path with every link followed, without failing on a loop (then: as far as it goes)."""
+    return Path(os.path.realpath(path))
+
+
+def held_by(lock_file: Path) -> str | None:
+    """Who holds the `exclusive` lock on `lock_file` (its text), or None when no one does;
+    looks without taking it for longer than the test, and creates nothing."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
+def is_dint_png(path: Path) -> bool:
+    """A PNG that dint wrote (its Software text says so): what dint may replace with a new one."""
+    from PIL import Image, UnidentifiedImageError
+
+    if Path(path).is_symlink() or not Path(path).is_file():
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get("Software", "").startswith("dint")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 def sha256_of(path: Path, block: int = 1 << 22) -> str:

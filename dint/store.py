@@ -237,7 +237,8 @@ def check_destination(dest: Path, overwrite: bool) -> None:
         raise DintError(f"{shown(dest)}: exists and is not a dint store; --overwrite replaces only a dint store, "
                         "so it is left as it is")
     if not dest.parent.is_dir():
-        raise DintError(f"{shown(dest.parent)}: output folder does not exist")
+        raise DintError(f"{shown(dest.parent)}: " + ("not a folder, so nothing can be written inside it"
+                                                      if os.path.lexists(dest.parent) else "output folder does not exist"))
 
 
 def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, scheduler: str | None = None) -> Path:
@@ -263,7 +264,7 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, s
         array = create_values_array(group, info)
         # Aligning dask blocks with zarr chunks lets every task write whole chunks, lock-free
         # (one writer per chunk, on one machine or many).
-        aligned = values.astype(info.dtype).rechunk((*info.chunks, info.channels))
+        aligned = _whole_blocks(values, info).astype(info.dtype).rechunk((*info.chunks, info.channels))
         if scheduler:
             _store_on_cluster(da.store(aligned, array, lock=False, compute=False), scheduler)
         else:
@@ -277,6 +278,25 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, s
                     raise
         group.attrs["dint"] = info.to_attrs()
     return dest
+
+
+def _whole_blocks(values, info: SignalInfo):
+    """`values` with every block checked, as it is computed, to be exactly the block it stands
+    for: a reader that returns fewer values (a short read, a row where a tile was due) would
+    otherwise be broadcast or padded into the store silently. One check for every reader."""
+
+    def check(block, block_info=None):
+        where = block_info[None]
+        expected = tuple(where["chunk-shape"])
+        if not isinstance(block, np.ndarray) or block.shape != expected:
+            shape = getattr(block, "shape", None)
+            origin = tuple(start for start, _ in where["array-location"])
+            raise DintError(f"{info.source_name}: the reader gave {type(block).__name__} of shape {shape} for the "
+                            f"block at {origin} of shape {expected}; stopping rather than write values it did not "
+                            "define")
+        return block
+
+    return values.map_blocks(check, dtype=values.dtype, meta=np.empty((0,) * values.ndim, values.dtype))
 
 
 def _store_on_cluster(stored, address: str) -> None:

@@ -310,6 +310,7 @@ class Teacher:
         self.seed = seed
         self.score_timer = score_timer or contextlib.nullcontext  # times the scoring forwards
         self.points_scored = 0  # by this rank's scoring forwards (dint scale's cost model)
+        self.selections = 0  # made by this process (the trainer marks the steps where it grows)
 
     @property
     def chooses(self) -> bool:
@@ -349,6 +350,7 @@ class Teacher:
           inverse of that probability so the loss (and its gradient) is unbiased (Soft Mining).
         """
         device, c = candidates.device, self.config
+        self.selections += 1
         candidate_counts = gather_counts(candidates.shape[0], device)
         total_candidates = sum(candidate_counts)
         ratio, weights, normalizer = 1.0, None, None

@@ -24,14 +24,19 @@ from dint.balance import Balancer
 from dint.batching import build_batch_plan
 from dint.components.checkpoint import CheckpointManager, RngState, save_model
 from dint.components.faults import Faults
-from dint.components.metrics import MetricsLogger, Timers, bytes_per_rank, peak_rss_mb_per_rank
-from dint.config import USAGE, Config, check_against_store, load_config, parse_cli
+from dint.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
+from dint.components.pictures import (PER_ROW, compose, error_picture, save_png, selection_panels,
+                                      selection_picture, value_picture)
+from dint.components.plots import quality_figure, save_figure
+from dint.components.metrics import MetricsLogger, StepRuns, Timers, bytes_per_rank, peak_rss_mb_per_rank
+from dint.components.tensorboard import TensorBoardLog
+from dint.config import USAGE, Config, check_against_store, load_config, map_steps, parse_cli
 from dint.data import rank_chunk_ids
 from dint.distributed.engine import build_engine, import_engine_library, needs_process_group
 from dint.distributed.utils import (TRAFFIC, barrier, collective_failure, destroy_distributed, gather_counts,
                                     init_distributed, on_rank0)
 from dint.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
-from dint.files import check_claimable, claim_folder, exclusive
+from dint.files import RUN_LOCK, check_claimable, claim_folder, exclusive, write_outputs
 from dint.evaluate import Evaluator
 from dint.model import build_model, training_bytes
 from dint.quality import ssim
@@ -39,9 +44,6 @@ from dint.resources import local_ranks, require_memory
 from dint.render import PREVIEW_MAX_POINTS, render_reconstruction
 from dint.store import open_store, to_unit
 from dint.teacher import Teacher
-
-RUN_LOCK = ".dint-lock"  # in run.dir, held by rank 0 while a run trains there
-
 
 def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
     """Claim `run_dir` for dint (dint.files.claim_folder) and lock it for this run; the lock
@@ -111,6 +113,7 @@ class Trainer:
                                    self.timers)
         self.faults = Faults(self.dist.rank)
         self.rollbacks = 0
+        self.selection_steps = StepRuns()  # where the teacher selected (quality.png marks them); checkpointed
         self.checkpoint = CheckpointManager(
             c.checkpoint, self.run_dir, self.dist, run_config=config, info=self.info,
             parts={"engine": self.engine, "teacher": self.plan, "rng": RngState(self.dist), "trainer": self,
@@ -122,6 +125,16 @@ class Trainer:
         barrier()
         self.metrics = MetricsLogger(config, self.run_dir / "metrics.jsonl", self.dist.is_main, self.step,
                                      shape=self.info.modality == "shape")
+        # What a run shows (dint.components: maps, pictures, plots, tensorboard); rank 0 writes.
+        self.view = SignalView(self.info, c.metrics.map_size)
+        self.selection_maps = SelectionMaps(self.view, map_steps(c.metrics.selection_maps, c.train.steps),
+                                            self.run_dir / "selection.npz", self.dist.is_main, self.step) \
+            if self.teacher.chooses and c.metrics.selection_maps else None
+        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard" if c.metrics.tensorboard and self.dist.is_main
+                                          else None, self.step)
+        # TensorBoard shows pictures of images, volumes and shapes (their middle slice); audio has selection.png.
+        self.tensorboard_pictures = c.metrics.tensorboard and self.info.modality != "audio"
+        self.field_maps: tuple[int, dict] | None = None  # (step, maps) of the last evaluation that made them
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -130,7 +143,12 @@ class Trainer:
         while self.step < steps:
             step = self.step = self.step + 1
             self.faults.at_step(step)
+            selections = self.teacher.selections
             loss = self.train_step(step)
+            if self.teacher.selections != selections:
+                self.selection_steps.add(step)
+            if self.selection_maps is not None and self.selection_maps.wants(step):
+                self.selection_maps.capture(step, self.trained)
             last = step == steps
             logging, saving = self.metrics.should_log(step), self.checkpoint.due(step, last)
             if (logging or saving) and self._diverged():
@@ -140,24 +158,27 @@ class Trainer:
                 record = self.metrics.record(step, loss, self.trained, self.plan.steps_per_pass, self.timers,
                                              self.engine.lr, time.perf_counter() - wall_start)
                 if self.metrics.should_evaluate(step):
-                    record.update(self.evaluate())
+                    record.update(self.evaluate(step, pictures=self.tensorboard_pictures))
             if saving:
                 self.phase = f"step {step}: checkpoint"
                 self.checkpoint.save(step)
             if last:
-                quality = self.evaluate()
+                quality = self.evaluate(step, pictures=self.final_pictures)
                 record.update(quality)
             if logging:
+                self.tensorboard.scalars(record)
                 self.metrics.log(record)
             self.metrics.advance()
         self.metrics.close()
         try:
-            return self.finish(quality or self.evaluate(), time.perf_counter() - wall_start)
+            return self.finish(quality or self.evaluate(steps, pictures=self.final_pictures),
+                               time.perf_counter() - wall_start)
         finally:
             self.release()
 
     def release(self) -> None:
         """Let the run folder go (its lock), once the run's outputs are written."""
+        self.tensorboard.close()
         if self.run_folder is not None:
             self.run_folder.close()
 
@@ -212,16 +233,45 @@ class Trainer:
         return restored
 
     def state_dict(self) -> dict:
-        return {"rollbacks": self.rollbacks, "points_trained": self.points_trained}
+        return {"rollbacks": self.rollbacks, "points_trained": self.points_trained,
+                "selection_steps": self.selection_steps.runs}
 
     def load_state_dict(self, state: dict) -> None:
         self.rollbacks, self.points_trained = state["rollbacks"], state.get("points_trained", 0)
+        self.selection_steps = StepRuns(state.get("selection_steps"))
 
     # --- what is reported --------------------------------------------------------------------
 
-    def evaluate(self) -> dict:
+    @property
+    def final_pictures(self) -> bool:
+        """Whether the last evaluation also maps the fit (selection.png, TensorBoard)."""
+        return self.selection_maps is not None or self.tensorboard_pictures
+
+    def evaluate(self, step: int, pictures: bool = False) -> dict:
+        """Quality over the signal; with `pictures`, the same forwards also map the fit, and
+        TensorBoard gets its pictures (collective)."""
+        maps = FieldMaps(self.view, self.dist.device) if pictures else None
         with self.timers["eval"]():
-            return self.evaluator(self.engine.module)
+            quality = self.evaluator(self.engine.module, maps)
+            if maps is not None:
+                self.field_maps = (step, maps.result())
+                if self.tensorboard_pictures:
+                    self._picture_tensorboard(step)
+        return quality
+
+    def _picture_tensorboard(self, step: int) -> None:
+        counts = selection_counts(self.view, self.trained) if self.teacher.chooses and self.trained is not None else None
+        if not self.dist.is_main:
+            return
+        maps = self.field_maps[1]
+        shown = {"reconstruction": value_picture(maps["prediction"], self.view),
+                 "error": error_picture(maps["error"], self.view)[0]}
+        if counts is not None:
+            shown["selection"] = selection_picture(counts, self.view)
+        if not self.tensorboard.shown_signal:
+            shown["signal"] = value_picture(maps["target"], self.view)
+            self.tensorboard.shown_signal = True
+        self.tensorboard.pictures(step, shown)
 
     def finish(self, quality: dict, wall_seconds: float) -> dict:
         c, seconds = self.config, self.timers.state_dict()
@@ -264,11 +314,36 @@ class Trainer:
                 summary["ssim"] = ssim(reference, to_unit(open_store(dest).read_region(*whole), self.info),
                                        data_range=1.0)
         if self.dist.is_main:
+            outputs.update(self.write_pictures())
+            summary["selection_steps"] = self.selection_steps.runs
             for name in ("metrics.jsonl", "config.toml", "summary.json"):
                 outputs[name.split(".")[0]] = str(self.run_dir / name)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         barrier()
         return summary
+
+
+    def write_pictures(self) -> dict[str, str]:
+        """selection.png (with selection.json, its panels' boxes), quality.png, and where
+        TensorBoard's files are (rank 0, at the end)."""
+        c, written, writers = self.config, {}, {}
+        if self.selection_maps is not None and self.field_maps is not None:
+            step, maps = self.field_maps
+            panels = selection_panels({s: m for s, m in self.selection_maps.captured.items()}, self.view, maps, step)
+            figure, records = compose(panels, per_row=1 if self.view.ndim == 1 else PER_ROW)
+            about = {"modality": self.info.modality, "signal_shape": list(self.info.shape), **self.view.described()}
+            writers["selection.png"] = lambda tmp: save_png(figure, tmp)
+            writers["selection.json"] = lambda tmp: tmp.write_text(json.dumps({**about, "panels": records}, indent=1))
+            written.update(selection=self.run_dir / "selection.png", selection_maps=self.run_dir / "selection.npz")
+        if c.metrics.plots:
+            lines = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            key = "iou" if self.info.modality == "shape" else "psnr"
+            writers["quality.png"] = lambda tmp: save_figure(quality_figure(lines, self.selection_steps.runs, key), tmp)
+            written["quality"] = self.run_dir / "quality.png"
+        write_outputs(self.run_dir, writers)
+        if c.metrics.tensorboard:
+            written["tensorboard"] = self.run_dir / "tensorboard"
+        return {name: str(path) for name, path in written.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,13 @@ import pytest
 from dint.distributed.launch import torchrun_command
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests of other features leave out a run's pictures (TensorBoard, selection maps, quality.png:
+# about half a second a run, a minute over the suite); test_observability.py and
+# test_modalities.py test them, with the defaults.
+NO_VIEWS = {"tensorboard": False, "plots": False, "selection_maps": []}
+NO_VIEWS_ARGS = ["--metrics.tensorboard", "false", "--metrics.plots", "false", "--metrics.selection_maps", "[]"]
+NO_VIEWS_TOML = '[metrics]\ntensorboard = false\nplots = false\nselection_maps = []\n'
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

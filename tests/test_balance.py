@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, smooth_image, torchrun, write_png
+from conftest import NO_VIEWS_ARGS, run_cli, smooth_image, torchrun, write_png
 from dint.balance import balanced_counts, transfer_plan
 
 
@@ -45,7 +45,7 @@ def train_three_ranks(tmp_path, store, name, *overrides):
     result = torchrun(3, "-m", "dint.train", "--run.dir", run_dir, "--data.store", store, "--run.device", "cpu",
                       "--model.width", "32", "--model.hidden_layers", "3", "--train.steps", "40",
                       "--train.log_every", "5", "--train.micro_batch", "700", "--eval.reconstruction", "false",
-                      "--checkpoint.every", "20", "--checkpoint.resume", "never", *overrides)
+                      "--checkpoint.every", "20", "--checkpoint.resume", "never", *NO_VIEWS_ARGS, *overrides)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return lines, json.loads((run_dir / "summary.json").read_text()), run_dir

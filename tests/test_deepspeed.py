@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, torchrun
+from conftest import NO_VIEWS_TOML, run_cli, torchrun
 
 pytest.importorskip("deepspeed")  # the optional extra: dint[deepspeed]
 
@@ -33,7 +33,7 @@ log_every = 5
 
 [eval]
 every = 5
-""")
+""" + NO_VIEWS_TOML)
     return path
 
 

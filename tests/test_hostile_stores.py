@@ -48,7 +48,7 @@ import numpy as np
 import pytest
 
 import dint.store
-from conftest import run_cli, smooth_image
+from conftest import NO_VIEWS, run_cli, smooth_image
 from dint.errors import DintError
 from dint.store import FORMAT_VERSION, SignalInfo, open_store, write_store
 
@@ -160,6 +160,7 @@ def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
         "model": {"width": 16, "hidden_layers": 2},
         "train": {"steps": 20, "log_every": 1},
         "eval": {"reconstruction": False},
+        "metrics": dict(NO_VIEWS),
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

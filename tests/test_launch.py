@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import NO_VIEWS_TOML, REPO
 
 RUN_TRAIN = REPO / "launch" / "run_train.sh"
 SBATCH = REPO / "launch" / "slurm.sbatch"
@@ -39,7 +39,7 @@ hidden_layers = 2
 steps = 10
 log_every = 5
 {extra}
-""")
+""" + ("" if "[metrics]" in extra else NO_VIEWS_TOML))
     return path
 
 

@@ -66,6 +66,12 @@ def test_audio_trains_and_writes_a_wav(tmp_path):
     assert rate == 8000 and wave.dtype == np.int16 and wave.shape == (4000,)
     reference = audio_signal()[:, 0] / 32768.0
     assert 10 * np.log10(4 / np.mean((wave / 32768.0 - reference) ** 2)) > 25
+    # selection.png: the waveform above each strip of selected samples (2 samples a column here).
+    layout = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert layout["bins"] == [2000] and layout["points_per_bin"] == 2
+    maps = np.load(tmp_path / "run" / "selection.npz")
+    for panel, counts in zip([p for p in layout["panels"] if p["kind"] == "selection"], maps["counts"]):
+        assert panel["selected"] == panel["shown"] == counts.sum() == 800 and panel["mask_top"] > 0
 
 
 def test_volume_trains_and_writes_store_and_slices(tmp_path):
@@ -81,6 +87,11 @@ def test_volume_trains_and_writes_store_and_slices(tmp_path):
     assert attrs["modality"] == "volume" and attrs["shape"] == [20, 24, 24] and attrs["dtype"] == "float32"
     slices = np.asarray(Image.open(tmp_path / "run" / "reconstruction_slices.png"))
     assert slices.shape[0] == 24 and slices.std() > 10  # three slices side by side, not blank
+    # selection.png shows the middle slice (z = 10 of 20): the selected points that lie in it.
+    layout = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert layout["slice"] == {"axis 0": 10} and layout["bins"] == [24, 24]
+    for panel in (p for p in layout["panels"] if p["kind"] == "selection"):
+        assert 0 < panel["shown"] < panel["selected"]
 
     # Rendered again at twice the resolution, from model.pt alone.
     rendered = run_cli("dint.cli", "render", tmp_path / "run", "--resolution", "40,48,48")
@@ -117,6 +128,13 @@ def test_shape_trains_and_reports_iou(tmp_path, field):
     # Boundary voxels are most of a 24^3 sphere, so an SDF fit's IoU is lower than occupancy's.
     assert summary["iou"] > (0.9 if field == "occupancy" else 0.7), [e["iou"] for e in evals]
     assert summary["iou"] > evals[0]["iou"] + 0.2, [e["iou"] for e in evals]
+    # TensorBoard pictures the middle slice of the field at every evaluation.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    board.Reload()
+    assert [e.step for e in board.Images("pictures/selection")] == list(range(10, 121, 10))
+    assert [s.step for s in board.Scalars("quality/iou")] == list(range(10, 121, 10))
     mesh = trimesh.load(tmp_path / "run" / "reconstruction.ply")
     assert len(mesh.faces) > 100
     # The sphere of radius 0.55 centred at (0.1, 0, -0.1) in (x, y, z): the mesh sits there.

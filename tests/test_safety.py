@@ -17,8 +17,11 @@ what it was given, stops cleanly on SIGTERM, and says the real cause in one line
 | a tile that links out of its folder | `dint-shard: error: T/tile_0_1.png: links to /elsewhere/x.png, outside the tile folder; dint reads only the tiles in it` |
 | a zarr source holding a link (a chunk file, a sub-folder) out of its folder | `dint-shard: error: IN.zarr/c: links to /elsewhere/c, outside the zarr folder IN.zarr; dint reads only what is inside it` |
 | SIGTERM during `dint-shard` (timeout, Slurm, Kubernetes) | `dint-shard: stopped by SIGTERM; nothing half-written was left`, exit code 143, no `.DEST.tmp-*` |
+| SIGTERM during `dint.train` | `dint.train: stopped by SIGTERM; nothing half-written was left`, exit code 143, the lock released, no staging; the newest checkpoint resumes |
+| an input that is a named pipe, a device, or a symlink loop (the signal file, a file inside a zarr source, the config) | `dint-shard: error: P: is a named pipe, not a file or folder; dint reads only regular files (a pipe or device could block it or never end)` / `P: cannot read the file (Too many levels of symbolic links)` |
+| a reader that returns less than the block it was asked for | `S: the reader gave ndarray of shape (1, 4, 1) for the block at (0, 0, 0) of shape (4, 4, 1); stopping rather than write values it did not define` (no store) |
 | a staging folder left by a killed dint process | removed by the next dint run writing that destination (one of a live process, or of another host, is left) |
-| an OS error (DEST under /proc, a read-only folder) | `dint-shard: error: PATH: Operation not permitted` (one line, exit 2) |
+| an OS error (DEST under /proc or /sys, a name too long, a path through a file) | `dint-shard: error: PATH: Permission denied` / `...: File name too long` / `notes.txt: not a folder, so nothing can be written inside it` (one line, exit 2) |
 | a store whose value_range or domain overflows float32 (±1e300, [0, 1e-300]) | `S.zarr: store attribute 'domain' = [[-1e+300, 1e+300], ...] overflows float32 at axis 0 (...)` / `... is too narrow for float32 ...` |
 | an array of values beyond float32 (1e300) | `dint-shard: error: X.npy: its value range [...] overflows float32 (...)` |
 | a flat or degenerate mesh (one triangle, zero-area faces) | `dint-shard: error: M.obj: the mesh is flat or degenerate (...): it encloses no grid point, so the field would be empty` |
@@ -331,8 +334,106 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, png):
 # --- Rule 6: errors say the real cause, safely -----------------------------------------------
 
 
-def test_an_os_error_is_one_line(tmp_path, png):
-    one_line(run_cli("dint.cli", "shard", png, "/proc/dint-test.zarr"), "/proc")
+@pytest.mark.parametrize("dest, says", [
+    ("/proc/dint-test.zarr", "/proc"),  # a filesystem that takes no new files
+    ("/sys/dint-test.zarr", "Permission denied"),
+    ("x" * 300 + ".zarr", "File name too long"),
+    ("notes.txt/s.zarr", "notes.txt: not a folder, so nothing can be written inside it"),
+    ("missing/s.zarr", "missing: output folder does not exist"),
+])
+def test_an_os_error_is_one_line(tmp_path, png, dest, says):
+    (tmp_path / "notes.txt").write_text("keep me")
+    before = tree(tmp_path)
+    one_line(run_cli("dint.cli", "shard", png, dest, cwd=tmp_path), says)
+    assert tree(tmp_path) == before
+
+
+def _fifo(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    return tmp_path / "pipe.png", "is a named pipe, not a file or folder"
+
+
+def _device(tmp_path):
+    (tmp_path / "zero.npy").symlink_to("/dev/zero")
+    return tmp_path / "zero.npy", "is a character device, not a file or folder"
+
+
+def _loop(tmp_path):
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    return tmp_path / "a.png", "cannot read the file (Too many levels of symbolic links)"
+
+
+def _pipe_in_a_zarr_source(tmp_path):
+    import zarr
+
+    source = tmp_path / "in.zarr"
+    zarr.create_array(str(source), shape=(8, 8), chunks=(4, 4), dtype="f4")[...] = 1.0
+    os.mkfifo(source / "c" / "9")  # never read by zarr itself: dint must not block on it either
+    return source, "in.zarr/c/9: is a named pipe"
+
+
+@pytest.mark.parametrize("make", [_fifo, _device, _loop, _pipe_in_a_zarr_source])
+def test_inputs_that_are_not_regular_files_are_refused_at_once(tmp_path, make):
+    """A pipe or a device would block a read or never end it; a symlink loop has no target."""
+    source, says = make(tmp_path)
+    one_line(run_cli("dint.cli", "shard", source, tmp_path / "out.zarr", timeout=60), says)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_config_that_is_a_pipe_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "c.toml")
+    one_line(run_cli("dint.train", "--config", tmp_path / "c.toml", timeout=60), "c.toml: is a named pipe")
+
+
+def test_a_block_a_reader_did_not_fill_stops_the_conversion(tmp_path):
+    """Whatever a reader returns must be the whole block: a short one would be broadcast into
+    the store (zarr fills a 4x4 chunk from one row), so the conversion stops instead."""
+    import dask.array as da
+
+    from dint.store import SignalInfo, open_store, write_store
+
+    info = SignalInfo(modality="image", shape=(8, 8), channels=1, dtype="uint8", value_range=(0.0, 255.0),
+                      domain=((-1.0, 1.0),) * 2, chunks=(4, 4), source_name="short.png", source_sha256="")
+    template = da.zeros((8, 8, 1), chunks=(4, 4, 1), dtype="uint8")
+    one_row = template.map_blocks(lambda block: np.ones((1, *block.shape[1:]), block.dtype), dtype="uint8")
+    with pytest.raises(DintError, match=r"short.png: the reader gave ndarray of shape \(1, 4, 1\) for the block at "
+                                        r"\((0|4), (0|4), 0\) of shape \(4, 4, 1\); stopping"):
+        write_store(one_row, info, tmp_path / "s.zarr")
+    assert list(tmp_path.iterdir()) == []
+    whole = template.map_blocks(lambda block: np.full(block.shape, 7, block.dtype), dtype="uint8")
+    write_store(whole, info, tmp_path / "s.zarr")
+    assert (open_store(tmp_path / "s.zarr").read_region((0, 0), (8, 8)) == 7).all()
+
+
+def test_sigterm_during_training_stops_cleanly_and_resumes(tmp_path, image_store):
+    """SIGTERM (a scheduler's time limit) mid-run: one line, exit 143, the lock released, no
+    staging left, and the newest checkpoint resumes."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "dint.train", "--data.store", str(image_store), "--run.dir", str(run_dir),
+            "--run.device", "cpu", "--model.width", "16", "--model.hidden_layers", "2", "--train.steps", "100000",
+            "--train.log_every", "5", "--checkpoint.every", "10"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run_dir / "checkpoints" / "step-00000020").is_dir():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "dint.train: stopped by SIGTERM; nothing half-written was left"
+    assert "Traceback" not in stderr
+    hidden = sorted(p.name for p in run_dir.rglob(".*"))
+    assert hidden == [".dint", ".dint-lock"], hidden  # the mark and the (released) lock file, no staging
+    from dint.files import held_by
+
+    assert held_by(run_dir / ".dint-lock") is None
+    report = run_cli("dint.cli", "report", run_dir, "--no-plot")
+    assert report.returncode == 0 and "| stopped |" in report.stdout, report.stderr
+    newest = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+    resumed = run_cli("dint.train", *args[3:], "--train.steps", str(newest + 10))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and (run_dir / "summary.json").exists()
 
 
 @pytest.mark.parametrize("key, value, says", [

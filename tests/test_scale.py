@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, smooth_image, write_png
+from conftest import NO_VIEWS_ARGS, run_cli, smooth_image, write_png
 from dint.bench import time_to_reach
 from dint.scale import PARTS
 
@@ -19,7 +19,7 @@ def shard(tmp_path, name, height, width=64):
 
 
 COMMON = ["--run.device", "cpu", "--model.width", "16", "--model.hidden_layers", "2", "--train.log_every", "5",
-          "--teacher.strategy", "int", "--teacher.random_share", "0.2"]
+          "--teacher.strategy", "int", "--teacher.random_share", "0.2", *NO_VIEWS_ARGS]
 
 
 def test_two_nodes_train_what_one_node_with_two_ranks_trains(tmp_path):

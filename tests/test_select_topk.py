@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import torchrun
+from conftest import NO_VIEWS_ARGS, torchrun
 from dint.teacher import select_topk, topk_ordered
 
 WORKER = Path(__file__).parent / "workers" / "topk_worker.py"
@@ -246,7 +246,7 @@ def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
                               "--model.width", "8", "--model.hidden_layers", "1", "--train.steps", "4",
                               "--train.log_every", "1", "--teacher.strategy", "int", "--teacher.random_share", "0",
                               "--teacher.error_refresh", "1", "--teacher.topk", topk,
-                              "--eval.reconstruction", "false")
+                              "--eval.reconstruction", "false", *NO_VIEWS_ARGS)
             assert result.returncode == 0, result.stderr
             lines = [json_.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
             sent[topk, side] = [l["select_bytes_per_rank"] for l in lines]

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import NO_VIEWS, run_cli
 from dint.config import ModelConfig, TeacherConfig, load_config
 from dint.data import Shard, rank_chunk_ids
 from dint.model import Siren, build_model
@@ -21,7 +21,8 @@ from dint.teacher import Teacher, point_errors
 def tiny_config(tmp_path, store, **teacher) -> dict:
     overrides = {"data.store": str(store), "run.dir": str(tmp_path / "run"), "run.device": "cpu",
                  "model.width": "16", "model.hidden_layers": "2", "train.steps": "20", "train.micro_batch": "300",
-                 "eval.reconstruction": "false", "checkpoint.resume": "never"}
+                 "eval.reconstruction": "false", "checkpoint.resume": "never",
+                 **{f"metrics.{k}": json.dumps(v) for k, v in NO_VIEWS.items()}}
     overrides.update({f"teacher.{k}": str(v) for k, v in teacher.items()})
     return overrides
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli, smooth_image, torchrun, write_png
+from conftest import NO_VIEWS, REPO, run_cli, smooth_image, torchrun, write_png
 
 sys.path.insert(0, str(REPO / "tests" / "workers"))
 
@@ -24,6 +24,7 @@ def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
         "teacher": {"strategy": "int", "ratio": 0.2},
         "train": {"steps": 60, "lr": 1e-3, "seed": 1, "log_every": 5},
         "eval": {"every": 20},
+        "metrics": dict(NO_VIEWS),
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

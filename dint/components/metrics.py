@@ -132,6 +132,8 @@ class MetricsLogger:
             "select_seconds": round(timers["select"].seconds, 4),
             "balance_seconds": round(timers["balance"].seconds, 4),
             "update_seconds": round(timers["update"].seconds, 4),
+            # What dint bench and dint report measure time to quality in: selection + update, no evaluation.
+            "train_seconds": round(sum(timers[name].seconds for name in ("select", "balance", "update")), 4),
             "lr": lr,
         }
 
@@ -168,3 +170,52 @@ def peak_rss_mb_per_rank(device: torch.device) -> list[float]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
     (peaks,) = all_gather_varlen(torch.tensor([peak], dtype=torch.float64, device=device))
     return [round(p, 1) for p in peaks.tolist()]
+
+
+def quality_curve(lines: list[dict], key: str) -> list[tuple[float, float]]:
+    """[(training seconds, quality)] at the evaluated lines of a metrics.jsonl."""
+    return [(line["train_seconds"], line[key]) for line in lines if line.get(key) is not None]
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The training time at which `curve` ([(seconds, quality)], in time order) first reaches
+    `target`, interpolated linearly between evaluations; None if it never does."""
+    previous = None
+    for seconds, quality in curve:
+        if quality >= target:
+            if previous is None or previous[1] >= target:
+                return seconds
+            (t0, q0) = previous
+            return t0 + (seconds - t0) * (target - q0) / (quality - q0)
+        previous = (seconds, quality)
+    return None
+
+
+class StepRuns:
+    """A set of steps (where the teacher selected) kept as runs [first, last, every]: a
+    schedule's selection steps are a few arithmetic runs, however long the training."""
+
+    def __init__(self, runs: list[list[int]] | None = None):
+        self.runs = [list(run) for run in runs or []]
+
+    def add(self, step: int) -> None:
+        if self.runs:
+            first, last, every = self.runs[-1]
+            if first == last and step > last:
+                self.runs[-1] = [first, step, step - last]
+                return
+            if step == last + every:
+                self.runs[-1][1] = step
+                return
+        self.runs.append([step, step, 1])
+
+    def steps(self) -> list[int]:
+        return [step for first, last, every in self.runs for step in range(first, last + 1, every)]
+
+    def until(self, step: int) -> "StepRuns":
+        """The steps up to `step` (a rollback forgets the rest)."""
+        kept = StepRuns()
+        for at in self.steps():
+            if at <= step:
+                kept.add(at)
+        return kept

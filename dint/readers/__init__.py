@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from dint.errors import DintError
+from dint.files import check_input
 from dint.readers import audio, image, mesh, tiles, volume
 from dint.readers.common import ReadOptions, Source, extension_of
 
@@ -52,8 +53,7 @@ def integer_range(dtype: np.dtype) -> tuple[float, float] | None:
 
 def read_source(path: Path, options: ReadOptions = ReadOptions()) -> Source:
     path = Path(path)
-    if not path.exists():
-        raise DintError(f"{path}: file not found")
+    check_input(path, "file")
     readers = _readers()
     reader = readers.get(extension_of(path))
     if reader is None and path.is_dir():  # a folder of image tiles (dint.readers.tiles)

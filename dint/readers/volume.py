@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from dint.errors import DintError
-from dint.files import shown
+from dint.files import check_input, shown
 from dint.resources import check_decoded_size
 from dint.readers.common import (ReadOptions, Regions, Source, aligned_blocks, check_dtype, error_message,
                                  extension_of, float_audio_range, lazy_array, native_order, store_chunks)
@@ -243,6 +243,7 @@ def _check_links_inside(folder: Path) -> None:
     for parent, dirs, files in os.walk(folder):
         for name in dirs + files:
             entry = Path(parent) / name
+            check_input(entry, "part of the zarr folder")
             if entry.is_symlink() and root not in entry.resolve().parents:
                 raise DintError(f"{shown(entry)}: links to {shown(entry.resolve())}, outside the zarr folder "
                                 f"{shown(folder)}; dint reads only what is inside it")
@@ -432,8 +433,7 @@ def _metaimage_memmap(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np
         data_path, offset = path, int(fields["_header_bytes"])
     else:
         data_path, offset = path.parent / data_file, 0
-        if not data_path.is_file():
-            raise DintError(f"{path}: its data file {data_file} is missing")
+        check_input(data_path, "data file its header names")
     size = data_path.stat().st_size
     header_size = int(fields.get("HeaderSize", "0"))
     offset = size - need if header_size == -1 else offset + header_size

@@ -1,0 +1,53 @@
+"""TensorBoard event files in run.dir/tensorboard/, written by rank 0 (metrics.tensorboard).
+
+Scalars at every logged step (TensorBoard's "relative" axis shows them against wall time),
+pictures at evaluations. A resumed run purges the events logged after its checkpoint by the
+run it continues (SummaryWriter's purge_step), so no step shows twice. Event files are
+append-only records with checksums: a killed run leaves files TensorBoard reads up to the
+last whole record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# metrics.jsonl key -> TensorBoard tag
+SCALARS = {
+    "loss": "train/loss", "lr": "train/lr", "psnr": "quality/psnr", "iou": "quality/iou",
+    "ratio": "teacher/ratio", "selected": "teacher/selected", "imbalance": "teacher/imbalance",
+    "train_seconds": "time/train_seconds", "select_seconds": "time/select_seconds",
+    "balance_seconds": "time/balance_seconds", "update_seconds": "time/update_seconds",
+}
+
+
+class TensorBoardLog:
+    def __init__(self, folder: Path | None, resume_after: int = 0):
+        """Writes into `folder` (None: writes nothing); `resume_after`: the step a resume starts after."""
+        self.writer = None
+        self.shown_signal = False  # the signal's own picture is shown once a process
+        if folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder), purge_step=resume_after + 1 if resume_after else None,
+                                        flush_secs=30)
+
+    def scalars(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key, tag in SCALARS.items():
+            if record.get(key) is not None:
+                self.writer.add_scalar(tag, record[key], record["step"])
+
+    def pictures(self, step: int, pictures: dict[str, np.ndarray]) -> None:
+        """{name: HxWx3 uint8} under the tag pictures/name."""
+        if self.writer is None:
+            return
+        for name, picture in pictures.items():
+            self.writer.add_image(f"pictures/{name}", picture, step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
