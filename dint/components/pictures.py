@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from dint.maps import SignalView
 
 PANEL = 256  # panels are enlarged (by a whole factor) towards this many pixels a side
-CAPTION = 30  # pixels under a panel for its caption
+CAPTION = 36  # pixels under a panel for its caption: two lines
+FONT_SIZE = 14
 MARGIN = 8
 PER_ROW = 6
 WAVEFORM_HEIGHT = 96  # audio: the waveform's strip; the selection's strip is under it
@@ -117,6 +118,7 @@ def compose(panels: list[dict], per_row: int = PER_ROW) -> tuple[Image.Image, li
     heights = [max(sizes[i][1] for i in row) + CAPTION + MARGIN for row in rows]
     figure = Image.new("RGB", (width, sum(heights) + MARGIN), "white")
     draw = ImageDraw.Draw(figure)
+    font = ImageFont.load_default(size=FONT_SIZE)
     records, y = [], MARGIN
     for row, height in zip(rows, heights):
         x = MARGIN
@@ -126,7 +128,7 @@ def compose(panels: list[dict], per_row: int = PER_ROW) -> tuple[Image.Image, li
             figure.paste(picture, (x, y))
             draw.rectangle([x - 1, y - 1, x + w, y + h], outline=(200, 200, 200))
             for line, text in enumerate(panel["title"].split("\n")[:2]):
-                draw.text((x, y + h + 3 + 12 * line), text, fill="black")
+                draw.text((x, y + h + 3 + (FONT_SIZE + 2) * line), text, fill="black", font=font)
             records.append({**{k: v for k, v in panel.items() if k != "picture"},
                             "box": [x, y, x + w, y + h], "scale": scales[i]})
             x += w + MARGIN

@@ -7,7 +7,7 @@ from pathlib import Path
 
 UNITS = {"psnr": "PSNR (dB)", "iou": "IoU"}
 TIME_AXIS = "training seconds (selection + update)"
-MARKED_STEPS = 2000  # selection steps marked one by one up to this many; denser runs as bands
+DENSE_RUN = 100  # a run of more selections than this is marked as a band, not step by step
 
 
 def _figure(width: float, height: float, columns: int = 1):
@@ -56,21 +56,21 @@ def quality_figure(lines: list[dict], selection_runs: list[list[int]], key: str)
 
 
 def _mark_selections(axes, runs: list[list[int]]) -> None:
-    """Selection steps as ticks along the bottom of `axes` (runs [first, last, every]); a run
-    too dense to tick step by step is a band."""
-    ticks = sum((last - first) // every + 1 for first, last, every in runs)
+    """Selection steps along the bottom of `axes` (runs [first, last, every]): a tick each, or,
+    for a run of more than DENSE_RUN selections, a band labelled with its interval."""
     transform = axes.get_xaxis_transform()  # x in steps, y in axes fractions
-    labelled = False
+    labels = set()
     for first, last, every in runs:
-        label = None if labelled else "selection steps"
-        if ticks > MARKED_STEPS and last > first:
-            axes.axvspan(first, last, ymin=0, ymax=0.04, color="black", alpha=0.25 if every > 1 else 0.5,
-                         label=label)
+        if (last - first) // every + 1 > DENSE_RUN:
+            label = "selection at every step" if every == 1 else f"selection every {every} steps"
+            axes.axvspan(first, last, ymin=0, ymax=0.04, color="black", alpha=0.3 if every > 1 else 0.5,
+                         label=None if label in labels else label)
         else:
+            label = "selection steps"
             axes.vlines(range(first, last + 1, every), 0, 0.04, transform=transform, color="black", linewidth=0.6,
-                        label=label)
-        labelled = True
-    if labelled:
+                        label=None if label in labels else label)
+        labels.add(label)
+    if labels:
         axes.legend(loc="lower right", fontsize="small")
 
 
