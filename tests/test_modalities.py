@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import run_cli, torchrun
 from test_train import write_config
 
+from dint.config import MetricsConfig
 from dint.store import SignalInfo, default_chunks, write_store
 
 
@@ -44,6 +46,7 @@ def sphere_occupancy(r: int = 24) -> np.ndarray:
 def train_two_ranks(tmp_path: Path, store: Path, steps: int, **sections) -> tuple[dict, list[dict]]:
     run_dir = tmp_path / "run"
     sections.setdefault("eval", {"every": steps // 4})
+    sections.setdefault("metrics", dataclasses.asdict(MetricsConfig()))  # the defaults: every view of a run
     config = write_config(tmp_path / "c.toml", store, run_dir, train={"steps": steps, "log_every": steps // 4},
                           **sections)
     result = torchrun(2, "-m", "dint.train", "--config", config)
