@@ -141,6 +141,8 @@ def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], b
         remove(tmp)
         if isinstance(e, KeyboardInterrupt):
             _remove_late_writes(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(dest)  # a writer thread's error (a full disk) lost its path: name the output
         raise
 
 

@@ -17,10 +17,12 @@ what it was given, stops cleanly on SIGTERM, and says the real cause in one line
 | a tile that links out of its folder | `dint-shard: error: T/tile_0_1.png: links to /elsewhere/x.png, outside the tile folder; dint reads only the tiles in it` |
 | a zarr source holding a link (a chunk file, a sub-folder) out of its folder | `dint-shard: error: IN.zarr/c: links to /elsewhere/c, outside the zarr folder IN.zarr; dint reads only what is inside it` |
 | SIGTERM during `dint-shard` (timeout, Slurm, Kubernetes) | `dint-shard: stopped by SIGTERM; nothing half-written was left`, exit code 143, no `.DEST.tmp-*` |
+| SIGTERM during `dint render` | `dint render: stopped by SIGTERM; nothing half-written was left`, exit code 143, no `.OUT.tmp-*`, no preview |
 | SIGTERM during `dint.train` | `dint.train: stopped by SIGTERM; nothing half-written was left`, exit code 143, the lock released, no staging; the newest checkpoint resumes |
 | an input that is a named pipe, a device, or a symlink loop (the signal file, a file inside a zarr source, the config) | `dint-shard: error: P: is a named pipe, not a file or folder; dint reads only regular files (a pipe or device could block it or never end)` / `P: cannot read the file (Too many levels of symbolic links)` |
 | a reader that returns less than the block it was asked for | `S: the reader gave ndarray of shape (1, 4, 1) for the block at (0, 0, 0) of shape (4, 4, 1); stopping rather than write values it did not define` (no store) |
 | a staging folder left by a killed dint process | removed by the next dint run writing that destination (one of a live process, or of another host, is left) |
+| a full disk while writing a store (a 256 KiB tmpfs) | `dint-shard: error: DEST: No space left on device` (one line naming the output, nothing left on the disk) |
 | an OS error (DEST under /proc or /sys, a name too long, a path through a file) | `dint-shard: error: PATH: Permission denied` / `...: File name too long` / `notes.txt: not a folder, so nothing can be written inside it` (one line, exit 2) |
 | a store whose value_range or domain overflows float32 (±1e300, [0, 1e-300]) | `S.zarr: store attribute 'domain' = [[-1e+300, 1e+300], ...] overflows float32 at axis 0 (...)` / `... is too narrow for float32 ...` |
 | an array of values beyond float32 (1e300) | `dint-shard: error: X.npy: its value range [...] overflows float32 (...)` |
@@ -175,6 +177,18 @@ def test_render_refuses_to_replace_what_dint_did_not_make(tmp_path, image_store)
     for _ in range(2):
         assert run_cli("dint.cli", "render", run_dir, "--out", fresh).returncode == 0
     assert (tmp_path / "fresh.png").is_file()
+    # SIGTERM while rendering (a scheduler's time limit): nothing half-written is left.
+    process = subprocess.Popen([sys.executable, "-m", "dint.cli", "render", str(run_dir), "--scale", "60", "--out",
+                                str(tmp_path / "big.zarr")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob(".big.tmp-*")):
+        time.sleep(0.01)
+    assert list(tmp_path.glob(".big.tmp-*")), "the render never started"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and "dint render: stopped by SIGTERM" in stderr, stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".big", "big"))]
 
 
 @pytest.mark.parametrize("command", ["bench", "scale"])
@@ -346,6 +360,25 @@ def test_an_os_error_is_one_line(tmp_path, png, dest, says):
     before = tree(tmp_path)
     one_line(run_cli("dint.cli", "shard", png, dest, cwd=tmp_path), says)
     assert tree(tmp_path) == before
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs (as root, where mounting is allowed), unmounted after the test."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, full_disk):
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 1), dtype=np.uint8)  # does not compress
+    source = write_png(tmp_path / "noise.png", noise)
+    one_line(run_cli("dint.cli", "shard", source, full_disk / "s.zarr"), f"{full_disk / 's.zarr'}: No space left on device")
+    assert list(full_disk.iterdir()) == []
 
 
 def _fifo(tmp_path):

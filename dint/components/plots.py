@@ -3,6 +3,7 @@ time for several runs (dint bench's quality_vs_time.png, dint report's compariso
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 UNITS = {"psnr": "PSNR (dB)", "iou": "IoU"}
@@ -76,16 +77,19 @@ def _mark_selections(axes, runs: list[list[int]]) -> None:
 
 def quality_vs_time(curves: list[dict], path: Path, key: str, line: tuple[float, str] | None = None) -> None:
     """Quality against training seconds, one line per entry of `curves` ({"label", "curve":
-    [(seconds, quality)], optional "colour" and "alpha"}); `line`: a level to draw and its label."""
-    figure, (axes,) = _figure(7, 4.5)
+    [(seconds, quality)], optional "colour" and "alpha"}); `line`: a level to draw and its
+    label. The legend goes under the plot, long labels wrapped, so the plot keeps its size."""
+    labelled = sum(1 for entry in curves if entry.get("label")) + (line is not None)
+    figure, (axes,) = _figure(8, 4.5 + 0.22 * labelled)
     for entry in curves:
         curve = entry["curve"]
+        label = entry.get("label")
         axes.plot([t for t, _ in curve], [q for _, q in curve], color=entry.get("colour"),
-                  alpha=entry.get("alpha", 0.9), label=entry.get("label"))
+                  alpha=entry.get("alpha", 0.9), label=textwrap.fill(label, 90) if label else None)
     if line is not None:
         axes.axhline(line[0], color="grey", linestyle=":", linewidth=1, label=line[1])
     axes.set_xlabel(TIME_AXIS)
     axes.set_ylabel(UNITS[key])
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize="small", frameon=False)
     save_figure(figure, path)
