@@ -62,6 +62,19 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"") for p in sorted(folder.rglob("*"))}
 
 
+def sigterm_while_staging(args: list[str], dest: Path) -> tuple[int, str]:
+    """Start `dint ARGS`, send SIGTERM once its staging copy of `dest` appears; (exit code, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "dint.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(dest.parent.glob(f".{dest.stem}.tmp-*")):
+        time.sleep(0.01)
+    assert list(dest.parent.glob(f".{dest.stem}.tmp-*")), f"dint {args[0]} never started writing {dest}"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
 # --- Rule 1: dint deletes or replaces only what it made, never its inputs --------------------
 
 
@@ -178,16 +191,9 @@ def test_render_refuses_to_replace_what_dint_did_not_make(tmp_path, image_store)
         assert run_cli("dint.cli", "render", run_dir, "--out", fresh).returncode == 0
     assert (tmp_path / "fresh.png").is_file()
     # SIGTERM while rendering (a scheduler's time limit): nothing half-written is left.
-    process = subprocess.Popen([sys.executable, "-m", "dint.cli", "render", str(run_dir), "--scale", "60", "--out",
-                                str(tmp_path / "big.zarr")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(tmp_path.glob(".big.tmp-*")):
-        time.sleep(0.01)
-    assert list(tmp_path.glob(".big.tmp-*")), "the render never started"
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143 and "dint render: stopped by SIGTERM" in stderr, stderr
+    code, stderr = sigterm_while_staging(["render", str(run_dir), "--scale", "60", "--out", str(tmp_path / "big.zarr")],
+                                         tmp_path / "big.zarr")
+    assert code == 143 and "dint render: stopped by SIGTERM" in stderr, stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".big", "big"))]
 
 
@@ -310,15 +316,8 @@ def test_sigterm_during_sharding_leaves_nothing(tmp_path):
     source = tmp_path / "big.npy"
     np.save(source, np.random.default_rng(0).random((160, 160, 160), dtype=np.float32))
     dest = tmp_path / "big.zarr"
-    process = subprocess.Popen([sys.executable, "-m", "dint.cli", "shard", str(source), str(dest), "--chunk", "16"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(tmp_path.glob(".big.tmp-*")):
-        time.sleep(0.01)
-    assert list(tmp_path.glob(".big.tmp-*")), "the conversion never started"
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143, stderr
+    code, stderr = sigterm_while_staging(["shard", str(source), str(dest), "--chunk", "16"], dest)
+    assert code == 143, stderr
     assert "stopped by SIGTERM; nothing half-written was left" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy"]
 
