@@ -226,6 +226,8 @@ class Trainer:
         rollbacks = self.rollbacks
         restored = self.checkpoint.roll_back()
         self.rollbacks = rollbacks  # the count survives the rollback it caused
+        self.metrics.rewind(restored)  # what was logged after it is logged again, once
+        self.tensorboard.rewind(restored)
         self.engine.scale_lr(0.5**rollbacks)
         if self.dist.is_main:
             print(f"dint.train: warning: the loss is not finite at step {step}: rolled back to step {restored} with "

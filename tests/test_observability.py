@@ -237,3 +237,20 @@ def test_views_bin_points_as_numpy_does(shape, chunks, map_size):
         expected = (sums / counts[:, None]).reshape(*view.shape, 2)
     np.testing.assert_allclose(result["prediction"], expected, rtol=1e-6)
     assert np.array_equal(result["points"].ravel(), counts)
+
+
+def test_a_rollback_logs_every_step_once(tmp_path, image_run):
+    """A NaN at step 17 is found at step 20 and rolls back to the checkpoint of 10: the lines
+    and events of steps 11-20 logged before it are replaced, not repeated."""
+    _, config, _ = image_run
+    run_dir = tmp_path / "run"
+    result = run_cli("dint.train", "--config", config, "--run.dir", run_dir, "--checkpoint.every", "10",
+                     "--metrics.selection_maps", "[]", "--metrics.plots", "false", extra_env={"DINT_FAULT": "nan@17"})
+    assert result.returncode == 0, result.stderr
+    assert "rolled back to step 10" in result.stderr
+    lines = lines_of(run_dir)
+    assert [line["step"] for line in lines] == list(range(5, STEPS + 1, 5))
+    loss = events(run_dir).Scalars("train/loss")
+    assert [s.step for s in loss] == list(range(5, STEPS + 1, 5))
+    np.testing.assert_allclose([s.value for s in loss], [line["loss"] for line in lines], rtol=1e-6)
+    assert all(np.isfinite(s.value) for s in loss)

@@ -86,7 +86,7 @@ class MetricsLogger:
         self.total_steps, self.log_every, self.eval_every = config.train.steps, config.train.log_every, config.eval.every
         self.enabled, self.shape = enabled, shape
         self.history: list[dict[str, Any]] = []  # this run's lines, on every rank (dint bench reads them)
-        self._file = None
+        self._file, self.path = None, path
         if enabled:
             kept = []
             if resume_after and path.exists():
@@ -94,6 +94,7 @@ class MetricsLogger:
                         if line.strip() and json.loads(line).get("step", 0) <= resume_after]
             self._file = open(path, "w")
             self._file.write("".join(line + "\n" for line in kept))
+            self._file.flush()
         show_bar = enabled and sys.stderr.isatty()
         self._bar = tqdm(total=self.total_steps, initial=resume_after or 0, unit="step", dynamic_ncols=True) \
             if show_bar else None
@@ -136,6 +137,16 @@ class MetricsLogger:
             "train_seconds": round(sum(timers[name].seconds for name in ("select", "balance", "update")), 4),
             "lr": lr,
         }
+
+    def rewind(self, step: int) -> None:
+        """Forget the lines after `step` (a rollback to it): they will be logged again."""
+        self.history = [record for record in self.history if record["step"] <= step]
+        if self._file is not None:
+            self._file.close()
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self._file = open(self.path, "w")
+            self._file.write("".join(line + "\n" for line in kept))
+            self._file.flush()
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)

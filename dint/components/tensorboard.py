@@ -26,6 +26,7 @@ class TensorBoardLog:
     def __init__(self, folder: Path | None, resume_after: int = 0):
         """Writes into `folder` (None: writes nothing); `resume_after`: the step a resume starts after."""
         self.writer = None
+        self.after = resume_after  # steps up to this one are shown already: nothing is added at them
         self.shown_signal = False  # the signal's own picture is shown once a process
         if folder is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -33,8 +34,19 @@ class TensorBoardLog:
             self.writer = SummaryWriter(str(folder), purge_step=resume_after + 1 if resume_after else None,
                                         flush_secs=30)
 
-    def scalars(self, record: dict) -> None:
+    def rewind(self, step: int) -> None:
+        """A rollback to `step`: hide what was logged after it (as a resume does), it comes again."""
         if self.writer is None:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        writer = self.writer._get_file_writer()  # what SummaryWriter itself does for purge_step
+        writer.add_event(Event(step=step + 1, file_version="brain.Event:2"))
+        writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+        self.after = step
+
+    def scalars(self, record: dict) -> None:
+        if self.writer is None or record["step"] <= self.after:
             return
         for key, tag in SCALARS.items():
             if record.get(key) is not None:
@@ -42,7 +54,7 @@ class TensorBoardLog:
 
     def pictures(self, step: int, pictures: dict[str, np.ndarray]) -> None:
         """{name: HxWx3 uint8} under the tag pictures/name."""
-        if self.writer is None:
+        if self.writer is None or step <= self.after:
             return
         for name, picture in pictures.items():
             self.writer.add_image(f"pictures/{name}", picture, step, dataformats="HWC")
