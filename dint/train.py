@@ -24,11 +24,10 @@ from dint.balance import Balancer
 from dint.batching import build_batch_plan
 from dint.components.checkpoint import CheckpointManager, RngState, save_model
 from dint.components.faults import Faults
-from dint.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
+from dint.components.metrics import MetricsLogger, StepRuns, Timers, bytes_per_rank, peak_rss_mb_per_rank
 from dint.components.pictures import (PER_ROW, compose, error_picture, save_png, selection_panels,
                                       selection_picture, value_picture)
 from dint.components.plots import quality_figure, save_figure
-from dint.components.metrics import MetricsLogger, StepRuns, Timers, bytes_per_rank, peak_rss_mb_per_rank
 from dint.components.tensorboard import TensorBoardLog
 from dint.config import USAGE, Config, check_against_store, load_config, map_steps, parse_cli
 from dint.data import rank_chunk_ids
@@ -38,6 +37,7 @@ from dint.distributed.utils import (TRAFFIC, barrier, collective_failure, destro
 from dint.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
 from dint.files import RUN_LOCK, check_claimable, claim_folder, exclusive, write_outputs
 from dint.evaluate import Evaluator
+from dint.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
 from dint.model import build_model, training_bytes
 from dint.quality import ssim
 from dint.resources import local_ranks, require_memory
