@@ -119,13 +119,14 @@ def test_quality_plot_has_its_panels(image_run):
     assert StepRuns(summary["selection_steps"]).steps() == list(range(1, STEPS + 1))  # importance: every step
     lines = lines_of(run_dir)
     figure = quality_figure(lines, summary["selection_steps"], "psnr")
-    by_step, ratio, by_time, loss = figure.axes[0], figure.axes[3], figure.axes[1], figure.axes[2]
-    assert [a.get_title() for a in (by_step, by_time, loss)] == [
-        "PSNR against steps", "PSNR against training time", "loss against steps"]
+    by_step, by_time, loss, loss_by_time, ratio = figure.axes
+    assert [a.get_title() for a in (by_step, by_time, loss, loss_by_time)] == [
+        "PSNR against steps", "PSNR against training time", "loss against steps", "loss against training time"]
     evaluated = [line for line in lines if line["psnr"] is not None]
     assert by_step.lines[0].get_xdata().tolist() == [line["step"] for line in evaluated]
     assert by_time.lines[0].get_xdata().tolist() == [line["train_seconds"] for line in evaluated]
     assert loss.lines[0].get_ydata().tolist() == [line["loss"] for line in lines] and loss.get_yscale() == "log"
+    assert loss_by_time.lines[0].get_xdata().tolist() == [line["train_seconds"] for line in lines]
     assert ratio.get_ylabel() == "ratio selected" and ratio.lines[0].get_ydata().tolist() == [0.2] * len(lines)
     ticks = by_step.collections[0]  # one tick per selection step
     assert len(ticks.get_segments()) == STEPS

@@ -11,13 +11,6 @@ TIME_AXIS = "training seconds (selection + update)"
 DENSE_RUN = 100  # a run of more selections than this is marked as a band, not step by step
 
 
-def _figure(width: float, height: float, columns: int = 1):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    figure = Figure(figsize=(width, height))
-    return figure, figure.subplots(1, columns, squeeze=False)[0]
-
-
 def save_figure(figure, path: Path) -> None:
     """As a PNG marked as dint's (its Software text), so dint may later replace it."""
     figure.tight_layout()
@@ -25,34 +18,33 @@ def save_figure(figure, path: Path) -> None:
 
 
 def quality_figure(lines: list[dict], selection_runs: list[list[int]], key: str):
-    """A run's quality.png (a matplotlib Figure) from its metrics.jsonl lines: quality against steps (the teacher's
-    ratio on a second axis, its selection steps marked under the curve), quality against
-    training seconds, and the loss against steps."""
-    figure, (by_step, by_time, loss) = _figure(15, 4.2, 3)
+    """A run's quality.png (a matplotlib Figure) from its metrics.jsonl lines: quality and loss,
+    each against steps and against training seconds; on the quality-by-step panel the teacher's
+    ratio (second axis) and its selection steps (along the bottom)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    figure = Figure(figsize=(13, 8))
+    (by_step, by_time), (loss_by_step, loss_by_time) = figure.subplots(2, 2)
     evaluated = [line for line in lines if line.get(key) is not None]
-    steps = [line["step"] for line in evaluated]
-    values = [line[key] for line in evaluated]
-    by_step.plot(steps, values, "o-", color="C0", markersize=3)
-    by_step.set_xlabel("step")
-    by_step.set_ylabel(UNITS[key])
-    by_step.set_title(f"{key.upper()} against steps")
+    for axes, x, lines_of, y, colour in ((by_step, "step", evaluated, key, "C0"),
+                                         (by_time, "train_seconds", evaluated, key, "C0"),
+                                         (loss_by_step, "step", lines, "loss", "C2"),
+                                         (loss_by_time, "train_seconds", lines, "loss", "C2")):
+        axes.plot([line[x] for line in lines_of], [line[y] for line in lines_of], "o-" if y == key else "-",
+                  color=colour, markersize=3)
+        axes.set_xlabel("step" if x == "step" else TIME_AXIS)
+        axes.set_ylabel(UNITS[key] if y == key else "loss (mean squared error)")
+        what = key.upper() if y == key else "loss"
+        axes.set_title(f"{what} against {'steps' if x == 'step' else 'training time'}")
+        if y == "loss":
+            axes.set_yscale("log")
+        axes.grid(alpha=0.3)
     ratio = by_step.twinx()
     ratio.step([line["step"] for line in lines], [line["ratio"] for line in lines], where="post", color="C1",
                alpha=0.7, linewidth=1)
     ratio.set_ylabel("ratio selected", color="C1")
     ratio.set_ylim(0, 1.05)
     _mark_selections(by_step, selection_runs)
-    by_time.plot([line["train_seconds"] for line in evaluated], values, "o-", color="C0", markersize=3)
-    by_time.set_xlabel(TIME_AXIS)
-    by_time.set_ylabel(UNITS[key])
-    by_time.set_title(f"{key.upper()} against training time")
-    loss.plot([line["step"] for line in lines], [line["loss"] for line in lines], color="C2")
-    loss.set_yscale("log")
-    loss.set_xlabel("step")
-    loss.set_ylabel("loss (mean squared error)")
-    loss.set_title("loss against steps")
-    for axes in (by_step, by_time, loss):
-        axes.grid(alpha=0.3)
     return figure
 
 
@@ -80,7 +72,10 @@ def quality_vs_time(curves: list[dict], path: Path, key: str, line: tuple[float,
     [(seconds, quality)], optional "colour" and "alpha"}); `line`: a level to draw and its
     label. The legend goes under the plot, long labels wrapped, so the plot keeps its size."""
     labelled = sum(1 for entry in curves if entry.get("label")) + (line is not None)
-    figure, (axes,) = _figure(8, 4.5 + 0.22 * labelled)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5 + 0.22 * labelled))
+    axes = figure.subplots()
     for entry in curves:
         curve = entry["curve"]
         label = entry.get("label")
