@@ -82,6 +82,8 @@ def shard(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="A dask.distributed scheduler address, e.g. "
                                             "tcp://head:8786: its workers read and write the chunks (SRC and DEST "
                                             "on a filesystem they share)."),
+    scheduler_timeout: float = typer.Option(10.0, "--scheduler-timeout", help="Seconds to wait for --scheduler to "
+                                            "answer before giving up."),
 ) -> None:
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
@@ -115,7 +117,9 @@ def shard(
     if problem is not None:
         key, what = problem
         raise DintError(f"{shown(src)}: its {key.replace('_', ' ')} {list(getattr(info, key))} {what}")
-    write_store(source.values, info, dest, overwrite=overwrite, scheduler=scheduler)
+    if scheduler_timeout <= 0:
+        raise DintError(f"--scheduler-timeout {scheduler_timeout:g}: must be a positive number of seconds")
+    write_store(source.values, info, dest, overwrite=overwrite, scheduler=scheduler, scheduler_timeout=scheduler_timeout)
     seconds = time.perf_counter() - started
     print(f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
           f"chunks {'x'.join(map(str, info.chunks))}, written in {seconds:.1f} s")

@@ -241,14 +241,15 @@ def check_destination(dest: Path, overwrite: bool) -> None:
                                                       if os.path.lexists(dest.parent) else "output folder does not exist"))
 
 
-def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, scheduler: str | None = None) -> Path:
+def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, scheduler: str | None = None,
+                scheduler_timeout: float = 10.0) -> Path:
     """Write `values` (a dask array shaped (*info.shape, C)) as a store at `dest`, atomically.
 
     The store is built under a hidden temporary name and renamed into place, so a failure
     (bad chunk, full disk, Ctrl-C) leaves neither a partial store nor a damaged old one.
     `scheduler`: the address of a dask.distributed scheduler whose workers write the chunks
     (they must see `dest`'s folder at the same path: a shared filesystem); else this
-    machine's threads.
+    machine's threads; `scheduler_timeout`: seconds to wait for it to answer.
     """
     import dask.array as da
 
@@ -266,7 +267,7 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, s
         # (one writer per chunk, on one machine or many).
         aligned = _whole_blocks(values, info).astype(info.dtype).rechunk((*info.chunks, info.channels))
         if scheduler:
-            _store_on_cluster(da.store(aligned, array, lock=False, compute=False), scheduler)
+            _store_on_cluster(da.store(aligned, array, lock=False, compute=False), scheduler, scheduler_timeout)
         else:
             # Our own pool: when a task fails dask re-raises at once while sibling tasks still
             # run; waiting for them means none writes into `tmp` after it is removed below.
@@ -299,7 +300,7 @@ def _whole_blocks(values, info: SignalInfo):
     return values.map_blocks(check, dtype=values.dtype, meta=np.empty((0,) * values.ndim, values.dtype))
 
 
-def _store_on_cluster(stored, address: str) -> None:
+def _store_on_cluster(stored, address: str, timeout: float) -> None:
     """Run the store graph on the cluster at `address`; on failure, wait until none of its
     tasks still runs (none may write into the staging folder once it is removed)."""
     try:
@@ -307,7 +308,7 @@ def _store_on_cluster(stored, address: str) -> None:
     except ImportError:
         raise DintError("--scheduler needs dask.distributed: pip install distributed") from None
     try:
-        client = Client(address, timeout="10s", set_as_default=False)
+        client = Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise DintError(f"--scheduler {address}: cannot reach the dask scheduler ({_one_line(e)})") from None
     with client:

@@ -56,7 +56,8 @@ def test_a_failing_chunk_on_the_cluster_leaves_nothing(tmp_path, cluster):
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path):
     png = write_png(tmp_path / "img.png", smooth_image(20, 20, channels=1, seed=1))
-    result = run_cli("dint.cli", "shard", png, tmp_path / "s.zarr", "--scheduler", "tcp://127.0.0.1:1", timeout=120)
+    result = run_cli("dint.cli", "shard", png, tmp_path / "s.zarr", "--scheduler", "tcp://127.0.0.1:1",
+                     "--scheduler-timeout", "1", timeout=120)
     assert result.returncode == 2
     assert "--scheduler tcp://127.0.0.1:1: cannot reach the dask scheduler" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
