@@ -138,12 +138,18 @@ def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], b
         yield tmp
         publish(tmp, dest, may_replace)
     except BaseException as e:
-        remove(tmp)
-        if isinstance(e, KeyboardInterrupt):
-            _remove_late_writes(tmp)
+        discard(tmp, e)
         if isinstance(e, OSError) and e.filename is None:
             e.filename = str(dest)  # a writer thread's error (a full disk) lost its path: name the output
         raise
+
+
+def discard(tmp: Path, error: BaseException) -> None:
+    """Remove the staging copy `tmp` of an output that failed with `error`; after an interrupt,
+    also whatever a writer thread still puts there."""
+    remove(tmp)
+    if isinstance(error, KeyboardInterrupt):
+        _remove_late_writes(tmp)
 
 
 def _remove_late_writes(tmp: Path, seconds: float = 1.0) -> None:

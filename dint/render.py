@@ -30,7 +30,7 @@ import zarr
 from dint.data import CoordinateMap, chunk_grid, partition_chunks
 from dint.errors import DintError
 from dint.evaluate import inside_threshold
-from dint.files import anything, is_dint_store, publish, remove, remove_stale, staging_path
+from dint.files import anything, discard, is_dint_store, publish, remove_stale, staging_path
 from dint.store import (SignalInfo, create_values_array, default_chunks, from_training, open_store, to_dtype, to_unit,
                         writable_values)
 
@@ -108,11 +108,11 @@ def build_together(dest: Path, rank: int, device: torch.device, create: Callable
         for kind, staged_file in previews.items():
             outputs[kind] = str(publish(staged_file, final_names[kind], anything if previews_replaceable else None))
         return outputs
-    except BaseException:
+    except BaseException as e:
         if rank == 0:
-            remove(tmp)
+            discard(tmp, e)
             for staged_file in previews.values():
-                remove(staged_file)
+                discard(staged_file, e)
         raise
 
 
