@@ -255,3 +255,17 @@ def test_a_rollback_logs_every_step_once(tmp_path, image_run):
     assert [s.step for s in loss] == list(range(5, STEPS + 1, 5))
     np.testing.assert_allclose([s.value for s in loss], [line["loss"] for line in lines], rtol=1e-6)
     assert all(np.isfinite(s.value) for s in loss)
+
+
+def test_a_fresh_run_in_the_same_folder_replaces_the_events(tmp_path, image_run):
+    """checkpoint.resume = "never" trains afresh in an existing run folder (as `make demo` does):
+    TensorBoard shows that run's steps once, not the earlier run's beside them."""
+    _, config, _ = image_run
+    run_dir = tmp_path / "run"
+    for _ in range(2):
+        result = run_cli("dint.train", "--config", config, "--run.dir", run_dir, "--train.steps", "10",
+                         "--checkpoint.resume", "never", "--checkpoint.every", "0", "--metrics.selection_maps", "[]",
+                         "--metrics.plots", "false")
+        assert result.returncode == 0, result.stderr
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [s.step for s in events(run_dir).Scalars("train/loss")] == [5, 10]

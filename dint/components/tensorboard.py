@@ -1,7 +1,8 @@
 """TensorBoard event files in run.dir/tensorboard/, written by rank 0 (metrics.tensorboard).
 
 Scalars at every logged step (TensorBoard's "relative" axis shows them against wall time),
-pictures at evaluations. A resumed run purges the events logged after its checkpoint by the
+pictures at evaluations. A run from its start replaces the event files an earlier run left
+in the folder (as it replaces metrics.jsonl); a resumed run purges the events logged after its checkpoint by the
 run it continues (SummaryWriter's purge_step), so no step shows twice. Event files are
 append-only records with checksums: a killed run leaves files TensorBoard reads up to the
 last whole record.
@@ -30,6 +31,10 @@ class TensorBoardLog:
         self.shown_signal = False  # the signal's own picture is shown once a process
         if folder is not None:
             from torch.utils.tensorboard import SummaryWriter
+
+            if not resume_after:  # a run from its start replaces what an earlier run logged here
+                for old in Path(folder).glob("events.out.tfevents.*"):
+                    old.unlink()
 
             self.writer = SummaryWriter(str(folder), purge_step=resume_after + 1 if resume_after else None,
                                         flush_secs=30)
