@@ -331,7 +331,7 @@ class Trainer:
         c, written, writers = self.config, {}, {}
         if self.selection_maps is not None and self.field_maps is not None:
             step, maps = self.field_maps
-            panels = selection_panels({s: m for s, m in self.selection_maps.captured.items()}, self.view, maps, step)
+            panels = selection_panels(self.selection_maps.captured, self.view, maps, step)
             figure, records = compose(panels, per_row=1 if self.view.ndim == 1 else PER_ROW)
             about = {"modality": self.info.modality, "signal_shape": list(self.info.shape), **self.view.described()}
             writers["selection.png"] = lambda tmp: save_png(figure, tmp)

@@ -537,16 +537,22 @@ def test_a_missing_resume_folder_says_not_found(tmp_path, image_store):
              f"{missing}: checkpoint not found")
 
 
-def test_a_store_declaring_billions_of_chunks_is_refused_at_once(tmp_path):
-    """Checks whose cost grows with the number of chunks stay bounded by the files present."""
-    store = make_image_store(tmp_path)
+def declare_shape(store: Path, shape: list[int], chunks: list[int], **array_fields) -> Path:
+    """Make `store`'s attributes and array declare `shape` in `chunks` (no chunk written)."""
     group = json.loads((store / "zarr.json").read_text())
-    group["attributes"]["dint"].update(shape=[65536, 65536], chunks=[1, 1])
+    group["attributes"]["dint"].update(shape=shape, chunks=chunks)
     (store / "zarr.json").write_text(json.dumps(group))
     array = json.loads((store / "values" / "zarr.json").read_text())
-    array["shape"] = [65536, 65536, 1]
-    array["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1]
+    array["shape"] = [*shape, 1]
+    array["chunk_grid"]["configuration"]["chunk_shape"] = [*chunks, 1]
+    array.update({key.replace("array_", ""): value for key, value in array_fields.items()})
     (store / "values" / "zarr.json").write_text(json.dumps(array))
+    return store
+
+
+def test_a_store_declaring_billions_of_chunks_is_refused_at_once(tmp_path):
+    """Checks whose cost grows with the number of chunks stay bounded by the files present."""
+    store = declare_shape(make_image_store(tmp_path), [65536, 65536], [1, 1])
     started = time.monotonic()
     result = run_cli("dint.cli", "info", store, timeout=60)
     one_line(result, "of 4294967296 chunk files missing")
@@ -582,15 +588,8 @@ def test_a_model_that_cannot_fit_is_refused_before_loading(tmp_path, image_store
 
 
 def test_a_store_too_large_for_memory_is_refused_unless_it_can_stream(tmp_path):
-    store = make_image_store(tmp_path)
-    group = json.loads((store / "zarr.json").read_text())
-    group["attributes"]["dint"].update(shape=[1000000, 1000000], chunks=[4096, 4096])
-    (store / "zarr.json").write_text(json.dumps(group))
-    array = json.loads((store / "values" / "zarr.json").read_text())
-    array["shape"] = [1000000, 1000000, 1]
-    array["chunk_grid"]["configuration"]["chunk_shape"] = [4096, 4096, 1]
-    array["attributes"] = {}  # a store of before "every chunk stored": missing chunks read as zeros
-    (store / "values" / "zarr.json").write_text(json.dumps(array))
+    # Array attributes dropped: a store of before "every chunk stored", missing chunks read as zeros.
+    store = declare_shape(make_image_store(tmp_path), [1000000, 1000000], [4096, 4096], array_attributes={})
     result = run_cli(*train_args(store, tmp_path / "run"), timeout=120)
     one_line(result, "does not fit in half the")
     assert "set teacher.minibatch" in result.stderr

@@ -222,11 +222,3 @@ class StepRuns:
 
     def steps(self) -> list[int]:
         return [step for first, last, every in self.runs for step in range(first, last + 1, every)]
-
-    def until(self, step: int) -> "StepRuns":
-        """The steps up to `step` (a rollback forgets the rest)."""
-        kept = StepRuns()
-        for at in self.steps():
-            if at <= step:
-                kept.add(at)
-        return kept
