@@ -63,14 +63,25 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 def sigterm_while_staging(args: list[str], dest: Path) -> tuple[int, str]:
-    """Start `dint ARGS`, send SIGTERM once its staging copy of `dest` appears; (exit code, stderr)."""
+    """Start `dint ARGS`, send SIGTERM while its staging copy of `dest` exists; (exit code, stderr).
+    The process is frozen (SIGSTOP) before the staging copy is checked again, so the signal
+    lands before the copy is published even when the command is almost done."""
     process = subprocess.Popen([sys.executable, "-m", "dint.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    staging = f".{dest.stem}.tmp-*{dest.suffix}"  # not its previews' staging copies
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(dest.parent.glob(f".{dest.stem}.tmp-*")):
-        time.sleep(0.01)
-    assert list(dest.parent.glob(f".{dest.stem}.tmp-*")), f"dint {args[0]} never started writing {dest}"
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(dest.parent.glob(staging)):
+            process.send_signal(signal.SIGSTOP)
+            if list(dest.parent.glob(staging)) and process.poll() is None:
+                break
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    else:
+        process.kill()
+        pytest.fail(f"dint {args[0]} finished or hung before SIGTERM could reach it while writing {dest}")
     process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
     _, stderr = process.communicate(timeout=60)
     return process.returncode, stderr
 
