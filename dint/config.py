@@ -52,6 +52,7 @@ class RunConfig:
     dir: str = "runs/default"  # outputs: config.toml, metrics.jsonl, summary.json, model.pt, ...
     device: str = "auto"  # auto: CUDA whenever it is there
     collective_timeout: float = 600.0  # seconds a collective may wait for a rank before the run fails
+    keep_freed_memory: bool = True  # glibc keeps memory a step frees for the next (dint.resources.keep_freed_memory)
 
     def validate(self, fail: Fail) -> None:
         _require(fail, self, choices={"device": DEVICES}, positive=("collective_timeout",))
@@ -122,7 +123,7 @@ class TeacherConfig:
     error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
     minibatch: int = 0  # points per mini-batch (mini-batch INT, one optimizer step each); 0: whole signal
     random_share: float = 0.2  # of each selection drawn at random (int: from the points the ranking left)
-    error_refresh: int = 20  # steps between scoring forwards over every point; between them, reuse the errors
+    error_refresh: int = 80  # steps between scoring forwards over every point; between them, reuse the errors
     #                         the training forwards saw (int, importance; whole signal in memory)
     topk: str = "auto"  # how ranks agree on the global top-k: gather candidates, histograms (threshold), or
     #                    auto: gather while its traffic is under 64 MiB a rank (dint.teacher.select_topk_by)

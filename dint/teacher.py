@@ -297,6 +297,56 @@ def point_errors(model: torch.nn.Module, shard: Shard, candidates: torch.Tensor,
     return errors
 
 
+def top_draws(draws: torch.Tensor, count: int, available: int, select_top: Callable,
+              ids_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The points `select_top(draws, count, ids_of)` picks, without ranking every draw (collective).
+
+    `available` of the draws over all ranks are uniform in [0, 1) (the others are -1). Only
+    those above a cut that lets through count plus a margin of 8 standard deviations are
+    ranked: when at least `count` get through over all ranks, the `count` largest draws
+    (ties included) are all among them, so the result is the same; else (about never),
+    every draw is ranked. Positions come in ascending order.
+    """
+    share = min(1.0, (count + 8.0 * math.sqrt(count) + 16.0) / max(available, 1))
+    above = torch.nonzero(draws >= 1.0 - share).squeeze(1)
+    if sum(gather_counts(above.shape[0], draws.device)) < count:
+        return select_top(draws, count, ids_of).sort().values
+    chosen = torch.zeros(above.shape[0], dtype=torch.bool, device=draws.device)
+    chosen[select_top(draws[above], count, lambda positions: ids_of(above[positions]))] = True
+    return above[chosen]  # in ascending order, as `above` is
+
+
+class Offered:
+    """The candidates offered to a selection: how many each rank holds, and their random draws.
+
+    A point's draw at a step is u = (a b + c mod 2^53) / 2^53, with b = hashed_uniform(its
+    global index, seed) in 53-bit integers, drawn once, and (a odd, c) two numbers a step.
+    For every point u is uniform (c is) and independent from step to step, so inclusion
+    probabilities stay exact (importance sampling's weights, the random share); the odd
+    multiplier a reorders the points at every step, so a step's draws are not a shifted copy
+    of another's. Five integer operations a point per step instead of hashing every point
+    anew, and a function of global indices only: the same selection on any number of ranks.
+    """
+
+    _BITS = 53  # float64's mantissa: every u is exact
+
+    def __init__(self, shard: Shard, candidates: torch.Tensor, seed: int):
+        self.candidates = candidates
+        self.counts = gather_counts(candidates.shape[0], candidates.device)
+        self.seed = seed
+        self.everything = candidates.shape[0] == len(shard) and torch.equal(
+            candidates, torch.arange(len(shard), device=candidates.device))  # in order: no gathering
+        self.base = (hashed_uniform(shard.global_index(candidates), seed, -1) * 2.0**self._BITS).to(torch.int64)
+
+    def draws(self, step: int) -> torch.Tensor:
+        """Every candidate's uniform [0, 1) draw at `step` (a new float64 tensor)."""
+        # The step's numbers are draws of negative ids, which no point has.
+        a, c = (hashed_uniform(torch.tensor([-2, -3]), self.seed, step) * 2.0**self._BITS).tolist()
+        multiplier = 2 * (int(a) >> 1) + 1
+        mixed = (self.base * multiplier).add_(int(c)).bitwise_and_((1 << self._BITS) - 1)
+        return mixed.to(torch.float64).mul_(2.0**-self._BITS)
+
+
 class Teacher:
     """Chooses which points every rank trains on: Algorithm 1's selection, and its schedules.
 
@@ -311,6 +361,7 @@ class Teacher:
         self.score_timer = score_timer or contextlib.nullcontext  # times the scoring forwards
         self.points_scored = 0  # by this rank's scoring forwards (dint scale's cost model)
         self.selections = 0  # made by this process (the trainer marks the steps where it grows)
+        self._last_offered: Offered | None = None
 
     @property
     def chooses(self) -> bool:
@@ -351,8 +402,8 @@ class Teacher:
         """
         device, c = candidates.device, self.config
         self.selections += 1
-        candidate_counts = gather_counts(candidates.shape[0], device)
-        total_candidates = sum(candidate_counts)
+        offered = self._offered(shard, candidates)
+        total_candidates = sum(offered.counts)
         ratio, weights, normalizer = 1.0, None, None
         if not self.chooses:
             positions = torch.arange(candidates.shape[0], device=device)
@@ -360,37 +411,42 @@ class Teacher:
             ratio = ratio_at(progress, total, c.ratio, c.ratio_schedule)
             k = min(total_candidates, max(1, round(ratio * total_candidates)))
             ids_of = lambda positions: shard.global_index(candidates[positions])  # noqa: E731
-            draws = lambda: hashed_uniform(shard.global_index(candidates), self.seed, progress)  # noqa: E731
-            select_top = select_topk_by(c.topk, k, len(candidate_counts))
+            select_top = select_topk_by(c.topk, k, len(offered.counts))
             if c.strategy == "uniform":
-                positions = select_top(draws(), k, ids_of)
+                positions = top_draws(offered.draws(progress), k, total_candidates, select_top, ids_of)
             elif c.strategy == "int":
                 errors = self._errors(model, shard, candidates, progress, memory)
                 drawn = round(c.random_share * k)
                 positions = select_top(errors, k - drawn, ids_of)
                 if drawn:  # the rest at random among the points the ranking left
-                    random = draws()
+                    random = offered.draws(progress)
                     random[positions] = -1.0  # below every draw
-                    positions = torch.cat([positions, select_top(random, drawn, ids_of)])
+                    positions = torch.cat([positions, top_draws(random, drawn, total_candidates - (k - drawn),
+                                                                select_top, ids_of)])
             else:
                 errors = self._errors(model, shard, candidates, progress, memory)
                 probability = inclusion_probability(errors, k, total_candidates, c.random_share)
-                positions = torch.nonzero(draws() < probability).squeeze(1)
-                weights, normalizer = (1.0 / probability[positions]).to(torch.float32), total_candidates
-            # In the candidates' own order: what a resume rebuilds from a bit mask, exactly.
-            order = positions.sort()
-            positions = order.values
-            weights = weights[order.indices] if weights is not None else None
+                positions = torch.nonzero(offered.draws(progress) < probability).squeeze(1)
+                weights, normalizer = probability[positions].reciprocal(), total_candidates
+            if c.strategy == "int":  # in the candidates' own order (the others already are): what a resume rebuilds
+                positions = positions.sort().values
         counts = gather_counts(positions.shape[0], device)
         return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions,
                          weights=weights, normalizer=normalizer, memory=memory)
+
+    def _offered(self, shard: Shard, candidates: torch.Tensor) -> Offered:
+        """What a selection needs to know of its candidates besides their errors, kept while
+        the same candidates come back (the whole signal, at every selection)."""
+        if self._last_offered is None or self._last_offered.candidates is not candidates:
+            self._last_offered = Offered(shard, candidates, self.seed)
+        return self._last_offered
 
     def _errors(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
                 memory: ErrorMemory | None) -> torch.Tensor:
         """The candidates' errors: a scoring forward at refresh steps, else what memory holds."""
         if memory is not None and memory.refreshed_at is not None \
                 and progress - memory.refreshed_at < self.config.error_refresh:
-            return memory.errors[candidates]
+            return memory.errors if self._offered(shard, candidates).everything else memory.errors[candidates]
         with self.score_timer():
             errors = point_errors(model, shard, candidates, self.block_points, self.config.error)
         self.points_scored += candidates.shape[0]
@@ -401,16 +457,16 @@ class Teacher:
 
 
 def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_share: float) -> torch.Tensor:
-    """Each point's probability of being drawn (float64): k times a mix of its share of all the
+    """Each point's probability of being drawn (float32): k times a mix of its share of all the
     errors and of the uniform 1 / total, at most 1 (collective).
 
     Errors are quantised to integers against the global maximum before summing, so the sum,
     and with it every probability, is exact and the same on any number of ranks.
     """
-    errors = torch.nan_to_num(errors.double(), nan=math.inf).clamp(max=torch.finfo(torch.float32).max)
-    top = all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1))
-    quanta = torch.floor(errors / top * 2**24).to(torch.int64) if top.item() > 0 else torch.zeros_like(errors,
-                                                                                                       dtype=torch.int64)
-    mass = int(all_reduce_sum(quanta.sum().reshape(1)).item())
-    share = quanta.double() / mass if mass > 0 else torch.full_like(errors, 1.0 / total)
-    return (k * ((1.0 - uniform_share) * share + uniform_share / total)).clamp(max=1.0)
+    errors = torch.nan_to_num(errors.float(), nan=math.inf, posinf=torch.finfo(torch.float32).max)
+    top = float(all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1)).item())
+    quanta = torch.floor(errors * (2**24 / top)) if top > 0 else torch.zeros_like(errors)
+    mass = int(all_reduce_sum(quanta.sum(dtype=torch.int64).reshape(1)).item())
+    if mass == 0:
+        return torch.full_like(errors, min(1.0, k / total))
+    return quanta.mul_(k * (1.0 - uniform_share) / mass).add_(k * uniform_share / total).clamp_(max=1.0)

@@ -40,7 +40,7 @@ from dint.evaluate import Evaluator
 from dint.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
 from dint.model import build_model, training_bytes
 from dint.quality import ssim
-from dint.resources import local_ranks, require_memory
+from dint.resources import keep_freed_memory, local_ranks, require_memory
 from dint.render import PREVIEW_MAX_POINTS, render_reconstruction
 from dint.store import open_store, to_unit
 from dint.teacher import Teacher
@@ -78,6 +78,7 @@ def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: tor
 class Trainer:
     def __init__(self, config: Config):
         self.config, c = config, config
+        keep_freed_memory(c.run.keep_freed_memory)
         import_engine_library(c.train.engine, c.run.device)
         self.dist = init_distributed(c.run.device, c.run.collective_timeout, needs_process_group(c.train.engine))
         self.phase = "start-up"  # named in the message when a collective times out

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import NO_VIEWS_ARGS, torchrun
-from dint.teacher import select_topk, topk_ordered
+from dint.teacher import select_topk, select_topk_threshold, top_draws, topk_ordered
 
 WORKER = Path(__file__).parent / "workers" / "topk_worker.py"
 
@@ -27,6 +27,25 @@ def expected_by_rule(scores: list[float], ids: list[int], k: int) -> set[int]:
 
 def identity(positions: torch.Tensor) -> torch.Tensor:
     return positions
+
+
+# --- top_draws: ranking only the draws above a cut ----------------------------------------
+
+
+@pytest.mark.parametrize("select", [select_topk, select_topk_threshold], ids=["gather", "threshold"])
+@pytest.mark.parametrize("count", [0, 1, 37, 2000, 9999])
+def test_top_draws_picks_what_ranking_every_draw_picks(select, count):
+    """Uniform draws with ties and excluded points (-1): the same points as a top-k over all,
+    in ascending order; with `available` overstated the cut lets too few through, and the
+    fallback ranks every draw."""
+    g = torch.Generator().manual_seed(count)
+    draws = torch.randint(0, 4000, (10_000,), generator=g).double() / 4000  # many ties
+    excluded = torch.randperm(10_000, generator=g)[:500]
+    draws[excluded] = -1.0
+    expected = sorted(expected_by_rule(draws.tolist(), list(range(10_000)), count))
+    for available in (9_500, 10_000_000):
+        got = top_draws(draws, count, available, select, identity)
+        assert got.tolist() == expected, available
 
 
 # --- topk_ordered in one process ---------------------------------------------------------

@@ -15,7 +15,7 @@ from dint.config import ModelConfig, TeacherConfig, load_config
 from dint.data import Shard, rank_chunk_ids
 from dint.model import Siren, build_model
 from dint.store import open_store
-from dint.teacher import Teacher, point_errors
+from dint.teacher import Offered, Teacher, point_errors
 
 
 def tiny_config(tmp_path, store, **teacher) -> dict:
@@ -76,6 +76,34 @@ def test_importance_weighted_loss_has_an_unbiased_gradient(image_store):
     for draws, unbiased in ((torch.stack(weighted), True), (torch.stack(unweighted), False)):
         z = (draws.mean(0) - full) / (draws.std(0) / math.sqrt(draws.shape[0]) + 1e-12)
         assert (z.abs().max() < 5) == unbiased, z.abs().max()
+
+
+def test_draws_are_uniform_new_at_every_step_and_a_function_of_the_point(image_store):
+    """The teacher's random draws (dint.teacher.Offered): uniform over [0, 1) at every step,
+    uncorrelated from one step to the next and between points, and a point's draw is the same
+    whichever other points are offered with it (so whatever the ranks)."""
+    store = open_store(image_store)
+    shard = Shard(store, rank_chunk_ids(store.info, 0, 1), torch.device("cpu"))
+    everything = torch.arange(len(shard))
+    offered = Offered(shard, everything, seed=5)
+    n, steps = len(shard), 300
+    draws = torch.stack([offered.draws(step) for step in range(steps)])  # (steps, points)
+    assert draws.dtype == torch.float64 and draws.min() >= 0 and draws.max() < 1
+    bins = torch.histc(draws, bins=10, min=0, max=1)  # every draw: 10 equal bins
+    expected = draws.numel() / 10
+    assert ((bins - expected).abs() < 5 * math.sqrt(expected)).all(), bins
+    # Each point over the steps: below 0.1 about a tenth of the time (binomial, 5 sigma).
+    share = (draws < 0.1).double().mean(0)
+    assert (share - 0.1).abs().max() < 5 * math.sqrt(0.09 / steps) + 1 / steps
+    # Consecutive steps, and two points over the steps: no correlation (5 sigma).
+    after = torch.corrcoef(torch.stack([draws[:-1].flatten(), draws[1:].flatten()]))[0, 1]
+    assert abs(after) < 5 / math.sqrt(draws[:-1].numel()), after
+    between = torch.corrcoef(draws.T[:40])  # 40 points, each over 300 steps
+    assert (between - torch.eye(40)).abs().max() < 5 / math.sqrt(steps) * 1.5
+    # A subset offered alone (another rank's candidates) draws what it drew with everything.
+    subset = everything[torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 3]]
+    assert torch.equal(Offered(shard, subset, seed=5).draws(17), draws[17][subset])
+    assert not torch.equal(Offered(shard, everything, seed=6).draws(17), draws[17])
 
 
 def old_siren(in_features, out_features, width, hidden_layers, w0=30.0, w0_first=30.0) -> torch.nn.Module:

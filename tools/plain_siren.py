@@ -18,6 +18,7 @@ import torch
 from dint.config import ModelConfig
 from dint.data import CoordinateMap
 from dint.model import build_model
+from dint.resources import keep_freed_memory
 from dint.store import open_store, to_training
 from dint.teacher import is_selection_step, ratio_at
 
@@ -34,7 +35,10 @@ parser.add_argument("--eval-every", type=int, default=0, help="print PSNR every 
 parser.add_argument("--bias", choices=("model", "torch", "official"), default="model",
                     help="biases as dint's model makes them, PyTorch's default, or U(-w_bound, w_bound)")
 parser.add_argument("--eta-min", type=float, default=0.0, help="the cosine decay's floor")
+parser.add_argument("--malloc-defaults", action="store_true",
+                    help="leave glibc's allocator as it is (dint's run.keep_freed_memory = false)")
 args = parser.parse_args()
+keep_freed_memory(not args.malloc_defaults)  # the same engineering as dint's default
 
 torch.set_num_threads(args.threads)
 store = open_store(args.store)

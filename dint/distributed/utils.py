@@ -205,9 +205,14 @@ def all_gather_varlen(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def gather_counts(count: int, device: torch.device) -> list[int]:
-    """Every rank's `count`, in rank order."""
-    (counts,) = all_gather_varlen(torch.tensor([count], dtype=torch.int64, device=device))
-    return counts.tolist()
+    """Every rank's `count`, in rank order (one all-gather of a fixed size)."""
+    if not dist.is_initialized():
+        return [count]
+    value = torch.tensor([count], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+    TRAFFIC.add(_nbytes(value))
+    dist.all_gather(counts, value)
+    return torch.cat(counts).tolist()
 
 
 def shared_token(device: torch.device) -> str:
