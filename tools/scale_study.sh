@@ -5,7 +5,8 @@
 # 2. imbalance with teacher.balance none and alltoall at 2, 4 and 8 ranks on an image with a
 #    large flat region (Pluto's limb against black space; 8 ranks oversubscribe 2 cores:
 #    counts, not speed);
-# 3. weak scaling, 1 -> 2 ranks of one thread, each rank holding 256x512 points;
+# 3. weak scaling, 1 -> 2 ranks of one thread, each rank holding 256x512 points (balanced,
+#    unbalanced, and `full`);
 # 4. strong scaling, 1 -> 2 ranks, on the 512x512 of the weak run's second size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,13 @@ for r in json.load(open(sys.argv[1]))["records"]:
 done
 
 # 3. Weak scaling, 4. strong scaling.
+# Weak: balanced ranks (README's table), then without balancing, then `full` (no selection:
+# the ceiling this machine sets when two ranks share its memory system).
+.venv/bin/dint scale --config configs/cpu/scale_image.toml --mode weak --ranks 1,2 \
+  --data.store "$out/stores/w{ranks}.zarr" --teacher.balance alltoall --out "$out/weak_bal"
 .venv/bin/dint scale --config configs/cpu/scale_image.toml --mode weak --ranks 1,2 \
   --data.store "$out/stores/w{ranks}.zarr" --out "$out/weak"
+.venv/bin/dint scale --config configs/cpu/scale_image.toml --mode weak --ranks 1,2 --steps 100 \
+  --data.store "$out/stores/w{ranks}.zarr" --teacher.strategy full --out "$out/weak_full"
 .venv/bin/dint scale --config configs/cpu/scale_image.toml --ranks 1,2 --data.store "$out/stores/w2.zarr" \
   --out "$out/strong"
