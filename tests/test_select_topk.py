@@ -249,7 +249,8 @@ def test_auto_gathers_while_the_traffic_is_small_and_uses_histograms_beyond():
 
 def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
     """Two ranks, the paper's INT selecting every step with teacher.topk = "threshold": the bytes
-    each rank sends for selection are the same for signals 16x apart (gather's grow with k)."""
+    each rank sends for selection are the same for signals 16x apart, while gather's (k pairs
+    from each rank) are above them on the larger one."""
     import json as json_
 
     from conftest import run_cli, smooth_image, write_png
@@ -259,7 +260,7 @@ def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
         store = tmp_path / f"s{side}.zarr"
         png = write_png(tmp_path / f"s{side}.png", smooth_image(side, side, channels=1, seed=side))
         assert run_cli("dint.cli", "shard", png, store, "--chunk", str(side // 2)).returncode == 0
-        for topk in ("threshold", "gather"):
+        for topk in ("threshold", "gather") if side == 128 else ("threshold",):
             run_dir = tmp_path / f"{topk}{side}"
             result = torchrun(2, "-m", "dint.train", "--data.store", store, "--run.dir", run_dir, "--run.device", "cpu",
                               "--model.width", "8", "--model.hidden_layers", "1", "--train.steps", "4",
@@ -271,4 +272,6 @@ def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
             sent[topk, side] = [l["select_bytes_per_rank"] for l in lines]
     assert sent["threshold", 32] == sent["threshold", 128]
     assert all(0 < b < 20_000 for line in sent["threshold", 32] for b in line)
-    assert all(big[0] > 10 * small[0] for big, small in zip(sent["gather", 128], sent["gather", 32]))
+    # gather's (each rank's local top-k: k (score, id) pairs of 12 bytes) exceed the histograms at 128x128
+    k = round(0.1 * 128 * 128)  # teacher.ratio's default
+    assert all(b >= 12 * k > 2 * max(sent["threshold", 128][0]) for line in sent["gather", 128] for b in line)
