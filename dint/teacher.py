@@ -15,6 +15,7 @@ lower global index), so the selection does not depend on the number of ranks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Callable
 
@@ -331,12 +332,21 @@ class Offered:
     _BITS = 53  # float64's mantissa: every u is exact
 
     def __init__(self, shard: Shard, candidates: torch.Tensor, seed: int):
-        self.candidates = candidates
+        self.shard, self.candidates, self.seed = shard, candidates, seed
         self.counts = gather_counts(candidates.shape[0], candidates.device)
-        self.seed = seed
-        self.everything = candidates.shape[0] == len(shard) and torch.equal(
-            candidates, torch.arange(len(shard), device=candidates.device))  # in order: no gathering
-        self.base = (hashed_uniform(shard.global_index(candidates), seed, -1) * 2.0**self._BITS).to(torch.int64)
+
+    # Made when first asked for: `full` never draws, and mini-batches never read an error memory.
+    @functools.cached_property
+    def everything(self) -> bool:
+        """Whether the candidates are every point of the shard, in order (no gathering needed)."""
+        n = len(self.shard)
+        return self.candidates.shape[0] == n and torch.equal(self.candidates,
+                                                             torch.arange(n, device=self.candidates.device))
+
+    @functools.cached_property
+    def base(self) -> torch.Tensor:
+        return (hashed_uniform(self.shard.global_index(self.candidates), self.seed, -1) * 2.0**self._BITS).to(
+            torch.int64)
 
     def draws(self, step: int) -> torch.Tensor:
         """Every candidate's uniform [0, 1) draw at `step` (a new float64 tensor)."""
