@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import NO_VIEWS, run_cli
+from conftest import NO_VIEWS, REPO, run_cli
 from dint.config import ModelConfig, TeacherConfig, load_config
 from dint.data import Shard, rank_chunk_ids
 from dint.model import Siren, build_model
@@ -104,6 +106,48 @@ def test_draws_are_uniform_new_at_every_step_and_a_function_of_the_point(image_s
     subset = everything[torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 3]]
     assert torch.equal(Offered(shard, subset, seed=5).draws(17), draws[17][subset])
     assert not torch.equal(Offered(shard, everything, seed=6).draws(17), draws[17])
+
+
+FREED_BYTES_KEPT = """
+import ctypes, sys
+from dint.errors import DintError
+from dint.resources import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+kept = keep_freed_memory(sys.argv[1] == "keep")
+block = libc.malloc(8 << 20)  # 8 MiB, as a step's activations
+ctypes.memset(block, 1, 8 << 20)
+libc.free(block)
+print(kept, libc.mallinfo2().fordblks >= 8 << 20)
+if kept:
+    try:
+        keep_freed_memory(False)
+    except DintError as e:
+        print(e)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_keeps_a_freed_block_for_reuse():
+    """run.keep_freed_memory: with it, 8 MiB freed stay in the heap (glibc's mallinfo2); without it
+    (a fresh process) glibc maps such a block and unmaps it when freed. Once set, asking for
+    the default in the same process is refused in one line naming the key."""
+    def run(mode):
+        result = subprocess.run([sys.executable, "-c", FREED_BYTES_KEPT, mode], capture_output=True, text=True,
+                                cwd=REPO, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    kept = run("keep")
+    assert kept[:1] == ["True True"]
+    assert kept[1].startswith("run.keep_freed_memory = false: an earlier run in this process already keeps")
+    assert run("default") == ["False False"]
 
 
 def old_siren(in_features, out_features, width, hidden_layers, w0=30.0, w0_first=30.0) -> torch.nn.Module:
