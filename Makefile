@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 DEEPSPEED_PIN := deepspeed==0.19.8
 NPROC ?= 2
+# Test processes: most tests wait on the subprocesses they start, so two workers keep two cores busy.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test clean
 
@@ -27,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m dint.train --config configs/demo.toml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

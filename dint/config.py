@@ -29,6 +29,8 @@ TOPKS = ("auto", "gather", "threshold")
 BALANCES = ("none", "alltoall")
 LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("ddp", "deepspeed")
+COMPILES = ("auto", "on", "off")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "cudagraphs", "eager")
 
 # fail(name, problem): report the section's key `name` as wrong, naming where it was set.
 Fail = Callable[[str, str], typing.NoReturn]
@@ -106,9 +108,12 @@ class ModelConfig:
     w0: float = 30.0
     w0_first: float = 30.0
     init_scale: float = 1.0  # weight scaling (Yeom et al. 2025): every weight but the last layer's times this
+    compile: str = "auto"  # torch.compile the model: on, off, or auto: on CUDA only (dint.model.compile_wanted)
+    compile_backend: str = "inductor"  # aot_eager traces without generating code (a quick check of the wiring)
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, positive=("width", "hidden_layers", "w0", "w0_first", "init_scale"))
+        _require(fail, self, choices={"compile": COMPILES, "compile_backend": COMPILE_BACKENDS},
+                 positive=("width", "hidden_layers", "w0", "w0_first", "init_scale"))
 
 
 @dataclasses.dataclass

@@ -38,7 +38,7 @@ from dint.errors import DintError, escaped, os_error_line, stop_on_sigterm, stop
 from dint.files import RUN_LOCK, check_claimable, claim_folder, exclusive, write_outputs
 from dint.evaluate import Evaluator
 from dint.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
-from dint.model import build_model, training_bytes
+from dint.model import build_model, compile_model, training_bytes
 from dint.quality import ssim
 from dint.resources import keep_freed_memory, local_ranks, require_memory
 from dint.render import PREVIEW_MAX_POINTS, render_reconstruction
@@ -110,8 +110,9 @@ class Trainer:
         self.run_folder = on_rank0(lambda: hold_run_folder(self.run_dir), self.dist.device)
 
         torch.manual_seed(c.train.seed)  # the same initial model on every rank
-        self.engine = build_engine(c.train, build_model(c.model, self.info).to(self.dist.device), self.dist,
-                                   self.timers)
+        model = build_model(c.model, self.info).to(self.dist.device)
+        self.compiled = compile_model(model, c.model, self.dist.device)
+        self.engine = build_engine(c.train, model, self.dist, self.timers)
         self.faults = Faults(self.dist.rank)
         self.rollbacks = 0
         self.selection_steps = StepRuns()  # where the teacher selected (quality.png marks them); checkpointed
@@ -282,7 +283,8 @@ class Trainer:
             "final_psnr": quality["psnr"], **({"iou": quality["iou"]} if "iou" in quality else {}),
             "steps": c.train.steps, "world_size": self.dist.world_size,
             "nodes": self.dist.world_size // local_ranks(), "teacher": c.teacher.strategy,
-            "engine": c.train.engine, "device": str(self.dist.device), "store": str(self.store.path),
+            "engine": c.train.engine, "device": str(self.dist.device),
+            "compiled_with": c.model.compile_backend if self.compiled else None, "store": str(self.store.path),
             "modality": self.info.modality, "points": self.info.num_points,
             "ndim": self.info.ndim, "channels": self.info.channels,
             "params": sum(p.numel() for p in self.engine.module.parameters()),

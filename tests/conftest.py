@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+# `make test` runs two test processes side by side (pytest -n 2 on two cores), and ranks get
+# one thread each: torch inside a test process takes one thread too, not a contended share.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
@@ -81,6 +86,15 @@ def make_image_store(folder: Path) -> Path:
     return store
 
 
+@pytest.fixture(scope="session")
+def sharded_smooth_image(tmp_path_factory) -> Path:
+    """make_image_store's store, sharded once per test process."""
+    return make_image_store(tmp_path_factory.mktemp("smooth"))
+
+
 @pytest.fixture
-def image_store(tmp_path: Path) -> Path:
-    return make_image_store(tmp_path)
+def image_store(tmp_path: Path, sharded_smooth_image: Path) -> Path:
+    """A test's own copy of make_image_store's store (and its PNG) in tmp_path: dint-shard runs
+    once per test process, not once per test (tests of sharding shard for themselves)."""
+    shutil.copy2(sharded_smooth_image.parent / "smooth.png", tmp_path / "smooth.png")
+    return Path(shutil.copytree(sharded_smooth_image, tmp_path / "smooth.zarr"))

@@ -15,7 +15,7 @@ import torch
 from conftest import NO_VIEWS, REPO, run_cli
 from dint.config import ModelConfig, TeacherConfig, load_config
 from dint.data import Shard, rank_chunk_ids
-from dint.model import Siren, build_model
+from dint.model import Siren, build_model, compile_wanted
 from dint.store import open_store
 from dint.teacher import Offered, Teacher, point_errors
 
@@ -201,6 +201,39 @@ def test_init_scale_multiplies_every_weight_but_the_last_layers(scale):
             bound = scale * bounds[layer]
             assert b.weight.abs().max() <= bound and b.weight.abs().max() > 0.9 * bound
             assert abs(b.weight.mean().item()) < 0.1 * bound
+
+
+@pytest.mark.parametrize("setting, device, wanted", [("auto", "cpu", False), ("auto", "cuda", True),
+                                                     ("on", "cpu", True), ("off", "cuda", False)])
+def test_model_compile_auto_compiles_on_cuda_only(setting, device, wanted):
+    assert compile_wanted(setting, torch.device(device)) is wanted
+
+
+def test_a_compiled_model_trains_as_the_eager_one(tmp_path, image_store):
+    """model.compile = on really compiles the forward (traced graphs, with aot_eager: no code
+    generation, so this stays quick), trains to the eager model's weights within float
+    rounding, keeps the eager state_dict keys (checkpoints and model.pt unchanged), and says so."""
+    from torch._dynamo.utils import counters
+
+    from dint.train import Trainer
+
+    runs = {}
+    for setting in ("off", "on"):
+        overrides = tiny_config(tmp_path / setting, image_store, strategy="importance")
+        overrides.update({"model.compile": setting, "model.compile_backend": "aot_eager", "train.steps": "6"})
+        graphs = counters["stats"]["unique_graphs"]
+        trainer = Trainer(load_config(None, overrides))
+        summary = trainer.train()
+        runs[setting] = (summary, trainer.engine.module.state_dict(), counters["stats"]["unique_graphs"] - graphs)
+    (eager, eager_state, eager_graphs), (compiled, compiled_state, compiled_graphs) = runs["off"], runs["on"]
+    assert eager_graphs == 0 and compiled_graphs >= 2  # a training and a no-grad (scoring) graph at least
+    assert (eager["compiled_with"], compiled["compiled_with"]) == (None, "aot_eager")
+    assert list(compiled_state) == list(eager_state)
+    for name, value in eager_state.items():
+        torch.testing.assert_close(compiled_state[name], value, rtol=1e-4, atol=1e-5)
+    assert compiled["final_psnr"] == pytest.approx(eager["final_psnr"], abs=0.01)
+    saved = torch.load(tmp_path / "on" / "run" / "model.pt", weights_only=True)
+    assert list(saved["model"]) == list(eager_state)
 
 
 def curve_time(curve, target):

@@ -1,7 +1,8 @@
 """torch.compile against eager for dint's SIREN: the training step and the scoring forward
 (README, Speed: "torch.compile"). One process:
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_compile.py
+    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_compile.py          # CPU
+    .venv/bin/python tools/bench_compile.py cuda                           # GPU (tools/gpu_check.sh)
 
 A 3x64 SIREN and Adam; steps of about 6,554 points whose count varies as importance sampling's
 does (so the compiled model has dynamic shapes), then no-grad forwards of 16,384 points. Prints
@@ -9,6 +10,7 @@ the first 10 steps' seconds (compilation included), then the steady time of a st
 scoring block.
 """
 
+import sys
 import time
 
 import torch
@@ -17,32 +19,42 @@ from dint.model import Siren
 from dint.resources import keep_freed_memory
 
 
-def run(model: torch.nn.Module, label: str, steps: int = 300) -> None:
+def run(model: torch.nn.Module, label: str, device: torch.device, steps: int = 300) -> None:
+    def now() -> float:  # CUDA runs asynchronously: a time is read once the device has finished
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    coords, targets = torch.rand(65536, 2) * 2 - 1, torch.rand(65536, 3)
+    coords, targets = torch.rand(65536, 2, device=device) * 2 - 1, torch.rand(65536, 3, device=device)
     g = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
+    start = now()
     for step in range(steps):
         n = 6554 + int(torch.randint(-200, 200, (1,), generator=g))
-        chosen = torch.randint(0, 65536, (n,), generator=g)
+        chosen = torch.randint(0, 65536, (n,), generator=g).to(device)
         optimizer.zero_grad()
         ((model(coords[chosen]) - targets[chosen]).square().sum() / 65536).backward()
         optimizer.step()
         if step == 9:
-            first, steady_start = time.perf_counter() - start, time.perf_counter()
-    per_step = (time.perf_counter() - steady_start) / (steps - 10)
+            first = now() - start
+            steady_start = now()
+    per_step = (now() - steady_start) / (steps - 10)
     with torch.no_grad():
         model(coords[:16384])
-        scoring_start = time.perf_counter()
+        scoring_start = now()
         for _ in range(10):
             model(coords[:16384])
-        scoring = (time.perf_counter() - scoring_start) / 10
+        scoring = (now() - scoring_start) / 10
     print(f"{label}: first 10 steps {first:.2f} s, then {per_step * 1e3:.2f} ms a step, "
           f"scoring 16384 points {scoring * 1e3:.2f} ms", flush=True)
 
 
 if __name__ == "__main__":
+    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
     keep_freed_memory(True)  # dint's default engineering
     torch.manual_seed(0)
-    run(Siren(2, 3, 64, 3), "eager")
-    run(torch.compile(Siren(2, 3, 64, 3), dynamic=True), "torch.compile (inductor, dynamic shapes)")
+    run(Siren(2, 3, 64, 3), "eager", device)
+    compiled = Siren(2, 3, 64, 3)
+    compiled.compile(dynamic=True)  # as dint's model.compile does
+    run(compiled, "torch.compile (inductor, dynamic shapes)", device)

@@ -4,7 +4,8 @@
 # 1. the test suite on CUDA (tests that pick the device run there), 2. `make demo`,
 # 3. dint bench at the paper's scale: SIREN 5x256, one Kodak image, 5000 steps, every teacher
 #    (and the default teacher given twice the steps and learning rate, as in README's table),
-# 4. dint scale at 1 rank on the GPU: the cost model's compute term, measured (cost_model.md).
+# 4. dint scale at 1 rank on the GPU: the cost model's compute term, measured (cost_model.md),
+# 5. torch.compile against eager on the GPU (model.compile = auto compiles there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu_check}
@@ -13,6 +14,7 @@ make install > "$out/install.log" 2>&1 || { echo "install failed: $out/install.l
 .venv/bin/python -c "import torch; print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$out/device.txt"
 .venv/bin/python -m pytest -q -x --timeout 600 > "$out/tests.log" 2>&1; echo "tests: $(tail -1 "$out/tests.log")"
 make demo > "$out/demo.log" 2>&1; echo "demo: $(grep 'final PSNR' "$out/demo.log")"
+.venv/bin/python tools/bench_compile.py cuda 2>&1 | tee "$out/compile.log"
 kodak=../shared/data/images/kodak/kodim01.png
 if [ -f "$kodak" ]; then
   .venv/bin/dint-shard "$kodak" "$out/kodim01.zarr" --overwrite > /dev/null
