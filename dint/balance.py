@@ -54,6 +54,10 @@ def _spans(count: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(count, start + step)) for start in range(0, count, step)]
 
 
+def _joined(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    return second if not first.shape[0] else first if not second.shape[0] else torch.cat([first, second])
+
+
 class BalancedSelection:
     """What a rank trains after balancing: the points of its selection it keeps, then the
     points received from other ranks; trained like a Selection (same `parts`)."""
@@ -89,34 +93,38 @@ class BalancedSelection:
 
     def parts(self, micro_batch: int) -> list[dict]:
         """Kept points, then received ones, in micro-batches of at most `micro_batch` (0: one
-        batch each), as Selection.parts gives them."""
+        batch), as Selection.parts gives them. A micro-batch may hold both: balanced ranks then
+        run as many forward/backward passes as each other, not one more for a few received
+        points (a pass's fixed cost is milliseconds on a CPU, and every rank waits for the last)."""
         shard, kept = self.source.shard, self.kept.shape[0]
         parts = []
-        for start, stop in _spans(kept, micro_batch):
-            local = self.kept[start:stop]
-            parts.append(self._part(shard.coords(local), shard.targets(local), self.kept_weights, start, stop, 0))
-        for start, stop in _spans(self.received_coords.shape[0], micro_batch):
-            parts.append(self._part(self.received_coords[start:stop], self.received_targets[start:stop],
-                                    self.received_weights, start, stop, kept))
+        for start, stop in _spans(kept + self.received_coords.shape[0], micro_batch):
+            own, received = slice(start, min(stop, kept)), slice(max(start - kept, 0), max(stop - kept, 0))
+            local = self.kept[own]
+            part = {"coords": _joined(shard.coords(local), self.received_coords[received]),
+                    "targets": _joined(shard.targets(local), self.received_targets[received])}
+            if self.kept_weights is not None:
+                part["weights"] = _joined(self.kept_weights[own], self.received_weights[received])
+            if self.memory is not None:
+                part.update(local=slice(start, stop), remember=self._remember)
+            parts.append(part)
         if not parts:  # a rank with nothing to train still joins the update
-            parts.append(self._part(shard.coords(self.kept), shard.targets(self.kept), self.kept_weights, 0, 0, 0))
+            part = {"coords": shard.coords(self.kept), "targets": shard.targets(self.kept)}
+            if self.kept_weights is not None:
+                part["weights"] = self.kept_weights
+            parts.append(part)
         return parts
 
-    def _part(self, coords, targets, weights, start: int, stop: int, offset: int) -> dict:
-        part = {"coords": coords, "targets": targets}
-        if weights is not None:
-            part["weights"] = weights[start:stop]
-        if self.memory is not None:  # positions: kept points first, then received ones
-            part.update(local=torch.arange(offset + start, offset + stop, device=coords.device),
-                        remember=self._remember)
-        return part
-
-    def _remember(self, positions: torch.Tensor, diff: torch.Tensor) -> None:
+    def _remember(self, span: slice, diff: torch.Tensor) -> None:
+        """The errors a part's forward saw: kept points' into the error memory, received points'
+        kept to be sent home."""
         kept = self.kept.shape[0]
-        if positions.numel() and int(positions[0]) >= kept:  # a part is all kept or all received
-            self.returned[positions - kept] = per_point_error(diff.detach(), self.memory.kind)
-        else:
-            self.memory.remember(self.kept[positions], diff)
+        split = min(max(kept - span.start, 0), diff.shape[0])  # the part's kept points come first
+        if split:
+            self.memory.remember(self.kept[span.start:span.start + split], diff[:split])
+        if split < diff.shape[0]:
+            self.returned[span.start + split - kept:span.stop - kept] = per_point_error(diff[split:].detach(),
+                                                                                       self.memory.kind)
 
     def settle(self) -> None:
         """The received points' errors back to the ranks that hold them (collective)."""

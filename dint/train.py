@@ -55,7 +55,7 @@ def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
 
 
 def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: torch.Tensor, global_count: int,
-                   world_size: int, weights: torch.Tensor | None = None, local: torch.Tensor | None = None,
+                   world_size: int, weights: torch.Tensor | None = None, local: torch.Tensor | slice | None = None,
                    remember=None) -> torch.Tensor:
     """Mean squared error over the *global* selection, as this rank's share of it.
 
