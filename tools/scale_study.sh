@@ -7,7 +7,8 @@
 #    counts, not speed);
 # 3. weak scaling, 1 -> 2 ranks of one thread, each rank holding 256x512 points (balanced,
 #    unbalanced, and `full`);
-# 4. strong scaling, 1 -> 2 ranks, on the 512x512 of the weak run's second size.
+# 4. strong scaling, 1 -> 2 ranks, on the 512x512 of the weak run's second size;
+# 5. weak (balanced, unbalanced) and strong scaling again at the paper's SIREN 5x256, 100 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/scale_study}
@@ -56,3 +57,13 @@ done
   --data.store "$out/stores/w{ranks}.zarr" --teacher.strategy full --out "$out/weak_full"
 .venv/bin/dint scale --config configs/cpu/scale_image.toml --ranks 1,2 --data.store "$out/stores/w2.zarr" \
   --out "$out/strong"
+
+# 5. The paper's SIREN (5x256): a step of about 0.24 s a rank instead of 0.02 s, so the fixed
+# costs of a step between ranks (collectives, waits) weigh as they would on a real workload.
+paper=(--model.width 256 --model.hidden_layers 5 --steps 100 --eval-every 50)
+.venv/bin/dint scale --config configs/cpu/scale_image.toml --mode weak --ranks 1,2 "${paper[@]}" \
+  --data.store "$out/stores/w{ranks}.zarr" --teacher.balance alltoall --out "$out/weak_paper_bal"
+.venv/bin/dint scale --config configs/cpu/scale_image.toml --mode weak --ranks 1,2 "${paper[@]}" \
+  --data.store "$out/stores/w{ranks}.zarr" --out "$out/weak_paper"
+.venv/bin/dint scale --config configs/cpu/scale_image.toml --ranks 1,2 "${paper[@]}" \
+  --data.store "$out/stores/w2.zarr" --out "$out/strong_paper"
