@@ -25,6 +25,7 @@ STRATEGIES = ("int", "full", "uniform", "importance")
 RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
 ERRORS = ("l1", "l2")
+SCORE_PRECISIONS = ("float32", "float16")
 TOPKS = ("auto", "gather", "threshold")
 BALANCES = ("none", "alltoall")
 LR_SCHEDULES = ("constant", "cosine")
@@ -133,11 +134,13 @@ class TeacherConfig:
     topk: str = "auto"  # how ranks agree on the global top-k: gather candidates, histograms (threshold), or
     #                    auto: gather while its traffic is under 64 MiB a rank (dint.teacher.select_topk_by)
     balance: str = "none"  # alltoall: selected points move so every rank trains as many (dint.balance)
+    score_precision: str = "float32"  # float16: the no-grad scoring forward under autocast (README, Speed: what
+    #                                   it keeps and loses; bfloat16 scrambled the ranking, so it is not offered)
 
     def validate(self, fail: Fail) -> None:
         _require(fail, self, choices={"strategy": STRATEGIES, "ratio_schedule": RATIO_SCHEDULES,
                                       "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS, "topk": TOPKS,
-                                      "balance": BALANCES},
+                                      "balance": BALANCES, "score_precision": SCORE_PRECISIONS},
                  positive=("interval", "error_refresh"), non_negative=("minibatch",))
         if not 0.0 < self.ratio <= 1.0:
             fail("ratio", "must be in (0, 1]")

@@ -289,12 +289,16 @@ class Selection:
 
 @torch.no_grad()
 def point_errors(model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, block_points: int,
-                 kind: str = "l1") -> torch.Tensor:
-    """Per-point error of `model` at the candidate points, one bounded block at a time."""
+                 kind: str = "l1", precision: torch.dtype | None = None) -> torch.Tensor:
+    """Per-point error of `model` at the candidate points, one bounded block at a time; with
+    `precision`, the forward runs under autocast to that dtype (errors are float32 either way)."""
     errors = torch.empty(candidates.shape[0], dtype=torch.float32, device=shard.device)
-    for start in range(0, candidates.shape[0], block_points):
-        local = candidates[start : start + block_points]
-        errors[start : start + local.shape[0]] = per_point_error(model(shard.coords(local)) - shard.targets(local), kind)
+    lower = torch.autocast(shard.device.type, dtype=precision) if precision is not None else contextlib.nullcontext()
+    with lower:
+        for start in range(0, candidates.shape[0], block_points):
+            local = candidates[start : start + block_points]
+            diff = model(shard.coords(local)).float() - shard.targets(local)
+            errors[start : start + local.shape[0]] = per_point_error(diff, kind)
     return errors
 
 
@@ -458,7 +462,8 @@ class Teacher:
                 and progress - memory.refreshed_at < self.config.error_refresh:
             return memory.errors if self._offered(shard, candidates).everything else memory.errors[candidates]
         with self.score_timer():
-            errors = point_errors(model, shard, candidates, self.block_points, self.config.error)
+            low = torch.float16 if self.config.score_precision == "float16" else None
+            errors = point_errors(model, shard, candidates, self.block_points, self.config.error, low)
         self.points_scored += candidates.shape[0]
         if memory is not None:
             memory.errors[candidates] = errors

@@ -236,6 +236,32 @@ def test_a_compiled_model_trains_as_the_eager_one(tmp_path, image_store):
     assert list(saved["model"]) == list(eager_state)
 
 
+def test_float16_scoring_stays_near_float32_and_the_teacher_uses_it(image_store):
+    store = open_store(image_store)
+    shard = Shard(store, rank_chunk_ids(store.info, 0, 1), torch.device("cpu"))
+    everything = torch.arange(len(shard))
+    torch.manual_seed(0)
+    model = Siren(2, 1, width=32, hidden_layers=3)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    coords, targets = shard.coords(everything), shard.targets(everything)
+    for _ in range(100):  # a partly trained model: errors spread as during training
+        optimizer.zero_grad()
+        (model(coords) - targets).square().mean().backward()
+        optimizer.step()
+    exact = point_errors(model, shard, everything, 4096)
+    low = point_errors(model, shard, everything, 4096, precision=torch.float16)
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)  # it did run in float16
+    # float16's rounding: about 0.0005 on average; up to about 0.016 where the first layer's w0 = 30
+    # multiplies pre-activations near 0.5, whose float16 step is 2^-11 (README, Speed)
+    deviation = (low - exact).abs()
+    assert deviation.mean().item() < 2e-3 and deviation.max().item() < 0.05
+    config = TeacherConfig(strategy="int", ratio=0.1, ratio_schedule="constant", interval_schedule="dense",
+                           random_share=0.0, error_refresh=1, score_precision="float16")
+    selection = Teacher(config, block_points=4096, seed=0).select(model, shard, everything, 0, 100)
+    top = lambda errors: set(torch.topk(errors, selection.global_count).indices.tolist())  # noqa: E731
+    assert set(selection.local.tolist()) == top(low) != top(exact)
+
+
 def curve_time(curve, target):
     """The first time the curve reaches target, linear between evaluations (written out again here)."""
     for (t0, q0), (t1, q1) in zip([(0.0, -math.inf)] + curve, curve):

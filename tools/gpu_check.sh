@@ -5,7 +5,8 @@
 # 3. dint bench at the paper's scale: SIREN 5x256, one Kodak image, 5000 steps, every teacher
 #    (and the default teacher given twice the steps and learning rate, as in README's table),
 # 4. dint scale at 1 rank on the GPU: the cost model's compute term, measured (cost_model.md),
-# 5. torch.compile against eager on the GPU (model.compile = auto compiles there).
+# 5. torch.compile against eager on the GPU (model.compile = auto compiles there), and the scoring
+#    forward in float16 against float32 on the bench's default-teacher model.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu_check}
@@ -23,6 +24,8 @@ if [ -f "$kodak" ]; then
     --teachers "full,uniform,int,default,default:train.steps=x2;train.lr=x2" \
     --eval.reconstruction false > "$out/bench.log" 2>&1
   echo "bench:"; cat "$out/bench/bench.md"
+  .venv/bin/python tools/bench_score_precision.py "$out/bench/runs/default-0/model.pt" "$out/kodim01.zarr" cuda \
+    2>&1 | tee "$out/score_precision.log"
   .venv/bin/dint scale --ranks 1 --steps 500 --out "$out/scale" --data.store "$out/kodim01.zarr" \
     --model.width 256 --model.hidden_layers 5 --run.device cuda --train.micro_batch 0 \
     --data.block_points 262144 > "$out/scale.log" 2>&1
