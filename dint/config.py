@@ -115,6 +115,10 @@ class ModelConfig:
     def validate(self, fail: Fail) -> None:
         _require(fail, self, choices={"compile": COMPILES, "compile_backend": COMPILE_BACKENDS},
                  positive=("width", "hidden_layers", "w0", "w0_first", "init_scale"))
+        # A default backend is harmless (a run's resolved config.toml lists every key); another one
+        # would be ignored with compilation off.
+        if self.compile == "off" and self.compile_backend != ModelConfig.compile_backend:
+            fail("compile_backend", 'has no effect with model.compile = "off": set model.compile = "on" or drop the key')
 
 
 @dataclasses.dataclass

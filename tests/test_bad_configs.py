@@ -31,6 +31,7 @@ lists every section, or every key of the section.
 | `teacher.interval` without `interval_schedule = "fixed"` | `dint.train: error: C.toml: teacher.interval = 5 has no effect with teacher.interval_schedule = "dense": set teacher.interval_schedule = "fixed" or drop the key` |
 | importance sampling with mini-batches | `dint.train: error: C.toml: teacher.strategy = 'importance' selects over the whole signal: with teacher.minibatch > 0 set teacher.strategy = "int", "uniform" or "full"` |
 | error reuse set with mini-batches | `dint.train: error: C.toml: teacher.error_refresh = 5 has no effect with teacher.minibatch > 0 (mini-batches score every selection afresh): drop the key or set teacher.minibatch = 0` |
+| a compile backend with compilation off | `dint.train: error: C.toml: model.compile_backend = 'eager' has no effect with model.compile = "off": set model.compile = "on" or drop the key` |
 | a random share of 1 | `dint.train: error: C.toml: teacher.random_share = 1.0 must be in [0, 1)` |
 | not a size | `dint.train: error: C.toml: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)` |
 | a memory budget without mini-batches | `dint.train: error: C.toml: data.memory_budget = '1GB' needs teacher.minibatch > 0 (streaming selects inside each chunk group) unless teacher.strategy = "full"` |
@@ -114,6 +115,9 @@ ROWS = [
     ("error_reuse_with_minibatches", {"teacher": {"strategy": "int", "minibatch": 100, "error_refresh": 5}}, [],
      "{C}: teacher.error_refresh = 5 has no effect with teacher.minibatch > 0 (mini-batches score every selection "
      "afresh): drop the key or set teacher.minibatch = 0", "teacher.error_refresh"),
+    ("compile_backend_with_compile_off", {"model": {"compile": "off", "compile_backend": "eager"}}, [],
+     "{C}: model.compile_backend = 'eager' has no effect with model.compile = \"off\": set model.compile = \"on\" "
+     "or drop the key", "model.compile_backend"),
     ("random_share_of_one", {"teacher": {"random_share": 1.0}}, [],
      "{C}: teacher.random_share = 1.0 must be in [0, 1)", "teacher.random_share"),
     ("not_a_size", {"data": {"memory_budget": "lots"}}, [],
