@@ -138,6 +138,8 @@ class TeacherConfig:
     topk: str = "auto"  # how ranks agree on the global top-k: gather candidates, histograms (threshold), or
     #                    auto: gather while its traffic is under 64 MiB a rank (dint.teacher.select_topk_by)
     balance: str = "none"  # alltoall: selected points move so every rank trains as many (dint.balance)
+    importance_correction: float = 1.0  # importance: weights 1 / p^this; 1 unbiased, 0 none (hard mining), between:
+    #                                     soft mining (Kheradmand et al. 2024)
     score_precision: str = "float32"  # float16: the no-grad scoring forward under autocast (README, Speed: what
     #                                   it keeps and loses; bfloat16 scrambled the ranking, so it is not offered)
 
@@ -150,6 +152,11 @@ class TeacherConfig:
             fail("ratio", "must be in (0, 1]")
         if not 0.0 <= self.random_share < 1.0:
             fail("random_share", "must be in [0, 1)")
+        if not 0.0 <= self.importance_correction <= 1.0:
+            fail("importance_correction", "must be in [0, 1]")
+        if self.importance_correction != TeacherConfig.importance_correction and self.strategy != "importance":
+            fail("importance_correction", f"has no effect with teacher.strategy = \"{self.strategy}\": set "
+                 "teacher.strategy = \"importance\" or drop the key")
         # Mini-batches score every selection afresh: the default error_refresh is harmless there,
         # another value would be ignored.
         if self.error_refresh not in (1, TeacherConfig.error_refresh) and self.minibatch:

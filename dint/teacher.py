@@ -238,7 +238,7 @@ class Selection:
 
     The loss is the sum over the selection of each point's squared error, times its weight
     (1 unless the teacher samples by importance), divided by `normalizer` (the number of
-    points selected over all ranks, or of candidates for importance sampling).
+    points selected over all ranks; for importance sampling, the weights' expected sum).
     """
 
     def __init__(self, shard: Shard, local: torch.Tensor, global_count: int, rank_counts: list[int],
@@ -412,7 +412,8 @@ class Teacher:
           drawn at random from the rest (EVOS, NINT);
         - importance: each point drawn with a probability growing with its error, mixed
           with `random_share` of uniform probability, expected count k, and weighted by the
-          inverse of that probability so the loss (and its gradient) is unbiased (Soft Mining).
+          inverse of that probability so the loss (and its gradient) is unbiased, or by a power
+          of it below 1 (`importance_correction`, Soft Mining's soft correction).
         """
         device, c = candidates.device, self.config
         self.selections += 1
@@ -441,7 +442,8 @@ class Teacher:
                 errors = self._errors(model, shard, candidates, progress, memory)
                 probability = inclusion_probability(errors, k, total_candidates, c.random_share)
                 positions = torch.nonzero(offered.draws(progress) < probability).squeeze(1)
-                weights, normalizer = probability[positions].reciprocal(), total_candidates
+                weights, normalizer = importance_weights(probability, positions, total_candidates,
+                                                         c.importance_correction)
             if c.strategy == "int":  # in the candidates' own order (the others already are): what a resume rebuilds
                 positions = positions.sort().values
         counts = gather_counts(positions.shape[0], device)
@@ -469,6 +471,24 @@ class Teacher:
             memory.errors[candidates] = errors
             memory.refreshed_at = progress
         return errors
+
+
+def importance_weights(probability: torch.Tensor, positions: torch.Tensor, total: int,
+                       correction: float) -> tuple[torch.Tensor, float]:
+    """The drawn points' loss weights 1 / p^correction, and what the weighted sum of their
+    losses is divided by (collective).
+
+    correction 1 (importance sampling): divided by the number of candidates, the loss and its
+    gradient are unbiased. Below 1 (soft mining) the loss leans towards the points of large
+    error, which the draw already favours, and is their weighted mean: divided by the sum of
+    the drawn weights over every rank (at 0, the drawn points' plain mean). Only the drawn
+    points are touched, so this costs no pass over every candidate.
+    """
+    drawn = probability[positions]
+    if correction == 1.0:
+        return drawn.reciprocal(), total
+    weights = drawn.pow(-correction)
+    return weights, float(all_reduce_sum(weights.sum(dtype=torch.float64).reshape(1)).item())
 
 
 def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_share: float) -> torch.Tensor:

@@ -33,6 +33,8 @@ lists every section, or every key of the section.
 | error reuse set with mini-batches | `dint.train: error: C.toml: teacher.error_refresh = 5 has no effect with teacher.minibatch > 0 (mini-batches score every selection afresh): drop the key or set teacher.minibatch = 0` |
 | a compile backend with compilation off | `dint.train: error: C.toml: model.compile_backend = 'eager' has no effect with model.compile = "off": set model.compile = "on" or drop the key` |
 | a random share of 1 | `dint.train: error: C.toml: teacher.random_share = 1.0 must be in [0, 1)` |
+| a soft-mining correction above 1 | `dint.train: error: C.toml: teacher.importance_correction = 1.5 must be in [0, 1]` |
+| a soft-mining correction without importance sampling | `dint.train: error: C.toml: teacher.importance_correction = 0.5 has no effect with teacher.strategy = "int": set teacher.strategy = "importance" or drop the key` |
 | not a size | `dint.train: error: C.toml: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)` |
 | a memory budget without mini-batches | `dint.train: error: C.toml: data.memory_budget = '1GB' needs teacher.minibatch > 0 (streaming selects inside each chunk group) unless teacher.strategy = "full"` |
 | a domain interval with lo >= hi | `dint.train: error: C.toml: data.domain = [[1, -1], [-1, 1]] must list [lo, hi] with finite lo < hi for each axis` |
@@ -120,6 +122,11 @@ ROWS = [
      "or drop the key", "model.compile_backend"),
     ("random_share_of_one", {"teacher": {"random_share": 1.0}}, [],
      "{C}: teacher.random_share = 1.0 must be in [0, 1)", "teacher.random_share"),
+    ("correction_above_one", {"teacher": {"importance_correction": 1.5}}, [],
+     "{C}: teacher.importance_correction = 1.5 must be in [0, 1]", "teacher.importance_correction"),
+    ("correction_without_importance", {"teacher": {"strategy": "int", "importance_correction": 0.5}}, [],
+     "{C}: teacher.importance_correction = 0.5 has no effect with teacher.strategy = \"int\": set "
+     "teacher.strategy = \"importance\" or drop the key", "teacher.importance_correction"),
     ("not_a_size", {"data": {"memory_budget": "lots"}}, [],
      "{C}: data.memory_budget = 'lots' is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)",
      "data.memory_budget"),

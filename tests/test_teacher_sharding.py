@@ -268,7 +268,7 @@ def test_a_rank_with_no_points(runs):
 # --- the newer teachers: random share, importance sampling, error reuse -----------------------
 
 NEW_NAMES = ["int_share_step0", "int_share_ties55", "int_share_ties55_threshold", "importance_step0",
-             "importance_step55", "reuse_step1"]
+             "importance_step55", "importance_soft_step0", "reuse_step1"]
 
 
 def new_case(data: dict, name: str) -> dict:
@@ -311,6 +311,19 @@ def test_importance_sampling_draws_about_k_and_weighs_by_inverse_probability(run
         assert (weights >= 1.0 - 1e-6).all()  # 1 / probability, probability <= 1
     # the siren's larger errors are drawn more often: weights vary with the point
     assert np.ptp(new_case(runs[1], "importance_step0")["weights"]) > 0.5
+
+
+def test_soft_mining_draws_the_same_points_and_weighs_them_less(runs):
+    """importance_correction 0.5: the same draw as importance sampling (the weights do not change
+    which points are drawn), each weight the square root of the unbiased one, and on every
+    world size the loss divided by the sum of the weights drawn on every rank: a weighted mean."""
+    soft, unbiased = new_case(runs[1], "importance_soft_step0"), new_case(runs[1], "importance_step0")
+    assert soft["coords"] == unbiased["coords"]
+    np.testing.assert_allclose(soft["weights"], np.sqrt(unbiased["weights"]), rtol=1e-6)
+    for world in WORLD_SIZES:
+        case = new_case(runs[world], "importance_soft_step0")
+        assert case["normalizer"] == pytest.approx(sum(case["weights"]), rel=1e-9)
+        assert case["normalizer"] == pytest.approx(soft["normalizer"], rel=1e-9)
 
 
 def test_reuse_selects_from_the_remembered_errors(runs):

@@ -4,7 +4,7 @@
         [--teacher full|int] [--micro-batch 16384] [--threads 2]
 
 One process, the whole signal in memory as a coordinate grid, Adam with a cosine decay to 0,
-MSE over [-1, 1] targets; `int` selects the paper's top-k by |f - y| with dint's schedules.
+MSE over [-1, 1] targets (or [0, 1]); `int` selects the paper's top-k by |f - y| with dint's schedules.
 Prints seconds per step and the final PSNR (over every point) as one JSON line.
 """
 
@@ -35,6 +35,8 @@ parser.add_argument("--eval-every", type=int, default=0, help="print PSNR every 
 parser.add_argument("--bias", choices=("model", "torch", "official"), default="model",
                     help="biases as dint's model makes them, PyTorch's default, or U(-w_bound, w_bound)")
 parser.add_argument("--eta-min", type=float, default=0.0, help="the cosine decay's floor")
+parser.add_argument("--target-range", choices=("symmetric", "unit"), default="symmetric",
+                    help="fit targets in [-1, 1] (dint) or [0, 1] (the official INT code's data_range 0)")
 parser.add_argument("--malloc-defaults", action="store_true",
                     help="leave glibc's allocator as it is (dint's run.keep_freed_memory = false)")
 args = parser.parse_args()
@@ -45,6 +47,9 @@ store = open_store(args.store)
 info = store.info
 values = torch.from_numpy(store.read_region((0,) * info.ndim, info.shape).reshape(-1, info.channels))
 targets = to_training(values.float(), info.value_range)
+span = 2.0  # of the targets: PSNR is over it
+if args.target_range == "unit":
+    targets, span = (targets + 1.0) / 2.0, 1.0
 grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in info.shape], indexing="ij"), -1).reshape(-1, info.ndim)
 coords = CoordinateMap(info, torch.device("cpu"))(grid)
 torch.manual_seed(args.seed)
@@ -62,10 +67,13 @@ n, chosen = coords.shape[0], torch.arange(coords.shape[0])
 
 
 @torch.no_grad()
-def psnr() -> float:
-    mse = sum((model(c) - t).double().square().sum().item() for c, t in
+def psnr(clamped: bool = False) -> float:
+    """Over every point; `clamped`: of the predictions clipped to the targets' range first."""
+    low = -1.0 if args.target_range == "symmetric" else 0.0
+    fitted = (lambda c: model(c).clamp(low, low + span)) if clamped else model
+    mse = sum((fitted(c) - t).double().square().sum().item() for c, t in
               zip(coords.split(args.micro_batch), targets.split(args.micro_batch))) / (n * info.channels)
-    return 10 * math.log10(4.0 / mse)
+    return 10 * math.log10(span**2 / mse)
 
 
 started = time.perf_counter()
@@ -83,7 +91,8 @@ for step in range(args.steps):
     schedule.step()
     if args.eval_every and (step + 1) % args.eval_every == 0:
         paused = time.perf_counter()
-        print(json.dumps({"step": step + 1, "seconds": round(paused - started, 2), "psnr": round(psnr(), 3)}))
+        print(json.dumps({"step": step + 1, "seconds": round(paused - started, 2), "psnr": round(psnr(), 3),
+                          "psnr_clamped": round(psnr(clamped=True), 3)}))
         started += time.perf_counter() - paused
 seconds = time.perf_counter() - started
 print(json.dumps({"teacher": args.teacher, "steps": args.steps, "train_seconds": round(seconds, 2),

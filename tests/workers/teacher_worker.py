@@ -52,6 +52,7 @@ NEW_CASES = [
     ("int_share_ties55_threshold", dict(strategy="int", random_share=0.3, topk="threshold"), 55, "zero"),
     ("importance_step0", dict(strategy="importance", random_share=0.2), 0, "siren"),
     ("importance_step55", dict(strategy="importance"), 55, "siren"),
+    ("importance_soft_step0", dict(strategy="importance", random_share=0.2, importance_correction=0.5), 0, "siren"),
     ("reuse_step1", dict(strategy="int", random_share=0.25, interval_schedule="dense", error_refresh=3), 1, "siren"),
 ]
 
