@@ -238,7 +238,8 @@ class Selection:
 
     The loss is the sum over the selection of each point's squared error, times its weight
     (1 unless the teacher samples by importance), divided by `normalizer` (the number of
-    points selected over all ranks; for importance sampling, the weights' expected sum).
+    points selected over all ranks; for importance sampling, of candidates, or with
+    importance_correction below 1 the drawn weights' sum: dint.teacher.importance_weights).
     """
 
     def __init__(self, shard: Shard, local: torch.Tensor, global_count: int, rank_counts: list[int],
@@ -487,8 +488,8 @@ def importance_weights(probability: torch.Tensor, positions: torch.Tensor, total
     drawn = probability[positions]
     if correction == 1.0:
         return drawn.reciprocal(), total
-    weights = drawn.pow(-correction)
-    return weights, float(all_reduce_sum(weights.sum(dtype=torch.float64).reshape(1)).item())
+    weights = drawn.pow(-correction)  # each at least 1: a draw that took no point anywhere divides by 1
+    return weights, max(1.0, float(all_reduce_sum(weights.sum(dtype=torch.float64).reshape(1)).item()))
 
 
 def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_share: float) -> torch.Tensor:

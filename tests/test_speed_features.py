@@ -80,6 +80,23 @@ def test_importance_weighted_loss_has_an_unbiased_gradient(image_store):
         assert (z.abs().max() < 5) == unbiased, z.abs().max()
 
 
+def test_soft_mining_weights_a_draw_that_took_no_point():
+    """Poisson draws can take no point at all (likely when k is 1): below an importance
+    correction of 1 the loss then divides by 1, not by the empty sum, and is zero."""
+    from dint.teacher import importance_weights
+    from dint.train import selection_loss
+
+    probability = torch.tensor([0.25, 0.5, 1.0])
+    weights, normalizer = importance_weights(probability, torch.tensor([], dtype=torch.int64), 3, 0.5)
+    assert weights.shape == (0,) and normalizer == 1.0
+    loss = selection_loss(Siren(2, 1, width=8, hidden_layers=1), coords=torch.zeros(0, 2), targets=torch.zeros(0, 1),
+                          global_count=normalizer, world_size=1, weights=weights)
+    assert loss.item() == 0.0
+    weights, normalizer = importance_weights(probability, torch.tensor([0, 2]), 3, 0.5)
+    torch.testing.assert_close(weights, torch.tensor([2.0, 1.0]))
+    assert normalizer == 3.0
+
+
 def test_draws_are_uniform_new_at_every_step_and_a_function_of_the_point(image_store):
     """The teacher's random draws (dint.teacher.Offered): uniform over [0, 1) at every step,
     uncorrelated from one step to the next and between points, and a point's draw is the same
