@@ -172,7 +172,7 @@ class WholeSignal:
         if self.current.weights is not None:  # importance weights, by global index (N floats)
             state["weights"] = global_values(every_id[self.current.local], self.current.weights,
                                              self.shard.info.num_points).cpu()
-            state["normalizer"] = self.current.normalizer
+            state["normalizer"] = float(self.current.normalizer)  # a plain number in the checkpoint
         if self.memory is not None:  # the errors seen so far, by global index (N floats)
             state["errors"] = global_values(every_id, self.memory.errors, self.shard.info.num_points).cpu()
             state["refreshed_at"] = self.memory.refreshed_at

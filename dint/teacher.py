@@ -244,7 +244,7 @@ class Selection:
 
     def __init__(self, shard: Shard, local: torch.Tensor, global_count: int, rank_counts: list[int],
                  ratio: float, step: int, positions: torch.Tensor | None = None, *,
-                 weights: torch.Tensor | None = None, normalizer: int | None = None,
+                 weights: torch.Tensor | None = None, normalizer: int | float | torch.Tensor | None = None,
                  memory: ErrorMemory | None = None):
         self.shard = shard
         self.local = local
@@ -254,7 +254,7 @@ class Selection:
         self.ratio = ratio
         self.step = step
         self.weights = weights  # per local point, or None: all 1
-        self.normalizer = normalizer or global_count
+        self.normalizer = global_count if normalizer is None else normalizer
         self.memory = memory  # where the training forward leaves the errors it sees
         self._whole: dict | None = None
 
@@ -475,21 +475,22 @@ class Teacher:
 
 
 def importance_weights(probability: torch.Tensor, positions: torch.Tensor, total: int,
-                       correction: float) -> tuple[torch.Tensor, float]:
+                       correction: float) -> tuple[torch.Tensor, int | torch.Tensor]:
     """The drawn points' loss weights 1 / p^correction, and what the weighted sum of their
     losses is divided by (collective).
 
     correction 1 (importance sampling): divided by the number of candidates, the loss and its
     gradient are unbiased. Below 1 (soft mining) the loss leans towards the points of large
     error, which the draw already favours, and is their weighted mean: divided by the sum of
-    the drawn weights over every rank (at 0, the drawn points' plain mean). Only the drawn
-    points are touched, so this costs no pass over every candidate.
+    the drawn weights over every rank (at 0, the drawn points' plain mean), kept on the device
+    as a float64 scalar so the step does not wait for it. Only the drawn points are touched,
+    so this costs no pass over every candidate.
     """
     drawn = probability[positions]
     if correction == 1.0:
         return drawn.reciprocal(), total
     weights = drawn.pow(-correction)  # each at least 1: a draw that took no point anywhere divides by 1
-    return weights, max(1.0, float(all_reduce_sum(weights.sum(dtype=torch.float64).reshape(1)).item()))
+    return weights, all_reduce_sum(weights.sum(dtype=torch.float64).reshape(1)).clamp_(min=1.0).reshape(())
 
 
 def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_share: float) -> torch.Tensor:
@@ -497,12 +498,15 @@ def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_shar
     errors and of the uniform 1 / total, at most 1 (collective).
 
     Errors are quantised to integers against the global maximum before summing, so the sum,
-    and with it every probability, is exact and the same on any number of ranks.
+    and with it every probability, is exact and the same on any number of ranks. The maximum
+    and the sum stay on the device (no wait for them on a GPU); the arithmetic is float64 where
+    a Python number would be, then float32, as before.
     """
     errors = torch.nan_to_num(errors.float(), nan=math.inf, posinf=torch.finfo(torch.float32).max)
-    top = float(all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1)).item())
-    quanta = torch.floor(errors * (2**24 / top)) if top > 0 else torch.zeros_like(errors)
-    mass = int(all_reduce_sum(quanta.sum(dtype=torch.int64).reshape(1)).item())
-    if mass == 0:
-        return torch.full_like(errors, min(1.0, k / total))
-    return quanta.mul_(k * (1.0 - uniform_share) / mass).add_(k * uniform_share / total).clamp_(max=1.0)
+    top = all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1)).double()
+    scale = torch.where(top > 0, 2.0**24 / top, torch.zeros_like(top)).float()
+    quanta = torch.floor(errors * scale)
+    mass = all_reduce_sum(quanta.sum(dtype=torch.int64).reshape(1))
+    share = (k * (1.0 - uniform_share) / mass.double()).float()  # inf where mass is 0: replaced below
+    probability = quanta.mul_(share).add_(k * uniform_share / total).clamp_(max=1.0)
+    return torch.where(mass > 0, probability, torch.full_like(probability, min(1.0, k / total)))

@@ -54,7 +54,8 @@ def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
     return stack
 
 
-def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: torch.Tensor, global_count: int,
+def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: torch.Tensor,
+                   global_count: int | float | torch.Tensor,
                    world_size: int, weights: torch.Tensor | None = None, local: torch.Tensor | slice | None = None,
                    remember=None) -> torch.Tensor:
     """Mean squared error over the *global* selection, as this rank's share of it.
@@ -72,7 +73,8 @@ def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: tor
     per_point = diff.square().mean(dim=1)
     if weights is not None:
         per_point = per_point * weights
-    return per_point.sum() * (world_size / global_count)
+    scale = world_size / global_count  # a device scalar for soft mining: cast as a Python number would be
+    return per_point.sum() * (scale.to(per_point.dtype) if isinstance(scale, torch.Tensor) else scale)
 
 
 class Trainer:

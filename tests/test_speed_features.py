@@ -344,3 +344,65 @@ def test_audio_trains_with_the_default_domain(tmp_path):
         assert result.returncode == 0, result.stderr
         psnr[name] = json.loads((tmp_path / name / "run" / "summary.json").read_text())["final_psnr"]
     assert psnr["default"] > psnr["unit"] + 5, psnr
+
+
+def _sampling_ceiling():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sampling_ceiling", REPO / "tools" / "sampling_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sampling_ceiling_scores_are_each_points_error_and_gradient_norm():
+    """tools/sampling_ceiling.py's per-point gradient norms (from layer inputs and output
+    gradients) equal per-sample autograd's; its errors are |f - y| summed over channels."""
+    from torch.func import functional_call, grad, vmap
+    ceiling = _sampling_ceiling()
+    torch.manual_seed(0)
+    model = Siren(in_features=2, out_features=3, hidden_layers=2, width=16, w0=30.0, w0_first=30.0)
+    coords, targets = torch.rand(40, 2) * 2 - 1, torch.rand(40, 3) * 2 - 1
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def point_loss(p, c, t):
+        return (functional_call(model, p, (c.unsqueeze(0),)) - t.unsqueeze(0)).square().mean()
+
+    grads = vmap(grad(point_loss), in_dims=(None, 0, 0))(params, coords, targets)
+    expected = torch.sqrt(sum(g.reshape(40, -1).square().sum(1) for g in grads.values()))
+    torch.testing.assert_close(ceiling.scores(model, coords, targets, "gradient"), expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        errors = (model(coords) - targets).abs().sum(1)
+    torch.testing.assert_close(ceiling.scores(model, coords, targets, "error"), errors)
+    assert all(p.grad is None for p in model.parameters())  # scoring leaves no gradients behind
+
+
+def test_sampling_ceiling_steps_to_interpolates_between_evaluations():
+    steps_to = _sampling_ceiling().steps_to
+    assert steps_to([(25, 20.0), (50, 22.0), (75, 23.0)], 21.0) == pytest.approx(37.5)
+    assert steps_to([(25, 21.5), (50, 22.0)], 21.0) == 25.0
+    assert steps_to([(25, 20.0), (50, 20.5)], 21.0) is None
+
+
+def test_importance_probabilities_and_soft_weights_read_nothing_back(monkeypatch):
+    """The default teacher's probabilities (global maximum, error mass) and soft mining's
+    normalizer stay tensors: on a GPU the host does not wait for them. Every way of reading a
+    tensor's value into Python fails while they are made."""
+    from dint.teacher import importance_weights, inclusion_probability
+
+    errors = torch.tensor([0.0, 1.0, 3.0, 0.5, 2.0, 8.0, 0.25, 4.0])
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("a tensor's value was read back to the host")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+            patched.setattr(torch.Tensor, name, read_back)
+        probability = inclusion_probability(errors, 4, 8, 0.25)
+        weights, normalizer = importance_weights(probability, torch.tensor([1, 5, 7]), 8, 0.5)
+        nothing = inclusion_probability(torch.zeros(8), 4, 8, 0.25)
+    quanta = torch.floor(errors * (2**24 / 8.0))
+    expected = (quanta * (4 * 0.75 / quanta.sum()) + 4 * 0.25 / 8).clamp(max=1.0)
+    torch.testing.assert_close(probability, expected)
+    torch.testing.assert_close(nothing, torch.full((8,), 0.5))
+    torch.testing.assert_close(weights, probability[[1, 5, 7]].pow(-0.5))
+    assert float(normalizer) == pytest.approx(float(weights.double().sum()))

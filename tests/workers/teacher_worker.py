@@ -106,7 +106,7 @@ def run_new_cases(store_path: str, rank: int, world: int) -> list[dict]:
         weights = part.get("weights", torch.ones(n))
         coords, targets, weights, owner = all_gather_varlen(part["coords"], part["targets"], weights,
                                                             torch.full((n,), rank, dtype=torch.int64))
-        results.append(dict(name=name, global_count=selection.global_count, normalizer=selection.normalizer,
+        results.append(dict(name=name, global_count=selection.global_count, normalizer=float(selection.normalizer),
                             rank_counts=list(selection.rank_counts), ratio=selection.ratio, coords=coords.tolist(),
                             targets=targets.tolist(), weights=weights.tolist(), owner=owner.tolist()))
     return results
