@@ -506,7 +506,8 @@ def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_shar
     top = all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1)).double()
     scale = torch.where(top > 0, 2.0**24 / top, torch.zeros_like(top)).float()
     quanta = torch.floor(errors * scale)
-    mass = all_reduce_sum(quanta.sum(dtype=torch.int64).reshape(1))
-    share = (k * (1.0 - uniform_share) / mass.double()).float()  # inf where mass is 0: replaced below
-    probability = quanta.mul_(share).add_(k * uniform_share / total).clamp_(max=1.0)
-    return torch.where(mass > 0, probability, torch.full_like(probability, min(1.0, k / total)))
+    mass = all_reduce_sum(quanta.sum(dtype=torch.int64).reshape(1)).double()
+    # No error anywhere (mass 0, every quantum 0): every point gets the uniform k / total.
+    share = torch.where(mass > 0, k * (1.0 - uniform_share) / mass, 0.0).float()
+    floor = torch.where(mass > 0, k * uniform_share / total, min(1.0, k / total)).float()
+    return quanta.mul_(share).add_(floor).clamp_(max=1.0)
