@@ -509,5 +509,5 @@ def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_shar
     mass = all_reduce_sum(quanta.sum(dtype=torch.int64).reshape(1)).double()
     # No error anywhere (mass 0, every quantum 0): every point gets the uniform k / total.
     share = torch.where(mass > 0, k * (1.0 - uniform_share) / mass, 0.0).float()
-    floor = torch.where(mass > 0, k * uniform_share / total, min(1.0, k / total)).float()
-    return quanta.mul_(share).add_(floor).clamp_(max=1.0)
+    base = torch.where(mass > 0, k * uniform_share / total, min(1.0, k / total)).float()
+    return quanta.mul_(share).add_(base).clamp_(max=1.0)
