@@ -33,7 +33,7 @@ from dint.data import CoordinateMap
 from dint.model import build_model
 from dint.resources import keep_freed_memory
 from dint.store import open_store, to_training
-from dint.teacher import inclusion_probability
+from dint.teacher import inclusion_probability, per_point_error
 
 BLOCK = 16384
 
@@ -48,7 +48,7 @@ def scores(model: torch.nn.Module, coords: torch.Tensor, targets: torch.Tensor, 
         c, t = coords[start:start + BLOCK], targets[start:start + BLOCK]
         if kind == "error":
             with torch.no_grad():
-                result[start:start + c.shape[0]] = (model(c) - t).abs().sum(1)
+                result[start:start + c.shape[0]] = per_point_error(model(c) - t, "l1")
             continue
         seen = []
         hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o))) for m in linears]
@@ -144,8 +144,9 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory(True)
     torch.set_num_threads(args.threads)
-    info = open_store(args.store).info
-    values = open_store(args.store).read_region((0,) * info.ndim, info.shape).reshape(-1, info.channels)
+    store = open_store(args.store)
+    info = store.info
+    values = store.read_region((0,) * info.ndim, info.shape).reshape(-1, info.channels)
     targets = to_training(torch.from_numpy(values).float(), info.value_range)
     grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in info.shape], indexing="ij"), -1).reshape(-1, info.ndim)
     coords = CoordinateMap(info, torch.device("cpu"))(grid)
