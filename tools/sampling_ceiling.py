@@ -13,10 +13,12 @@ selection rule could save if scoring were free, not what it saves in time:
 - stratified: one point at random in each run of 1 / ratio consecutive points (raster order);
 - error, gradient: each point drawn with probability k * (random_share / N + (1 - random_share)
   * its share of the scores), weighted by 1 / (N p) so the loss is unbiased (dint's
-  `importance`, dint.teacher.inclusion_probability), the score being the point's error |f - y|
+  `importance`, dint.teacher.inclusion_probability; --importance-correction below 1: dint's
+  soft mining, dint.teacher.importance_weights), the score being the point's error |f - y|
   or the norm of its loss's gradient over every parameter (exact, per point), fresh every step;
 - error@R, gradient@R: the same scores refreshed every R steps, and at the trained points
   before their update in between (dint's error reuse, teacher.error_refresh = R).
+- error#R, gradient#R: refreshed every R steps only, unchanged in between.
 
 Writes DIR/ceiling.json and DIR/ceiling.md (steps to `full`'s final, and as a share of uniform's).
 """
@@ -33,7 +35,7 @@ from dint.data import CoordinateMap
 from dint.model import build_model
 from dint.resources import keep_freed_memory
 from dint.store import open_store, to_training
-from dint.teacher import inclusion_probability, per_point_error
+from dint.teacher import importance_weights, inclusion_probability, per_point_error
 
 BLOCK = 16384
 
@@ -92,7 +94,8 @@ def train(sampler: str, steps: int, lr: float, coords: torch.Tensor, targets: to
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     draws = torch.Generator().manual_seed(1000 + args.seed)
     k, cell = round(args.ratio * n), round(1 / args.ratio)
-    kind, _, refresh = sampler.partition("@")
+    reuse = "#" not in sampler  # "@R": the trained points' scores kept in between; "#R": refreshes only
+    kind, _, refresh = sampler.replace("#", "@").partition("@")
     refresh, memory, curve = int(refresh or 1), None, []
     for step in range(steps):
         weights = None
@@ -108,8 +111,9 @@ def train(sampler: str, steps: int, lr: float, coords: torch.Tensor, targets: to
                 memory = scores(model, coords, targets, kind)
             probability = inclusion_probability(memory, k, n, args.random_share)
             chosen = torch.nonzero(torch.rand(n, generator=draws, dtype=torch.float64) < probability).squeeze(1)
-            weights = probability[chosen].reciprocal() / n
-            if refresh > 1:  # the trained points' scores before their update, as error reuse sees them
+            weights, normalizer = importance_weights(probability, chosen, n, args.importance_correction)
+            weights = weights / normalizer
+            if refresh > 1 and reuse:  # the trained points' scores before their update, as error reuse sees them
                 memory[chosen] = scores(model, coords[chosen], targets[chosen], kind)
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, chosen.shape[0], BLOCK):
@@ -134,6 +138,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--random-share", type=float, default=0.2)
+    parser.add_argument("--importance-correction", type=float, default=1.0,
+                        help="weights 1 / p^a; below 1 the loss is their weighted mean (dint's soft mining)")
     parser.add_argument("--reference-steps", type=int, default=1000)
     parser.add_argument("--reference-lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=64)
