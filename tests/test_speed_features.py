@@ -376,13 +376,6 @@ def test_sampling_ceiling_scores_are_each_points_error_and_gradient_norm():
     assert all(p.grad is None for p in model.parameters())  # scoring leaves no gradients behind
 
 
-def test_sampling_ceiling_steps_to_interpolates_between_evaluations():
-    steps_to = _sampling_ceiling().steps_to
-    assert steps_to([(25, 20.0), (50, 22.0), (75, 23.0)], 21.0) == pytest.approx(37.5)
-    assert steps_to([(25, 21.5), (50, 22.0)], 21.0) == 25.0
-    assert steps_to([(25, 20.0), (50, 20.5)], 21.0) is None
-
-
 def test_importance_probabilities_and_soft_weights_read_nothing_back(monkeypatch):
     """The default teacher's probabilities (global maximum, error mass) and soft mining's
     normalizer stay tensors: on a GPU the host does not wait for them. Every way of reading a

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from dint.components.metrics import time_to_reach
 from dint.config import ModelConfig
 from dint.data import CoordinateMap
 from dint.model import build_model
@@ -63,18 +64,6 @@ def scores(model: torch.nn.Module, coords: torch.Tensor, targets: torch.Tensor, 
         result[start:start + c.shape[0]] = sum(d.square().sum(1) * (a.square().sum(1) + 1)
                                                for (a, _), d in zip(seen, deltas)).sqrt()
     return result
-
-
-def steps_to(curve: list[tuple[int, float]], target: float) -> float | None:
-    """The first step at which the curve reaches `target`, linear between evaluations."""
-    previous = (0, -math.inf)
-    for step, value in curve:
-        if value >= target:
-            if previous[1] == -math.inf:
-                return float(step)
-            return previous[0] + (step - previous[0]) * (target - previous[1]) / (value - previous[1])
-        previous = (step, value)
-    return None
 
 
 def psnr(model: torch.nn.Module, coords: torch.Tensor, targets: torch.Tensor) -> float:
@@ -162,7 +151,7 @@ def main() -> None:
     runs = []
     for sampler in args.samplers.split(","):
         curve = train(sampler, args.steps, args.lr, coords, targets, info, args)
-        runs.append({"sampler": sampler, "final_psnr": curve[-1][1], "steps_to_reference": steps_to(curve, target),
+        runs.append({"sampler": sampler, "final_psnr": curve[-1][1], "steps_to_reference": time_to_reach(curve, target),
                      "curve": curve})
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
     base = next((r["steps_to_reference"] for r in runs if r["sampler"] == "uniform"), None)
