@@ -93,7 +93,8 @@ def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[s
     summary = trainer.train()
     key = "iou" if trainer.info.modality == "shape" else "psnr"
     curve = quality_curve(trainer.metrics.history, key)
-    return {"summary": summary, "curve": curve, "quality_key": key, "config": config}
+    step_curve = quality_curve(trainer.metrics.history, key, by="step")
+    return {"summary": summary, "curve": curve, "step_curve": step_curve, "quality_key": key, "config": config}
 
 
 def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str], repeats: int, out: Path,
@@ -118,7 +119,10 @@ def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str
                 f"final_{key}": final, "train_seconds": summary["train_seconds"],
                 "select_seconds": summary["select_seconds"], "update_seconds": summary["update_seconds"],
                 "steps": summary["steps"], "curve": [[round(t, 4), q] for t, q in curve],
+                "curve_steps": [step for step, _ in result["step_curve"]],
                 "time_to_reference": time_to_reach(curve, reference),
+                # Steps do not move with the machine's speed or load: a comparison free of timing noise.
+                "steps_to_reference": time_to_reach(result["step_curve"], reference),
             })
     result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
     if is_main:  # into the folder claimed above
@@ -139,11 +143,12 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def _mean_spread(values: list[float]) -> str:
+def _mean_spread(values: list[float], digits: int = 2) -> str:
     if not values:
         return "never"
     mean = statistics.fmean(values)
-    return f"{mean:.2f} ± {(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    spread = (max(values) - min(values)) / 2
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def table(result: dict) -> str:
@@ -155,15 +160,17 @@ def table(result: dict) -> str:
         by_teacher.setdefault(run["teacher"], []).append(run)
     reference_seconds = statistics.fmean(r["train_seconds"] for r in by_teacher[result["reference"]])
     lines = [f"| teacher | final {key} | train s | s/step | selection share | time to {result['reference']}'s "
-             f"final {key} (s) | speed-up vs {result['reference']} |", "|---|---|---|---|---|---|---|"]
+             f"final {key} (s) | speed-up vs {result['reference']} | steps to it |", "|---|---|---|---|---|---|---|---|"]
     for teacher, runs in by_teacher.items():
         reached = [r["time_to_reference"] for r in runs if r["time_to_reference"] is not None]
         seconds = statistics.fmean(r["train_seconds"] for r in runs)
         speedup = f"{reference_seconds / statistics.fmean(reached):.2f}x" if len(reached) == len(runs) else "—"
+        steps = [r.get("steps_to_reference") for r in runs]
+        steps = _mean_spread(steps, digits=0) if None not in steps else "not reached"
         lines.append(f"| {teacher} | {_mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
                      f"{seconds / runs[0]['steps']:.4f} | "
                      f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
-                     f"{_mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} |")
+                     f"{_mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |")
     return "\n".join(lines)
 
 

@@ -303,22 +303,59 @@ def test_dint_bench_on_a_tiny_signal(tmp_path, image_store):
     assert bench["config"]["train"]["steps"] == 20
     for run in bench["runs"]:
         assert set(run) >= {"teacher", "settings", "repeat", "final_psnr", "train_seconds", "select_seconds",
-                            "update_seconds", "curve", "time_to_reference"}
-        assert [len(point) for point in run["curve"]] == [2, 2, 2, 2]  # steps 5, 10, 15, 20
+                            "update_seconds", "curve", "curve_steps", "time_to_reference", "steps_to_reference"}
+        assert [len(point) for point in run["curve"]] == [2, 2, 2, 2]
+        assert run["curve_steps"] == [5, 10, 15, 20]
         assert run["curve"][-1][1] == pytest.approx(run["final_psnr"])
         assert run["select_seconds"] + run["update_seconds"] == pytest.approx(run["train_seconds"])
         reference = next(r for r in bench["runs"] if r["teacher"] == "full" and r["repeat"] == run["repeat"])
         expected = curve_time(run["curve"], reference["final_psnr"])
+        by_steps = curve_time([[s, q] for s, (_, q) in zip(run["curve_steps"], run["curve"])], reference["final_psnr"])
         if expected is None:
-            assert run["time_to_reference"] is None
+            assert run["time_to_reference"] is None and run["steps_to_reference"] is None
         else:
             assert run["time_to_reference"] == pytest.approx(expected)
+            assert run["steps_to_reference"] == pytest.approx(by_steps)
+    # Training is deterministic: a repeat takes the same steps to the reference, whatever its seconds.
+    for teacher in {r["teacher"] for r in bench["runs"]}:
+        first, second = (r for r in bench["runs"] if r["teacher"] == teacher)
+        assert first["steps_to_reference"] == second["steps_to_reference"]
+        assert [q for _, q in first["curve"]] == [q for _, q in second["curve"]]
     assert next(r for r in bench["runs"] if r["teacher"] == "int")["settings"]["teacher.strategy"] == "int"
     table = (out / "bench.md").read_text()
     assert table.startswith("| teacher | final psnr |") and len(table.strip().splitlines()) == 2 + 3
+    assert table.splitlines()[0].endswith("| steps to it |")
+    full_row = next(line for line in table.splitlines() if line.startswith("| full |"))
+    full_steps = next(r["steps_to_reference"] for r in bench["runs"] if r["teacher"] == "full")
+    assert full_row.endswith(f"| {full_steps:.0f} ± 0 |")
     from PIL import Image
 
     assert Image.open(out / "quality_vs_time.png").size[0] > 300
+
+
+def test_bench_summary_divides_steps_by_the_uniform_rows(tmp_path):
+    """tools/bench_summary.py's last column: each signal's steps to `full`'s final over the
+    uniform row's, then mean ± half the range; "—" where a signal lacks the figure."""
+    def run(teacher, steps, seconds):
+        return {"teacher": teacher, "repeat": 0, "final_psnr": 30.0, "train_seconds": 10.0, "select_seconds": 1.0,
+                "curve": [[seconds, 30.0]], "time_to_reference": seconds, "steps_to_reference": steps}
+
+    folders = []
+    for name, default_steps in (("a", 900.0), ("b", 700.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        runs = [run("full", 1000.0, 10.0), run("uniform:x", 1000.0, 5.0), run("default", default_steps, 4.0)]
+        if name == "b":
+            runs[0].pop("steps_to_reference")  # a bench written before the field existed
+        (folder / "bench.json").write_text(json.dumps({"reference": "full", "quality": "psnr", "runs": runs}))
+        folders.append(folder)
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "bench_summary.py"), *folders, "--uniform",
+                             "uniform:x"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    header, _, *rows = result.stdout.strip().splitlines()
+    assert header.endswith("| steps to full's final / uniform's* |")
+    cells = {row.split("|")[1].strip(): row.split("|")[-2].strip() for row in rows}
+    assert cells == {"full": "1.00 ± 0.00", "uniform:x": "1.00 ± 0.00", "default": "0.80 ± 0.10"}
 
 
 def test_audio_trains_with_the_default_domain(tmp_path):

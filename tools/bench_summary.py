@@ -5,8 +5,9 @@
 Per teacher: the final PSNR, the training seconds, the share of time in selection, and the
 time to `full`'s final PSNR as a fraction of `full`'s training time, of `uniform`'s and of
 `int`'s time to it (each signal's own ratio first, then the mean and spread over signals;
-"—" where no run reached it). Spread is half the range. With `--margin M`, a last column gives
-the time to `full`'s final PSNR less M dB as a fraction of `full`'s own time to that PSNR.
+"—" where no run reached it). Spread is half the range. A column gives the time to `full`'s
+final PSNR less `--margin M` dB as a fraction of `full`'s own time to that PSNR, and the last
+the steps to `full`'s final PSNR as a fraction of the uniform row's (free of timing noise).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
         return [r for r in bench["runs"] if r["teacher"] == teacher]
 
     def mean_of(bench: dict, teacher: str, field: str) -> float | None:
-        values = [r[field] for r in runs_of(bench, teacher)]
+        values = [r.get(field) for r in runs_of(bench, teacher)]
         return None if not values or None in values else statistics.fmean(values)
 
     def time_to_margin(bench: dict, teacher: str) -> float | None:
@@ -50,13 +51,18 @@ def main() -> None:
         times = [time_to_reach([tuple(p) for p in r["curve"]], target) for r in runs_of(bench, teacher)]
         return None if None in times else statistics.fmean(times)
 
+    uniform = f"{args.uniform.split(':')[0]}'s{'*' if ':' in args.uniform else ''}"
     lines = [f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
-             f"/ {args.uniform.split(':')[0]}'s{'*' if ':' in args.uniform else ''} | / int's | reached on | time to full's final - {args.margin:g} / full's |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"/ {uniform} | / int's | reached on | time to full's final - {args.margin:g} / full's | "
+             f"steps to full's final / {uniform} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for teacher in teachers:
         finals, seconds, shares, vs = [], [], [], {"full": [], "uniform": [], "int": []}
-        reached, near = 0, []
+        reached, near, steps = 0, [], []
         for bench in benches:
+            mine_steps, uniform_steps = (mean_of(bench, t, "steps_to_reference") for t in (teacher, args.uniform))
+            if mine_steps is not None and uniform_steps:  # benches before steps_to_reference existed: none
+                steps.append(mine_steps / uniform_steps)
             mine_near, full_near = time_to_margin(bench, teacher), time_to_margin(bench, "full")
             if mine_near is not None and full_near:
                 near.append(mine_near / full_near)
@@ -75,7 +81,7 @@ def main() -> None:
         lines.append(f"| {teacher} | {mean_spread(finals)} | {mean_spread(seconds, 1)} | "
                      f"{mean_spread([100 * s for s in shares], 1)} % | {mean_spread(vs['full'])} | "
                      f"{mean_spread(vs['uniform'])} | {mean_spread(vs['int'])} | {reached} of {len(benches)} | "
-                     f"{mean_spread(near)} ({len(near)} of {len(benches)}) |")
+                     f"{mean_spread(near)} ({len(near)} of {len(benches)}) | {mean_spread(steps)} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -183,14 +183,16 @@ def peak_rss_mb_per_rank(device: torch.device) -> list[float]:
     return [round(p, 1) for p in peaks.tolist()]
 
 
-def quality_curve(lines: list[dict], key: str) -> list[tuple[float, float]]:
-    """[(training seconds, quality)] at the evaluated lines of a metrics.jsonl."""
-    return [(line["train_seconds"], line[key]) for line in lines if line.get(key) is not None]
+def quality_curve(lines: list[dict], key: str, by: str = "train_seconds") -> list[tuple[float, float]]:
+    """[(training seconds, quality)] at the evaluated lines of a metrics.jsonl; with by="step",
+    [(step, quality)]: the same curve against steps, which do not depend on the machine's speed."""
+    return [(line[by], line[key]) for line in lines if line.get(key) is not None]
 
 
 def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
     """The training time at which `curve` ([(seconds, quality)], in time order) first reaches
-    `target`, interpolated linearly between evaluations; None if it never does."""
+    `target`, interpolated linearly between evaluations; None if it never does. Given a curve
+    against steps ([(step, quality)]), the step."""
     previous = None
     for seconds, quality in curve:
         if quality >= target:
