@@ -1,7 +1,7 @@
 """How few steps a sampler could need if its scores cost nothing: the ceiling of sampling by error.
 
     .venv/bin/python tools/sampling_ceiling.py STORE --out DIR \
-        [--samplers uniform,stratified,error,gradient,error@80,gradient@80] [--steps 2000 --lr 2e-3 --ratio 0.1]
+        [--samplers uniform,stratified,error,gradient,error@80,gradient@80] [--steps 2000 --lr 2e-3 --ratio 0.1] [--focus B]
 
 Trains the same SIREN as `dint bench` (one process, the whole signal in memory, Adam with a
 cosine decay to 0) once as `full` (every point, --reference-steps at --reference-lr: the bench's
@@ -19,6 +19,11 @@ selection rule could save if scoring were free, not what it saves in time:
 - error@R, gradient@R: the same scores refreshed every R steps, and at the trained points
   before their update in between (dint's error reuse, teacher.error_refresh = R).
 - error#R, gradient#R: refreshed every R steps only, unchanged in between.
+
+With --focus B, every sampler but `full` weights each trained point's loss by its own error to
+the power B, read from the training forward itself (fresh and free), as a weighted mean: with
+uniform draws and B = 0.5 the expected gradient is about that of soft mining (draws in
+proportion to the error, weights 1 / sqrt(p)), without its draw.
 
 Writes DIR/ceiling.json and DIR/ceiling.md (steps to `full`'s final, and as a share of uniform's).
 """
@@ -108,6 +113,9 @@ def train(sampler: str, steps: int, lr: float, coords: torch.Tensor, targets: to
         for start in range(0, chosen.shape[0], BLOCK):
             part = chosen[start:start + BLOCK]
             per_point = (model(coords[part]) - targets[part]).square().mean(1)
+            if args.focus and sampler != "full":  # its own fresh error, free from this forward
+                focus = per_point.detach().sqrt().pow(args.focus)
+                per_point = per_point * focus / focus.mean()
             loss = per_point.sum() / chosen.shape[0] if weights is None else (
                 per_point * weights[start:start + BLOCK]).sum()
             loss.backward()
@@ -129,6 +137,8 @@ def main() -> None:
     parser.add_argument("--random-share", type=float, default=0.2)
     parser.add_argument("--importance-correction", type=float, default=1.0,
                         help="weights 1 / p^a; below 1 the loss is their weighted mean (dint's soft mining)")
+    parser.add_argument("--focus", type=float, default=0.0,
+                        help="weight each trained point's loss by its own error to this power (a weighted mean)")
     parser.add_argument("--reference-steps", type=int, default=1000)
     parser.add_argument("--reference-lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=64)
