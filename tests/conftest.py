@@ -30,7 +30,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None,
             extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module> args...` (e.g. run_cli("dint.cli", "info", path)) in a fresh process."""
+    """Run `python -m <module> args...` (e.g. run_cli("dint.commands.cli", "info", path)) in a fresh process."""
     return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or REPO, env=_env(extra_env))
 
@@ -81,7 +81,7 @@ def make_image_store(folder: Path) -> Path:
     """A 48x40 grey store chunked 16x16: 3x3 chunks, the last column 8 wide."""
     png = write_png(folder / "smooth.png", smooth_image(48, 40))
     store = folder / "smooth.zarr"
-    result = run_cli("dint.cli", "shard", png, store, "--chunk", "16")
+    result = run_cli("dint.commands.cli", "shard", png, store, "--chunk", "16")
     assert result.returncode == 0, result.stderr
     return store
 

@@ -59,11 +59,11 @@ from pathlib import Path
 import dask.array as da
 import pytest
 
-import dint.train
+import dint.commands.train
 from conftest import run_cli, smooth_image
-from dint.config import check_against_store, load_config
-from dint.errors import DintError
-from dint.store import SignalInfo, write_store
+from dint.core.config import check_against_store, load_config
+from dint.core.errors import DintError
+from dint.data.store import SignalInfo, write_store
 
 BASE = {
     "run": {"device": "cpu"},
@@ -140,7 +140,7 @@ ROWS = [
     ("store_not_set", {"data": {"store": None}}, [], "{C}: data.store is not set (a store made by dint-shard)",
      "data.store"),
 ]
-# Rows also run as a real `python -m dint.train` (the table itself runs dint.train.main here).
+# Rows also run as a real `python -m dint.train` (the table itself runs dint.commands.train.main here).
 IN_SUBPROCESS = ("unknown_key", "infinite_on_command_line", "interval_without_fixed_schedule")
 
 
@@ -189,7 +189,7 @@ def expected_line(template: str, folder: Path) -> re.Pattern:
 @pytest.mark.parametrize("row_id, change, args, template, key", ROWS, ids=[row[0] for row in ROWS])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, store, capsys, row_id, change, args, template, key):
     config = write_config(tmp_path, store, change)
-    code = dint.train.main(["--config", str(config), *args])
+    code = dint.commands.train.main(["--config", str(config), *args])
     out, err = capsys.readouterr()
     assert code == 2, err
     assert err.count("\n") == 1 and out == "", err
@@ -224,7 +224,7 @@ def test_bad_configs_through_the_real_command(tmp_path, store):
 
 def test_a_domain_for_the_wrong_number_of_axes_names_the_key(tmp_path, store):
     config = write_config(tmp_path, store, {"data": {"domain": [[-1, 1]]}})
-    from dint.store import open_store
+    from dint.data.store import open_store
 
     with pytest.raises(DintError) as caught:
         check_against_store(load_config(config), open_store(store).info)

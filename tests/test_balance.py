@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import NO_VIEWS_ARGS, run_cli, smooth_image, torchrun, write_png
-from dint.balance import balanced_counts, transfer_plan
+from dint.teaching.balance import balanced_counts, transfer_plan
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -36,7 +36,7 @@ def flat_store(tmp_path_factory):
     image = smooth_image(64, 64, channels=1, seed=3)
     image[:, :40] = 128
     store = folder / "flat.zarr"
-    assert run_cli("dint.cli", "shard", write_png(folder / "flat.png", image), store, "--chunk", "16").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", write_png(folder / "flat.png", image), store, "--chunk", "16").returncode == 0
     return store
 
 

@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import REPO, _env, run_cli, smooth_image, write_png
-from dint.cli import app
-from dint.store import FORMAT_VERSION, open_store
+from dint.commands.cli import app
+from dint.data.store import FORMAT_VERSION, open_store
 
 
 def shard(src, dest, *options) -> "object":
@@ -236,7 +236,7 @@ def test_shard_subprocess_writes_store_and_reports(tmp_path):
     image = smooth_image(26, 18, 3, seed=14)
     src = write_png(tmp_path / "rgb.png", image)
     dest = tmp_path / "s.zarr"
-    result = run_cli("dint.cli", "shard", src, dest, "--chunk", "16")
+    result = run_cli("dint.commands.cli", "shard", src, dest, "--chunk", "16")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert f"{dest}: image 26x18x3 uint8, chunks 16x16" in result.stdout
@@ -291,7 +291,7 @@ BAD_INPUTS = ["missing file", "text named png", "truncated png", "unknown extens
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
     args, names, dest = bad_input(case, tmp_path)
-    one_error_line(run_cli("dint.cli", "shard", *args), *names)
+    one_error_line(run_cli("dint.commands.cli", "shard", *args), *names)
     assert not dest.exists()
     assert list((tmp_path / "out").iterdir()) == []  # no store, no .s.zarr.tmp-* either
 
@@ -303,7 +303,7 @@ def test_existing_destination_without_overwrite_is_refused_and_untouched(tmp_pat
     shard(write_png(tmp_path / "old.png", old), dest)
     before = snapshot(dest)
     src = write_png(tmp_path / "new.png", smooth_image(12, 12, 3, seed=17))
-    runner = (lambda *a: run_cli("dint.cli", "shard", *a)) if command == "module" else run_dint_shard
+    runner = (lambda *a: run_cli("dint.commands.cli", "shard", *a)) if command == "module" else run_dint_shard
     line = one_error_line(runner(src, dest), dest, "--overwrite")
     assert line.startswith("dint-shard: error:")
     assert snapshot(dest) == before
@@ -316,7 +316,7 @@ def test_existing_destination_without_overwrite_is_refused_and_untouched(tmp_pat
 
 
 def test_info_prints_modality_shape_and_dtype(image_store):
-    result = run_cli("dint.cli", "info", image_store)
+    result = run_cli("dint.commands.cli", "info", image_store)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     rows = {}
@@ -335,7 +335,7 @@ def test_info_json_equals_the_attributes(tmp_path):
     src = write_png(tmp_path / "rgb.png", smooth_image(14, 22, 3, seed=18))
     dest = tmp_path / "s.zarr"
     shard(src, dest, "--chunk", "8")
-    result = run_cli("dint.cli", "info", dest, "--json")
+    result = run_cli("dint.commands.cli", "info", dest, "--json")
     assert result.returncode == 0, result.stderr
     parsed = json.loads(result.stdout)
     assert parsed == read_back(dest)[1]
@@ -346,12 +346,12 @@ def test_info_on_a_folder_that_is_not_a_store(tmp_path):
     folder = tmp_path / "plain"
     folder.mkdir()
     (folder / "readme.txt").write_text("not a store")
-    one_error_line(run_cli("dint.cli", "info", folder), folder)
+    one_error_line(run_cli("dint.commands.cli", "info", folder), folder)
 
 
 def test_info_on_a_missing_path(tmp_path):
     missing = tmp_path / "absent.zarr"
-    one_error_line(run_cli("dint.cli", "info", missing), missing, "not found")
+    one_error_line(run_cli("dint.commands.cli", "info", missing), missing, "not found")
     assert not missing.exists()
 
 
@@ -378,7 +378,7 @@ def test_builtin_cameraman(tmp_path):
 
     camera = Path(skimage.__file__).parent / "data" / "camera.png"
     dest = tmp_path / "camera.zarr"
-    result = run_cli("dint.cli", "shard", "builtin:cameraman", dest)
+    result = run_cli("dint.commands.cli", "shard", "builtin:cameraman", dest)
     assert result.returncode == 0, result.stderr
     values, attrs, chunks = read_back(dest)
     assert values.shape == (512, 512, 1) and values.dtype == np.uint8

@@ -1,6 +1,6 @@
 """Checkpoints, exact resume on any world size, elastic restarts, rollbacks, failed saves.
 
-Faults are injected with DINT_FAULT (dint/components/faults.py): a rank SIGKILLs itself,
+Faults are injected with DINT_FAULT (dint/train/faults.py): a rank SIGKILLs itself,
 hangs, or the loss turns NaN at a given step; a save crashes or finds the disk full.
 """
 
@@ -165,7 +165,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous(tmp_path, r
     assert len(errors) == 1 and "No space left on device" in errors[0] and "checkpoints" in errors[0]
     folder = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000010"]  # no temporary folder left
-    from dint.components.checkpoint import load_checkpoint
+    from dint.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(folder / "step-00000010")["step"] == 10
 
@@ -200,7 +200,7 @@ def test_resume_refuses_another_store_or_model_shape(tmp_path, reference):
     result = run_cli("dint.train", "--config", config, "--run.dir", run_dir, "--model.width", "32")
     assert result.returncode == 2 and "model.width" in result.stderr and result.stderr.count("\n") == 1
     other = tmp_path / "other.zarr"
-    assert run_cli("dint.cli", "shard", "builtin:cameraman", other, "--chunk", "128").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", "builtin:cameraman", other, "--chunk", "128").returncode == 0
     result = run_cli("dint.train", "--config", config, "--run.dir", run_dir, "--data.store", other)
     assert result.returncode == 2 and "another signal" in result.stderr and result.stderr.count("\n") == 1
 

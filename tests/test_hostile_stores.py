@@ -47,13 +47,13 @@ import dask.array as da
 import numpy as np
 import pytest
 
-import dint.store
+import dint.data.store
 from conftest import NO_VIEWS, run_cli, smooth_image
-from dint.errors import DintError
-from dint.store import FORMAT_VERSION, SignalInfo, open_store, write_store
+from dint.core.errors import DintError
+from dint.data.store import FORMAT_VERSION, SignalInfo, open_store, write_store
 
 IMAGE = smooth_image(48, 40)
-TRIES = dint.store.READ_TRIES
+TRIES = dint.data.store.READ_TRIES
 
 
 def make_store(dest: Path) -> Path:
@@ -183,7 +183,7 @@ def outcomes(tmp_path_factory):
         damage(store)
         config = write_config(folder / "c.toml", store, folder / "run")
         cases[case_id] = store
-        jobs += [(case_id, "train", ("dint.train", "--config", config)), (case_id, "info", ("dint.cli", "info", store))]
+        jobs += [(case_id, "train", ("dint.train", "--config", config)), (case_id, "info", ("dint.commands.cli", "info", store))]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda job: run_cli(*job[2]), jobs))
     out = {case_id: {"store": store} for case_id, store in cases.items()}
@@ -237,7 +237,7 @@ def store(tmp_path) -> Path:
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(dint.store, "READ_BACKOFF_S", 0.01)
+    monkeypatch.setattr(dint.data.store, "READ_BACKOFF_S", 0.01)
 
 
 class Flaky:
@@ -293,7 +293,7 @@ def stream_all(store: Path) -> np.ndarray:
     the next read in a background thread."""
     import torch
 
-    from dint.data import ShardStream
+    from dint.data.sharding import ShardStream
 
     opened = open_store(store)
     stream = ShardStream(opened, list(range(9)), torch.device("cpu"), opened.info, group_bytes=1)
@@ -316,7 +316,7 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(store, qui
     else:
         chunk.unlink()
     warned = []
-    real_warn = dint.store.warn
+    real_warn = dint.data.store.warn
 
     def warn(message):  # the file system recovers as the last retry is announced
         real_warn(message)
@@ -324,9 +324,9 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(store, qui
         if len(warned) == TRIES - 1:
             chunk.write_bytes(good)
 
-    monkeypatch.setattr(dint.store, "warn", warn)
+    monkeypatch.setattr(dint.data.store, "warn", warn)
     # open_store checks every chunk file at the start: the chunk fails after it, mid-run.
-    monkeypatch.setattr(dint.store, "_check_chunk_files", lambda store: None)
+    monkeypatch.setattr(dint.data.store, "_check_chunk_files", lambda store: None)
     np.testing.assert_array_equal(stream_all(store), IMAGE)
     warnings = warnings_in(capsys.readouterr().err)
     assert len(warnings) == TRIES - 1
@@ -338,7 +338,7 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(store, qui
 @pytest.mark.parametrize("damage", ["garbage", "deleted"])
 def test_a_streamed_chunk_that_stays_damaged_fails_naming_it(store, quick_retries, monkeypatch, capsys, damage):
     chunk = store / "values" / "c" / "2" / "1" / "0"
-    monkeypatch.setattr(dint.store, "_check_chunk_files", lambda store: None)
+    monkeypatch.setattr(dint.data.store, "_check_chunk_files", lambda store: None)
     if damage == "garbage":
         chunk.write_bytes(os.urandom(len(chunk.read_bytes())))
     else:
@@ -394,7 +394,7 @@ def test_verify_finds_a_damaged_chunk(store, quick_retries):
 def test_a_store_written_before_every_chunk_was_stored_reads_a_missing_chunk_as_zeros(store):
     meta_file = store / "values" / "zarr.json"
     meta = json.loads(meta_file.read_text())
-    assert meta["attributes"] == {"dint": {dint.store.EVERY_CHUNK_STORED: True}}
+    assert meta["attributes"] == {"dint": {dint.data.store.EVERY_CHUNK_STORED: True}}
     meta["attributes"] = {}  # as write_store wrote it before
     meta_file.write_text(json.dumps(meta))
     (store / "values" / "c" / "1" / "2" / "0").unlink()

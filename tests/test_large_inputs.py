@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import REPO, _env
-from dint.cli import app
-from dint.store import open_store
+from dint.commands.cli import app
+from dint.data.store import open_store
 
 sys.path.insert(0, str(REPO / "tools"))
 import make_large_signal  # noqa: E402
@@ -87,7 +87,7 @@ def test_tiled_rgb_tiff_larger_than_the_memory_cap(tmp_path):
     assert whole.returncode != 0 and "MemoryError" in whole.stderr  # the cap bites
 
     dest = tmp_path / "big.zarr"
-    result = capped("-m", "dint.cli", "shard", src, dest)
+    result = capped("-m", "dint.commands.cli", "shard", src, dest)
     assert result.returncode == 0, result.stderr
     assert open_store(dest).info.modality == "image"
     source = zarr.open(tifffile.imread(src, aszarr=True), mode="r")
@@ -108,7 +108,7 @@ def test_npy_memory_map_image_larger_than_the_memory_cap(tmp_path):
     assert whole.returncode != 0 and "MemoryError" in whole.stderr  # the cap bites
 
     dest = tmp_path / "big.zarr"
-    result = capped("-m", "dint.cli", "shard", src, dest, "--modality", "image", "--chunk", "512")
+    result = capped("-m", "dint.commands.cli", "shard", src, dest, "--modality", "image", "--chunk", "512")
     assert result.returncode == 0, result.stderr
     info = open_store(dest).info
     assert (info.modality, info.shape, info.channels, info.dtype, info.chunks) == (
@@ -120,7 +120,7 @@ def test_npy_memory_map_image_larger_than_the_memory_cap(tmp_path):
 def test_pyramidal_tiff_reads_its_full_resolution_level_in_tile_aligned_blocks(tmp_path):
     import tifffile
 
-    from dint.readers import read_source
+    from dint.data.readers import read_source
 
     image = pattern(slice(0, 700), slice(0, 900), 3, np.uint8)
     with tifffile.TiffWriter(tmp_path / "pyramid.tif", bigtiff=True) as tif:
@@ -185,7 +185,7 @@ def test_bad_tiles_exit_2_with_one_line_naming_the_tile(tmp_path):
     case("missing", "tile_1_0.png", lambda p: p.unlink())
     # A truncated tile passes the header checks and fails only when its block is written.
     case("truncated", "tile_1_2.png", lambda p: p.write_bytes(p.read_bytes()[:200]))
-    processes = {name: subprocess.Popen([sys.executable, "-m", "dint.cli", "shard", tmp_path / name,
+    processes = {name: subprocess.Popen([sys.executable, "-m", "dint.commands.cli", "shard", tmp_path / name,
                                          tmp_path / f"{name}.zarr"], cwd=REPO, env=_env(), text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in cases}
     errors = {}

@@ -12,8 +12,8 @@ import pytest
 from conftest import run_cli, torchrun
 from test_train import write_config
 
-from dint.config import MetricsConfig
-from dint.store import SignalInfo, default_chunks, write_store
+from dint.core.config import MetricsConfig
+from dint.data.store import SignalInfo, default_chunks, write_store
 
 
 def make_store(path: Path, values: np.ndarray, modality: str, value_range, extra=None, chunk=None) -> Path:
@@ -85,7 +85,7 @@ def test_volume_trains_and_writes_store_and_slices(tmp_path):
                        {"spacing": [1.0, 1.0, 1.0]}, chunk=8)
     summary, evals = train_two_ranks(tmp_path, store, 120, model={"width": 32, "hidden_layers": 3})
     assert evals[-1]["psnr"] > evals[0]["psnr"] + 6, [e["psnr"] for e in evals]
-    reconstruction = run_cli("dint.cli", "info", tmp_path / "run" / "reconstruction.zarr", "--json")
+    reconstruction = run_cli("dint.commands.cli", "info", tmp_path / "run" / "reconstruction.zarr", "--json")
     attrs = json.loads(reconstruction.stdout)
     assert attrs["modality"] == "volume" and attrs["shape"] == [20, 24, 24] and attrs["dtype"] == "float32"
     slices = np.asarray(Image.open(tmp_path / "run" / "reconstruction_slices.png"))
@@ -97,7 +97,7 @@ def test_volume_trains_and_writes_store_and_slices(tmp_path):
         assert 0 < panel["shown"] < panel["selected"]
 
     # Rendered again at twice the resolution, from model.pt alone.
-    rendered = run_cli("dint.cli", "render", tmp_path / "run", "--resolution", "40,48,48")
+    rendered = run_cli("dint.commands.cli", "render", tmp_path / "run", "--resolution", "40,48,48")
     assert rendered.returncode == 0, rendered.stderr
     import zarr
 

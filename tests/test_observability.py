@@ -44,7 +44,7 @@ def image_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("observed")
     png = write_png(folder / "grey.png", smooth_image(48, 40, seed=3))
     store = folder / "grey.zarr"
-    assert run_cli("dint.cli", "shard", png, store, "--chunk", "16").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, store, "--chunk", "16").returncode == 0
     config = write_config(folder / "c.toml", store, folder / "run", teacher={"strategy": "importance", "ratio": 0.2},
                           train={"steps": STEPS, "log_every": 5}, eval={"every": 10},
                           checkpoint={"every": 1, "keep": STEPS}, metrics={"tensorboard": True, "plots": True,
@@ -108,8 +108,8 @@ def test_tensorboard_holds_the_logged_scalars_and_pictures(image_run):
 
 
 def test_quality_plot_has_its_panels(image_run):
-    from dint.components.metrics import StepRuns
-    from dint.components.plots import quality_figure
+    from dint.train.metrics import StepRuns
+    from dint.observe.plots import quality_figure
 
     run_dir = image_run[0]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -151,7 +151,7 @@ def test_a_resumed_run_shows_every_step_once(tmp_path, image_run):
 
 
 def test_dint_report_compares_runs(tmp_path, image_run):
-    from dint.files import RUN_LOCK, exclusive
+    from dint.core.files import RUN_LOCK, exclusive
 
     finished = image_run[0]
     # A run still training: its lines so far (the last one half written), no summary, its lock held.
@@ -161,7 +161,7 @@ def test_dint_report_compares_runs(tmp_path, image_run):
     lines = (finished / "metrics.jsonl").read_text().splitlines()
     (running / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
     with exclusive(running / RUN_LOCK, "training run in this folder"):
-        result = run_cli("dint.cli", "report", finished, running, "--plot", tmp_path / "cmp.png")
+        result = run_cli("dint.commands.cli", "report", finished, running, "--plot", tmp_path / "cmp.png")
     assert result.returncode == 0, result.stderr
     rows = [row for row in result.stdout.splitlines() if row.startswith(f"| {tmp_path}") or row.startswith("| /")]
     assert len(rows) == 2
@@ -174,18 +174,18 @@ def test_dint_report_compares_runs(tmp_path, image_run):
     with Image.open(tmp_path / "cmp.png") as plot:
         assert plot.format == "PNG" and plot.text["Software"] == "dint"
     # Stopped (no process holds it) once the lock is gone; the plot of dint's own is replaced.
-    again = run_cli("dint.cli", "report", running, "--plot", tmp_path / "cmp.png")
+    again = run_cli("dint.commands.cli", "report", running, "--plot", tmp_path / "cmp.png")
     assert again.returncode == 0 and "| stopped |" in again.stdout
 
 
 def test_dint_report_refuses_what_is_not_a_run_in_one_line(tmp_path, image_run):
     not_a_run = tmp_path / "photos"
     not_a_run.mkdir()
-    result = run_cli("dint.cli", "report", not_a_run, "--no-plot")
+    result = run_cli("dint.commands.cli", "report", not_a_run, "--no-plot")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "config.toml: not found" in result.stderr
     mine = tmp_path / "mine.png"
     Image.new("RGB", (4, 4)).save(mine)
-    result = run_cli("dint.cli", "report", image_run[0], "--plot", mine)
+    result = run_cli("dint.commands.cli", "report", image_run[0], "--plot", mine)
     assert result.returncode == 2 and "was not made by dint" in result.stderr
     assert Image.open(mine).size == (4, 4)  # left as it was
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging file left
@@ -207,8 +207,8 @@ def test_every_view_can_be_switched_off(tmp_path, image_run):
 def test_views_bin_points_as_numpy_does(shape, chunks, map_size):
     """Bins of a picture of any signal, small or huge, against a plain numpy histogram; the
     picture never passes map_size (4x for audio's strip)."""
-    from dint.maps import AUDIO_LENGTH, FieldMaps, SignalView
-    from dint.store import SignalInfo
+    from dint.observe.maps import AUDIO_LENGTH, FieldMaps, SignalView
+    from dint.data.store import SignalInfo
 
     info = SignalInfo(modality={1: "audio", 2: "image", 3: "volume"}[len(shape)], shape=shape, channels=2,
                       dtype="float32", chunks=chunks, domain=((-1.0, 1.0),) * len(shape), value_range=(-1.0, 1.0),

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dint.quality import iou, psnr, ssim
+from dint.fields.quality import iou, psnr, ssim
 
 
 def test_psnr_hand_checked():

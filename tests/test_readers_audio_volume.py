@@ -21,9 +21,9 @@ from scipy.io import wavfile
 from typer.testing import CliRunner
 
 from conftest import REPO, _env, run_cli
-from dint.cli import app
-from dint.readers import read_source
-from dint.readers.volume import Regions
+from dint.commands.cli import app
+from dint.data.readers import read_source
+from dint.data.readers.volume import Regions
 
 
 def shard(src, dest, *options) -> None:
@@ -114,7 +114,7 @@ def test_multichannel_wav_through_the_real_cli(tmp_path):
     samples = volume((2000, 4), np.int16, seed=3)
     src = tmp_path / "quad.wav"
     wavfile.write(src, 16000, samples)
-    result = run_cli("dint.cli", "shard", src, tmp_path / "s.zarr")
+    result = run_cli("dint.commands.cli", "shard", src, tmp_path / "s.zarr")
     assert result.returncode == 0, result.stderr
     check_store(tmp_path / "s.zarr", samples, "audio", int_range(np.int16), {"sample_rate": 16000})
 
@@ -310,7 +310,7 @@ def test_npy_and_wav_are_mapped_not_loaded(tmp_path):
     script = textwrap.dedent(f"""
         import json, resource
         import numpy as np
-        from dint.readers import read_source
+        from dint.data.readers import read_source
 
         def anon_mib():
             for line in open("/proc/self/status"):
@@ -443,7 +443,7 @@ def bad_input_results(tmp_path_factory) -> dict[str, tuple[Path, Path, str, subp
             name, (src, options, fragment) = pending.pop(0)
             dest = folder / "out" / name.replace(" ", "_") / "s.zarr"
             dest.parent.mkdir(parents=True)
-            command = [sys.executable, "-m", "dint.cli", "shard", str(src), str(dest), *options]
+            command = [sys.executable, "-m", "dint.commands.cli", "shard", str(src), str(dest), *options]
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                        cwd=REPO, env=_env())
             running.append((name, src, dest, fragment, command, process))

@@ -10,10 +10,10 @@ import pytest
 import trimesh
 
 from conftest import run_cli
-from dint.errors import DintError
-from dint.readers import ReadOptions, read_source
-from dint.readers import mesh as mesh_reader
-from dint.store import open_store
+from dint.core.errors import DintError
+from dint.data.readers import ReadOptions, read_source
+from dint.data.readers import mesh as mesh_reader
+from dint.data.store import open_store
 
 
 def grid_points(resolution: int) -> np.ndarray:
@@ -151,7 +151,7 @@ def test_cli_round_trip(tmp_path, suffix):
     src = tmp_path / f"ball{suffix}"
     sphere.export(src)
     dest = tmp_path / "ball.zarr"
-    result = run_cli("dint.cli", "shard", src, dest, "--resolution", "32")
+    result = run_cli("dint.commands.cli", "shard", src, dest, "--resolution", "32")
     assert result.returncode == 0, result.stderr
     store = open_store(dest)
     info = store.info
@@ -174,7 +174,7 @@ def test_cli_sdf(tmp_path):
     src = tmp_path / "ball.off"
     trimesh.creation.icosphere(subdivisions=3).export(src)
     dest = tmp_path / "sdf.zarr"
-    result = run_cli("dint.cli", "shard", src, dest, "--resolution", "24", "--field", "sdf")
+    result = run_cli("dint.commands.cli", "shard", src, dest, "--resolution", "24", "--field", "sdf")
     assert result.returncode == 0, result.stderr
     store = open_store(dest)
     tau = mesh_reader.truncation(24)
@@ -211,7 +211,7 @@ def test_cli_bad_mesh_is_one_line(tmp_path, name, make, says):
     src = tmp_path / name
     make(src)
     dest = tmp_path / "out.zarr"
-    result = run_cli("dint.cli", "shard", src, dest, "--resolution", "16")
+    result = run_cli("dint.commands.cli", "shard", src, dest, "--resolution", "16")
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

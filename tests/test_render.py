@@ -15,7 +15,7 @@ import zarr
 from conftest import run_cli, smooth_image, torchrun, write_png
 from test_train import write_config
 
-from dint.store import SignalInfo, default_chunks
+from dint.data.store import SignalInfo, default_chunks
 
 UDUNITS_SPACE = {"angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
                  "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter",
@@ -91,16 +91,16 @@ def level(path: Path, index: int) -> np.ndarray:
 
 
 def render(run_dir: Path, out: Path, *args: str):
-    result = run_cli("dint.cli", "render", run_dir, "--out", out, *args)
+    result = run_cli("dint.commands.cli", "render", run_dir, "--out", out, *args)
     assert result.returncode == 0, result.stderr
     return result
 
 
 def save_tiny_model(run_dir: Path, info: SignalInfo, width: int = 8, hidden_layers: int = 1, seed: int = 0) -> Path:
     """A run folder holding an untrained (random) SIREN for `info`: rendering needs no training."""
-    from dint.components.checkpoint import save_model
-    from dint.config import Config
-    from dint.model import Siren
+    from dint.train.checkpoint import save_model
+    from dint.core.config import Config
+    from dint.fields.siren import Siren
 
     torch.manual_seed(seed)
     model = Siren(info.ndim, info.channels, width, hidden_layers, 30.0, 30.0)
@@ -123,7 +123,7 @@ def trained_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("trained")
     png = write_png(tmp / "rgb.png", smooth_image(48, 40, channels=3, seed=2))
     store = tmp / "rgb.zarr"
-    assert run_cli("dint.cli", "shard", png, store, "--chunk", "16").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, store, "--chunk", "16").returncode == 0
     config = write_config(tmp / "c.toml", store, tmp / "run", train={"steps": 20, "log_every": 10},
                           eval={"every": 0})
     result = run_cli("dint.train", "--config", config)
@@ -140,7 +140,7 @@ def renders(trained_run, tmp_path_factory) -> dict[str, Path]:
     region_args = ("--scale", "2", "--region", "10:30,8:24", "--chunk", "8", "--pyramid-top", "8")
     render(trained_run, tmp / "full.zarr", "--scale", "1")
     render(trained_run, tmp / "one" / "region.zarr", *region_args)
-    two = torchrun(2, "-m", "dint.cli", "render", trained_run, "--out", tmp / "two" / "region.zarr", *region_args)
+    two = torchrun(2, "-m", "dint.commands.cli", "render", trained_run, "--out", tmp / "two" / "region.zarr", *region_args)
     assert two.returncode == 0, two.stderr
     assert "2 rank(s)" in two.stdout
     return {"full": tmp / "full.zarr", "region": tmp / "one" / "region.zarr", "region_2": tmp / "two" / "region.zarr"}
@@ -160,7 +160,7 @@ def test_scale_1_level_0_is_the_training_reconstruction(trained_run, renders):
     assert multiscale["datasets"][0]["coordinateTransformations"] == [
         {"type": "scale", "scale": [1.0, 1.0, 1.0]}, {"type": "translation", "translation": [0.0, 0.0, 0.0]}]
     # The "dint" attribute describes level 0 (channels last, as a dint store).
-    from dint.ome import open_pyramid
+    from dint.data.pyramid import open_pyramid
 
     store = open_pyramid(full)
     assert store.info.shape == (48, 40) and store.info.channels == 3 and store.info.dtype == "uint8"
@@ -291,8 +291,8 @@ def test_render_uses_the_training_domain_mapping(tmp_path):
     put each store sample: the 2x grid's even samples are predict_region's (the trainer's) values."""
     import dataclasses
 
-    from dint.components.checkpoint import load_trained
-    from dint.render import plan_grid, predict_region, render_pyramid, to_storage
+    from dint.train.checkpoint import load_trained
+    from dint.fields.render import plan_grid, predict_region, render_pyramid, to_storage
 
     info = dataclasses.replace(signal_info("image", (30, 20), 2, "float32", (-2.0, 2.0)),
                                domain=((-20.0, 4.0), (0.5, 1.5)))
@@ -311,8 +311,8 @@ def test_render_uses_the_training_domain_mapping(tmp_path):
 
 
 def test_a_failed_render_leaves_the_previous_output_whole(tmp_path):
-    from dint.components.checkpoint import load_trained
-    from dint.render import plan_grid, render_pyramid
+    from dint.train.checkpoint import load_trained
+    from dint.fields.render import plan_grid, render_pyramid
 
     run = save_tiny_model(tmp_path / "run", signal_info("image", (40, 40), 1, "uint8", (0.0, 255.0)))
     model, info, _ = load_trained(run / "model.pt")
@@ -364,7 +364,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_bad_options_are_one_line_exit_2_and_write_nothing(tiny_run, tmp_path, args):
     from typer.testing import CliRunner
 
-    from dint.cli import app
+    from dint.commands.cli import app
 
     result = CliRunner().invoke(app, ["render", str(tiny_run), "--out", str(tmp_path / "out.zarr"), *args])
     assert result.exit_code == 2, result.output
@@ -385,14 +385,14 @@ def test_bad_run_dir_and_out_are_one_line_exit_2(tiny_run, tmp_path):
     ]
     from typer.testing import CliRunner
 
-    from dint.cli import app
+    from dint.commands.cli import app
 
     for run_dir, out, message in cases:
         result = CliRunner().invoke(app, ["render", str(run_dir), "--out", str(out)])
         assert result.exit_code == 2, (message, result.output)
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     # The same from a real process: exit status 2 and one line, no traceback.
-    result = run_cli("dint.cli", "render", tmp_path / "empty", "--out", tmp_path / "a.zarr")
+    result = run_cli("dint.commands.cli", "render", tmp_path / "empty", "--out", tmp_path / "a.zarr")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "keep me"

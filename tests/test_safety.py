@@ -47,8 +47,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, make_image_store, run_cli, smooth_image, torchrun, write_png
-from dint.errors import DintError
-from dint.files import MARK, claim_folder, exclusive, new_token, publish, remove_stale, staged, staging_path
+from dint.core.errors import DintError
+from dint.core.files import MARK, claim_folder, exclusive, new_token, publish, remove_stale, staged, staging_path
 
 
 def one_line(result, says: str, code: int = 2) -> None:
@@ -66,7 +66,7 @@ def sigterm_while_staging(args: list[str], dest: Path) -> tuple[int, str]:
     """Start `dint ARGS`, send SIGTERM while its staging copy of `dest` exists; (exit code, stderr).
     The process is frozen (SIGSTOP) before the staging copy is checked again, so the signal
     lands before the copy is published even when the command is almost done."""
-    process = subprocess.Popen([sys.executable, "-m", "dint.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "dint.commands.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     staging = f".{dest.stem}.tmp-*{dest.suffix}"  # not its previews' staging copies
     deadline = time.monotonic() + 60
@@ -120,7 +120,7 @@ def _foreign_zarr(tmp_path, png):
 def test_overwrite_replaces_only_a_dint_store(tmp_path, png, make):
     dest = make(tmp_path, png)
     before = tree(dest) if dest.is_dir() else dest.read_bytes()
-    result = run_cli("dint.cli", "shard", png, dest, "--overwrite")
+    result = run_cli("dint.commands.cli", "shard", png, dest, "--overwrite")
     one_line(result, "exists and is not a dint store; --overwrite replaces only a dint store")
     assert (tree(dest) if dest.is_dir() else dest.read_bytes()) == before
 
@@ -129,14 +129,14 @@ def test_overwrite_replaces_only_a_dint_store(tmp_path, png, make):
 def test_overwrite_never_touches_the_source(tmp_path, png, which):
     dest = {"source": png, "its folder": png.parent, "a folder above": tmp_path}[which]
     before = png.read_bytes()
-    one_line(run_cli("dint.cli", "shard", png, dest, "--overwrite"), "dint never writes over its input")
+    one_line(run_cli("dint.commands.cli", "shard", png, dest, "--overwrite"), "dint never writes over its input")
     assert png.read_bytes() == before
 
 
 def test_overwrite_replaces_a_dint_store(tmp_path, png):
     dest = tmp_path / "s.zarr"
-    assert run_cli("dint.cli", "shard", png, dest).returncode == 0
-    assert run_cli("dint.cli", "shard", png, dest, "--overwrite", "--chunk", "8").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, dest).returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, dest, "--overwrite", "--chunk", "8").returncode == 0
     assert json.loads((dest / "zarr.json").read_text())["attributes"]["dint"]["chunks"] == [8, 8]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "s.zarr"]
 
@@ -191,15 +191,15 @@ def test_render_refuses_to_replace_what_dint_did_not_make(tmp_path, image_store)
     other = tmp_path / "other.zarr"
     other.mkdir()
     (other / "zarr.json").write_text("{}")
-    one_line(run_cli("dint.cli", "render", run_dir, "--out", other), "exists and is not a dint store or pyramid")
+    one_line(run_cli("dint.commands.cli", "render", run_dir, "--out", other), "exists and is not a dint store or pyramid")
     (tmp_path / "photo.png").write_bytes(b"my holiday")
-    one_line(run_cli("dint.cli", "render", run_dir, "--out", tmp_path / "photo.zarr"),
+    one_line(run_cli("dint.commands.cli", "render", run_dir, "--out", tmp_path / "photo.zarr"),
              "its preview")
     assert (tmp_path / "photo.png").read_bytes() == b"my holiday" and not (tmp_path / "photo.zarr").exists()
     # Its own pyramid, and the preview beside it, are dint's to replace.
     fresh = tmp_path / "fresh.zarr"
     for _ in range(2):
-        assert run_cli("dint.cli", "render", run_dir, "--out", fresh).returncode == 0
+        assert run_cli("dint.commands.cli", "render", run_dir, "--out", fresh).returncode == 0
     assert (tmp_path / "fresh.png").is_file()
     # SIGTERM while rendering (a scheduler's time limit): nothing half-written is left.
     code, stderr = sigterm_while_staging(["render", str(run_dir), "--scale", "60", "--out", str(tmp_path / "big.zarr")],
@@ -214,7 +214,7 @@ def test_bench_and_scale_write_only_into_their_own_folders(tmp_path, image_store
     out.mkdir()
     (out / "bench.json").write_text("my own numbers")
     extra = ["--teachers", "full"] if command == "bench" else ["--ranks", "1"]
-    result = run_cli("dint.cli", command, "--data.store", image_store, "--train.steps", "2", "--out", out,
+    result = run_cli("dint.commands.cli", command, "--data.store", image_store, "--train.steps", "2", "--out", out,
                      "--model.width", "8", "--model.hidden_layers", "1", *extra)
     one_line(result, "a folder with files dint did not make (no .dint mark in it)")
     assert (out / "bench.json").read_text() == "my own numbers"
@@ -260,7 +260,7 @@ def test_the_final_rename_never_replaces_what_appeared(tmp_path):
 def test_a_second_shard_to_the_same_destination_stops_at_once(tmp_path, png):
     dest = tmp_path / "s.zarr"
     with exclusive(dest.with_name(f".{dest.name}.lock"), "writer of this store"):
-        result = run_cli("dint.cli", "shard", png, dest)
+        result = run_cli("dint.commands.cli", "shard", png, dest)
     one_line(result, f"held by dint pid {os.getpid()}")
     assert not dest.exists()
 
@@ -299,7 +299,7 @@ def test_metaimage_data_files_must_lie_beside_the_header(tmp_path, data_file, sa
     folder.mkdir()
     (tmp_path / "secret.raw").write_bytes(bytes(8))
     header = metaimage(folder, data_file)
-    one_line(run_cli("dint.cli", "shard", header, tmp_path / "v.zarr"), says)
+    one_line(run_cli("dint.commands.cli", "shard", header, tmp_path / "v.zarr"), says)
     assert not (tmp_path / "v.zarr").exists()
 
 
@@ -307,7 +307,7 @@ def test_metaimage_beside_the_header_still_reads(tmp_path):
     folder = tmp_path / "vol"
     folder.mkdir()
     (folder / "vol.raw").write_bytes(bytes(range(8)))
-    result = run_cli("dint.cli", "shard", metaimage(folder, "vol.raw"), tmp_path / "v.zarr")
+    result = run_cli("dint.commands.cli", "shard", metaimage(folder, "vol.raw"), tmp_path / "v.zarr")
     assert result.returncode == 0, result.stderr
 
 
@@ -317,7 +317,7 @@ def test_a_tile_linking_out_of_its_folder_is_refused(tmp_path):
     write_png(tiles / "tile_0_0.png", smooth_image(8, 8))
     outside = write_png(tmp_path / "elsewhere.png", smooth_image(8, 8))
     (tiles / "tile_0_1.png").symlink_to(outside)
-    one_line(run_cli("dint.cli", "shard", tiles, tmp_path / "t.zarr"), "outside the tile folder")
+    one_line(run_cli("dint.commands.cli", "shard", tiles, tmp_path / "t.zarr"), "outside the tile folder")
 
 
 # --- Rule 5: every way a run ends leaves nothing half-made -----------------------------------
@@ -347,7 +347,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, png):
     old_link.symlink_to(tmp_path / "nowhere")
     unrelated = tmp_path / ".s.tmp-notdints.zarr"
     unrelated.mkdir()
-    assert run_cli("dint.cli", "shard", png, dest).returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, dest).returncode == 0
     left = sorted(p.name for p in tmp_path.iterdir())
     assert stale.name not in left and old_link.name not in left
     assert {live.name, other_host.name, unrelated.name, "s.zarr"} <= set(left)
@@ -368,7 +368,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, png):
 def test_an_os_error_is_one_line(tmp_path, png, dest, says):
     (tmp_path / "notes.txt").write_text("keep me")
     before = tree(tmp_path)
-    one_line(run_cli("dint.cli", "shard", png, dest, cwd=tmp_path), says)
+    one_line(run_cli("dint.commands.cli", "shard", png, dest, cwd=tmp_path), says)
     assert tree(tmp_path) == before
 
 
@@ -387,7 +387,7 @@ def full_disk(tmp_path):
 def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, full_disk):
     noise = np.random.default_rng(0).integers(0, 256, (512, 512, 1), dtype=np.uint8)  # does not compress
     source = write_png(tmp_path / "noise.png", noise)
-    one_line(run_cli("dint.cli", "shard", source, full_disk / "s.zarr"), f"{full_disk / 's.zarr'}: No space left on device")
+    one_line(run_cli("dint.commands.cli", "shard", source, full_disk / "s.zarr"), f"{full_disk / 's.zarr'}: No space left on device")
     assert list(full_disk.iterdir()) == []
 
 
@@ -420,7 +420,7 @@ def _pipe_in_a_zarr_source(tmp_path):
 def test_inputs_that_are_not_regular_files_are_refused_at_once(tmp_path, make):
     """A pipe or a device would block a read or never end it; a symlink loop has no target."""
     source, says = make(tmp_path)
-    one_line(run_cli("dint.cli", "shard", source, tmp_path / "out.zarr", timeout=60), says)
+    one_line(run_cli("dint.commands.cli", "shard", source, tmp_path / "out.zarr", timeout=60), says)
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -434,7 +434,7 @@ def test_a_block_a_reader_did_not_fill_stops_the_conversion(tmp_path):
     the store (zarr fills a 4x4 chunk from one row), so the conversion stops instead."""
     import dask.array as da
 
-    from dint.store import SignalInfo, open_store, write_store
+    from dint.data.store import SignalInfo, open_store, write_store
 
     info = SignalInfo(modality="image", shape=(8, 8), channels=1, dtype="uint8", value_range=(0.0, 255.0),
                       domain=((-1.0, 1.0),) * 2, chunks=(4, 4), source_name="short.png", source_sha256="")
@@ -468,10 +468,10 @@ def test_sigterm_during_training_stops_cleanly_and_resumes(tmp_path, image_store
     assert "Traceback" not in stderr
     hidden = sorted(p.name for p in run_dir.rglob(".*"))
     assert hidden == [".dint", ".dint-lock"], hidden  # the mark and the (released) lock file, no staging
-    from dint.files import held_by
+    from dint.core.files import held_by
 
     assert held_by(run_dir / ".dint-lock") is None
-    report = run_cli("dint.cli", "report", run_dir, "--no-plot")
+    report = run_cli("dint.commands.cli", "report", run_dir, "--no-plot")
     assert report.returncode == 0 and "| stopped |" in report.stdout, report.stderr
     newest = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
     resumed = run_cli("dint.train", *args[3:], "--train.steps", str(newest + 10))
@@ -491,15 +491,15 @@ def test_stores_whose_ranges_overflow_float32_are_refused_naming_the_attribute(t
     meta = json.loads((store / "zarr.json").read_text())
     meta["attributes"]["dint"][key] = value
     (store / "zarr.json").write_text(json.dumps(meta))
-    one_line(run_cli("dint.cli", "info", store), f"store attribute '{key}'")
-    one_line(run_cli("dint.cli", "info", store), says)
+    one_line(run_cli("dint.commands.cli", "info", store), f"store attribute '{key}'")
+    one_line(run_cli("dint.commands.cli", "info", store), says)
 
 
 @settings(max_examples=60, deadline=None)
 @given(lo=st.floats(allow_nan=False, allow_infinity=False), width=st.floats(min_value=0, allow_nan=False,
                                                                              allow_infinity=False))
 def test_float32_problem_holds_exactly_when_float32_fails(lo, width):
-    from dint.store import SignalInfo
+    from dint.data.store import SignalInfo
 
     hi = lo + width
     if not lo < hi:
@@ -511,7 +511,7 @@ def test_float32_problem_holds_exactly_when_float32_fails(lo, width):
         usable = bool(np.isfinite(np.float32(hi32 - lo32)) and np.float32(hi32 - lo32) >= np.finfo(np.float32).tiny)
     assert (info.float32_problem() is None) == usable
     if usable:  # the mapping to [-1, 1] is finite at both ends
-        from dint.store import to_training
+        from dint.data.store import to_training
 
         ends = to_training(np.array([lo32, hi32], dtype=np.float32), info.value_range)
         assert np.isfinite(ends).all()
@@ -520,7 +520,7 @@ def test_float32_problem_holds_exactly_when_float32_fails(lo, width):
 def test_values_beyond_float32_are_refused_when_sharding(tmp_path):
     source = tmp_path / "huge.npy"
     np.save(source, np.array([0.0, 1e300, -1e300, 5.0])[:, None].repeat(2, axis=1).reshape(2, 2, 2))
-    one_line(run_cli("dint.cli", "shard", source, tmp_path / "h.zarr"), "overflows float32")
+    one_line(run_cli("dint.commands.cli", "shard", source, tmp_path / "h.zarr"), "overflows float32")
     assert not (tmp_path / "h.zarr").exists()
 
 
@@ -531,13 +531,13 @@ def test_values_beyond_float32_are_refused_when_sharding(tmp_path):
 def test_a_flat_or_degenerate_mesh_is_an_error(tmp_path, obj):
     mesh = tmp_path / "m.obj"
     mesh.write_text(obj)
-    result = run_cli("dint.cli", "shard", mesh, tmp_path / "m.zarr", "--resolution", "16")
+    result = run_cli("dint.commands.cli", "shard", mesh, tmp_path / "m.zarr", "--resolution", "16")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "m.obj" in result.stderr and not (tmp_path / "m.zarr").exists()
 
 
 def test_a_newline_in_a_file_name_is_printed_escaped(tmp_path):
-    result = run_cli("dint.cli", "shard", tmp_path / "a\nb.png", tmp_path / "x.zarr")
+    result = run_cli("dint.commands.cli", "shard", tmp_path / "a\nb.png", tmp_path / "x.zarr")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "a\\nb.png" in result.stderr, result.stderr
 
@@ -565,7 +565,7 @@ def test_a_store_declaring_billions_of_chunks_is_refused_at_once(tmp_path):
     """Checks whose cost grows with the number of chunks stay bounded by the files present."""
     store = declare_shape(make_image_store(tmp_path), [65536, 65536], [1, 1])
     started = time.monotonic()
-    result = run_cli("dint.cli", "info", store, timeout=60)
+    result = run_cli("dint.commands.cli", "info", store, timeout=60)
     one_line(result, "of 4294967296 chunk files missing")
     assert time.monotonic() - started < 30
 
@@ -587,7 +587,7 @@ def cube_obj(path: Path) -> Path:
 ])
 def test_a_mesh_grid_that_cannot_fit_is_refused_at_once(tmp_path, args, says):
     started = time.monotonic()
-    result = run_cli("dint.cli", "shard", cube_obj(tmp_path / "cube.obj"), tmp_path / "c.zarr", *args, timeout=120)
+    result = run_cli("dint.commands.cli", "shard", cube_obj(tmp_path / "cube.obj"), tmp_path / "c.zarr", *args, timeout=120)
     one_line(result, says)
     assert time.monotonic() - started < 60 and not (tmp_path / "c.zarr").exists()
 
@@ -610,7 +610,7 @@ def test_a_render_too_large_is_refused_at_once(tmp_path, image_store):
     run_dir = tmp_path / "run"
     assert run_cli(*train_args(image_store, run_dir)).returncode == 0
     started = time.monotonic()
-    one_line(run_cli("dint.cli", "render", run_dir, "--scale", "1000000", timeout=120), "chunks, over the")
+    one_line(run_cli("dint.commands.cli", "render", run_dir, "--scale", "1000000", timeout=120), "chunks, over the")
     assert time.monotonic() - started < 60
 
 
@@ -660,7 +660,7 @@ def nifti_gz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
 ], ids=["png16", "png8", "npz", "nii.gz"])
 def test_decompression_bombs_are_refused_before_inflating(tmp_path, bomb):
     source = bomb(tmp_path)
-    result = run_cli("dint.cli", "shard", source, tmp_path / "b.zarr",
+    result = run_cli("dint.commands.cli", "shard", source, tmp_path / "b.zarr",
                      extra_env={"DINT_MAX_DECODE_BYTES": str(100 << 20)})
     one_line(result, "DINT_MAX_DECODE_BYTES")
     assert "declares" in result.stderr and not (tmp_path / "b.zarr").exists()
@@ -683,7 +683,7 @@ def attribute_store(tmp_path_factory):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(_ATTRIBUTE_KEYS), value=_json)
 def test_any_store_attribute_value_is_accepted_or_refused_naming_it(attribute_store, key, value):
-    from dint.store import SignalInfo
+    from dint.data.store import SignalInfo
 
     attrs = json.loads((attribute_store / "zarr.json").read_text())["attributes"]["dint"]
     attrs[key] = value
@@ -707,7 +707,7 @@ _CONFIG_KEYS = ["train.steps", "train.lr", "train.micro_batch", "teacher.ratio",
        value=st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
        | st.integers(-2**64, 2**64).map(str) | st.floats().map(repr))
 def test_any_config_value_is_accepted_or_refused_naming_the_key(key, value):
-    from dint.config import load_config
+    from dint.core.config import load_config
 
     try:
         load_config(None, {"data.store": "S.zarr", key: value})
@@ -723,7 +723,7 @@ def test_any_config_value_is_accepted_or_refused_naming_the_key(key, value):
 def test_any_metaimage_data_file_is_read_only_inside_the_header_folder(tmp_path_factory, data_file):
     """Whatever ElementDataFile says, dint reads a file only if it resolves inside the header's
     folder; anything else is refused before SimpleITK opens it."""
-    from dint.readers import ReadOptions, read_source
+    from dint.data.readers import ReadOptions, read_source
 
     folder = tmp_path_factory.mktemp("mhd") / "inner"
     folder.mkdir()
@@ -761,5 +761,5 @@ def test_a_zarr_source_linking_out_of_its_folder_is_refused(tmp_path, link):
         folder = source / "c"
         folder.rename(secret / "c")
         folder.symlink_to(secret / "c")
-    one_line(run_cli("dint.cli", "shard", source, tmp_path / "out.zarr"), "outside the zarr folder")
+    one_line(run_cli("dint.commands.cli", "shard", source, tmp_path / "out.zarr"), "outside the zarr folder")
     assert not (tmp_path / "out.zarr").exists()

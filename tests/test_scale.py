@@ -7,14 +7,14 @@ import json
 import pytest
 
 from conftest import NO_VIEWS_ARGS, run_cli, smooth_image, write_png
-from dint.bench import time_to_reach
-from dint.scale import PARTS
+from dint.commands.bench import time_to_reach
+from dint.commands.scale import PARTS
 
 
 def shard(tmp_path, name, height, width=64):
     png = write_png(tmp_path / f"{name}.png", smooth_image(height, width, channels=1, seed=5))
     store = tmp_path / f"{name}.zarr"
-    assert run_cli("dint.cli", "shard", png, store, "--chunk", "16").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, store, "--chunk", "16").returncode == 0
     return store
 
 
@@ -27,7 +27,7 @@ def test_two_nodes_train_what_one_node_with_two_ranks_trains(tmp_path):
     each: the same selection and update as one node with two ranks."""
     store = shard(tmp_path, "image", 48)
     out = tmp_path / "scale"
-    result = run_cli("dint.cli", "scale", "--ranks", "2,2", "--nodes", "1,2", "--steps", "30", "--out", out,
+    result = run_cli("dint.commands.cli", "scale", "--ranks", "2,2", "--nodes", "1,2", "--steps", "30", "--out", out,
                      "--data.store", store, *COMMON, timeout=300)
     assert result.returncode == 0, result.stderr
     scaling = json.loads((out / "scaling.json").read_text())
@@ -61,7 +61,7 @@ def test_weak_scaling_grows_the_signal_with_the_ranks(tmp_path):
     for ranks in (1, 2):
         shard(tmp_path, f"weak_{ranks}", 32 * ranks)
     out = tmp_path / "weak"
-    result = run_cli("dint.cli", "scale", "--mode", "weak", "--ranks", "1,2", "--steps", "20", "--out", out,
+    result = run_cli("dint.commands.cli", "scale", "--mode", "weak", "--ranks", "1,2", "--steps", "20", "--out", out,
                      "--data.store", str(tmp_path / "weak_{ranks}.zarr"), *COMMON, timeout=300)
     assert result.returncode == 0, result.stderr
     scaling = json.loads((out / "scaling.json").read_text())
@@ -77,7 +77,7 @@ def test_weak_scaling_grows_the_signal_with_the_ranks(tmp_path):
              if l["psnr"] is not None]
     assert two["time_to_target"] == pytest.approx(time_to_reach(curve, scaling["target_psnr"]))
     # The report rebuilt from the run folders (a cluster's sweep) says the same.
-    again = run_cli("dint.cli", "scale", "--mode", "weak", "--from", out / "runs" / "ranks1-nodes1",
+    again = run_cli("dint.commands.cli", "scale", "--mode", "weak", "--from", out / "runs" / "ranks1-nodes1",
                     "--from", out / "runs" / "ranks2-nodes1", "--out", tmp_path / "again")
     assert again.returncode == 0, again.stderr
     rebuilt = json.loads((tmp_path / "again" / "scaling.json").read_text())
@@ -93,14 +93,14 @@ def test_weak_scaling_grows_the_signal_with_the_ranks(tmp_path):
     (["--train.stepz", "3"], "train.stepz"),
 ])
 def test_bad_scale_arguments_give_one_line(tmp_path, image_store, args, says):
-    result = run_cli("dint.cli", "scale", "--data.store", image_store, "--steps", "5", "--out", tmp_path / "o", *args)
+    result = run_cli("dint.commands.cli", "scale", "--data.store", image_store, "--steps", "5", "--out", tmp_path / "o", *args)
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "o" / "scaling.json").exists()
 
 
 def test_the_cost_model_charges_gather_for_k_and_threshold_for_rounds_only():
-    from dint.cost_model import INTERCONNECT, Rates, allreduce_seconds, step_seconds
+    from dint.commands.cost_model import INTERCONNECT, Rates, allreduce_seconds, step_seconds
 
     rates = Rates(score=1e-8, select=1e-9, train=3e-8, optimizer=1e-9, macs=1000, source="test")
     free = {**INTERCONNECT, "intra_latency": 0.0, "inter_latency": 0.0}

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from dint.teacher import interval_at, is_selection_step, ratio_at
+from dint.teaching.teacher import interval_at, is_selection_step, ratio_at
 
 TOTAL = 1000
 RATIO = 0.2

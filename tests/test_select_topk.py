@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import NO_VIEWS_ARGS, torchrun
-from dint.teacher import select_topk, select_topk_threshold, top_draws, topk_ordered
+from dint.teaching.teacher import select_topk, select_topk_threshold, top_draws, topk_ordered
 
 WORKER = Path(__file__).parent / "workers" / "topk_worker.py"
 
@@ -223,7 +223,7 @@ def test_threshold_selects_what_gather_selects_on_every_rank(distributed_run):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_threshold_matches_gather_in_one_process(seed):
-    from dint.teacher import select_topk_threshold
+    from dint.teaching.teacher import select_topk_threshold
 
     g = torch.Generator().manual_seed(seed)
     n = 500
@@ -237,7 +237,7 @@ def test_threshold_matches_gather_in_one_process(seed):
 
 
 def test_auto_gathers_while_the_traffic_is_small_and_uses_histograms_beyond():
-    from dint.teacher import GATHER_LIMIT_BYTES, select_topk_by, select_topk_threshold
+    from dint.teaching.teacher import GATHER_LIMIT_BYTES, select_topk_by, select_topk_threshold
 
     small_k = GATHER_LIMIT_BYTES // (12 * 8)  # 8 ranks x k (score, id) pairs of 12 bytes: at the limit
     assert select_topk_by("auto", small_k, 8) is select_topk
@@ -259,7 +259,7 @@ def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
     for side in (32, 128):
         store = tmp_path / f"s{side}.zarr"
         png = write_png(tmp_path / f"s{side}.png", smooth_image(side, side, channels=1, seed=side))
-        assert run_cli("dint.cli", "shard", png, store, "--chunk", str(side // 2)).returncode == 0
+        assert run_cli("dint.commands.cli", "shard", png, store, "--chunk", str(side // 2)).returncode == 0
         for topk in ("threshold", "gather") if side == 128 else ("threshold",):
             run_dir = tmp_path / f"{topk}{side}"
             result = torchrun(2, "-m", "dint.train", "--data.store", store, "--run.dir", run_dir, "--run.device", "cpu",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, smooth_image, write_png
-from dint.store import SignalInfo, open_store, write_store
+from dint.data.store import SignalInfo, open_store, write_store
 
 distributed = pytest.importorskip("distributed")
 
@@ -29,8 +29,8 @@ def chunk_files(store: Path) -> dict[str, bytes]:
 def test_the_cluster_writes_the_store_this_machine_writes(tmp_path, cluster):
     png = write_png(tmp_path / "img.png", smooth_image(70, 90, channels=3, seed=8))
     here, there = tmp_path / "here.zarr", tmp_path / "there.zarr"
-    assert run_cli("dint.cli", "shard", png, here, "--chunk", "16").returncode == 0
-    result = run_cli("dint.cli", "shard", png, there, "--chunk", "16", "--scheduler", cluster)
+    assert run_cli("dint.commands.cli", "shard", png, here, "--chunk", "16").returncode == 0
+    result = run_cli("dint.commands.cli", "shard", png, there, "--chunk", "16", "--scheduler", cluster)
     assert result.returncode == 0, result.stderr
     assert open_store(there).info == open_store(here).info
     files = chunk_files(there)
@@ -56,7 +56,7 @@ def test_a_failing_chunk_on_the_cluster_leaves_nothing(tmp_path, cluster):
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path):
     png = write_png(tmp_path / "img.png", smooth_image(20, 20, channels=1, seed=1))
-    result = run_cli("dint.cli", "shard", png, tmp_path / "s.zarr", "--scheduler", "tcp://127.0.0.1:1",
+    result = run_cli("dint.commands.cli", "shard", png, tmp_path / "s.zarr", "--scheduler", "tcp://127.0.0.1:1",
                      "--scheduler-timeout", "1", timeout=120)
     assert result.returncode == 2
     assert "--scheduler tcp://127.0.0.1:1: cannot reach the dask scheduler" in result.stderr

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import NO_VIEWS, REPO, run_cli
-from dint.config import ModelConfig, TeacherConfig, load_config
-from dint.data import Shard, rank_chunk_ids
-from dint.model import Siren, build_model, compile_wanted
-from dint.store import open_store
-from dint.teacher import Offered, Teacher, point_errors
+from dint.core.config import ModelConfig, TeacherConfig, load_config
+from dint.data.sharding import Shard, rank_chunk_ids
+from dint.fields.siren import Siren, build_model, compile_wanted
+from dint.data.store import open_store
+from dint.teaching.teacher import Offered, Teacher, point_errors
 
 
 def tiny_config(tmp_path, store, **teacher) -> dict:
@@ -30,7 +30,7 @@ def tiny_config(tmp_path, store, **teacher) -> dict:
 
 
 def test_reused_errors_equal_a_fresh_forward_before_the_update(tmp_path, image_store):
-    from dint.train import Trainer
+    from dint.train.trainer import Trainer
 
     trainer = Trainer(load_config(None, tiny_config(tmp_path, image_store, interval_schedule="dense",
                                                     error_refresh=4, random_share=0.25)))
@@ -51,7 +51,7 @@ def test_importance_weighted_loss_has_an_unbiased_gradient(image_store):
     """Over many draws the mean gradient of the importance-weighted loss equals the gradient of
     the mean loss over every point (within 5 standard errors per parameter), while the same
     draws without the weights miss it by far."""
-    from dint.train import selection_loss
+    from dint.train.trainer import selection_loss
 
     store = open_store(image_store)
     shard = Shard(store, rank_chunk_ids(store.info, 0, 1), torch.device("cpu"))
@@ -83,8 +83,8 @@ def test_importance_weighted_loss_has_an_unbiased_gradient(image_store):
 def test_soft_mining_weights_a_draw_that_took_no_point():
     """Poisson draws can take no point at all (likely when k is 1): below an importance
     correction of 1 the loss then divides by 1, not by the empty sum, and is zero."""
-    from dint.teacher import importance_weights
-    from dint.train import selection_loss
+    from dint.teaching.teacher import importance_weights
+    from dint.train.trainer import selection_loss
 
     probability = torch.tensor([0.25, 0.5, 1.0])
     weights, normalizer = importance_weights(probability, torch.tensor([], dtype=torch.int64), 3, 0.5)
@@ -98,7 +98,7 @@ def test_soft_mining_weights_a_draw_that_took_no_point():
 
 
 def test_draws_are_uniform_new_at_every_step_and_a_function_of_the_point(image_store):
-    """The teacher's random draws (dint.teacher.Offered): uniform over [0, 1) at every step,
+    """The teacher's random draws (dint.teaching.teacher.Offered): uniform over [0, 1) at every step,
     uncorrelated from one step to the next and between points, and a point's draw is the same
     whichever other points are offered with it (so whatever the ranks)."""
     store = open_store(image_store)
@@ -127,8 +127,8 @@ def test_draws_are_uniform_new_at_every_step_and_a_function_of_the_point(image_s
 
 FREED_BYTES_KEPT = """
 import ctypes, sys
-from dint.errors import DintError
-from dint.resources import keep_freed_memory
+from dint.core.errors import DintError
+from dint.core.resources import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -232,7 +232,7 @@ def test_a_compiled_model_trains_as_the_eager_one(tmp_path, image_store):
     rounding, keeps the eager state_dict keys (checkpoints and model.pt unchanged), and says so."""
     from torch._dynamo.utils import counters
 
-    from dint.train import Trainer
+    from dint.train.trainer import Trainer
 
     runs = {}
     for setting in ("off", "on"):
@@ -291,7 +291,7 @@ def curve_time(curve, target):
 
 def test_dint_bench_on_a_tiny_signal(tmp_path, image_store):
     out = tmp_path / "bench"
-    result = run_cli("dint.cli", "bench", "--teachers", "int,uniform:teacher.ratio=0.5", "--out", out,
+    result = run_cli("dint.commands.cli", "bench", "--teachers", "int,uniform:teacher.ratio=0.5", "--out", out,
                      "--eval-every", "5", "--repeats", "2", *sum(([f"--{k}", v] for k, v in
                                                                  tiny_config(tmp_path, image_store).items()), []),
                      timeout=300)
@@ -370,7 +370,7 @@ def test_audio_trains_with_the_default_domain(tmp_path):
     wave = (voice * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) / 3.0 * 12000).astype(np.int16)
     wavfile.write(tmp_path / "speech.wav", 16000, wave)
     store = tmp_path / "speech.zarr"
-    assert run_cli("dint.cli", "shard", tmp_path / "speech.wav", store).returncode == 0
+    assert run_cli("dint.commands.cli", "shard", tmp_path / "speech.wav", store).returncode == 0
     (lo, hi), = open_store(store).info.domain
     assert hi == -lo == pytest.approx(15999 * 0.02 / 30 / 2)
     psnr = {}
@@ -417,7 +417,7 @@ def test_importance_probabilities_and_soft_weights_read_nothing_back(monkeypatch
     """The default teacher's probabilities (global maximum, error mass) and soft mining's
     normalizer stay tensors: on a GPU the host does not wait for them. Every way of reading a
     tensor's value into Python fails while they are made."""
-    from dint.teacher import importance_weights, inclusion_probability
+    from dint.teaching.teacher import importance_weights, inclusion_probability
 
     errors = torch.tensor([0.0, 1.0, 3.0, 0.5, 2.0, 8.0, 0.25, 4.0])
 

@@ -1,4 +1,4 @@
-"""The store format: atomic writes (dint.store.write_store) and validation (dint.store.open_store)."""
+"""The store format: atomic writes (dint.data.store.write_store) and validation (dint.data.store.open_store)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zarr
 
-from dint.errors import DintError
-from dint.store import (
+from dint.core.errors import DintError
+from dint.data.store import (
     FORMAT_VERSION,
     VALUES,
     SignalInfo,
@@ -23,7 +23,7 @@ from dint.store import (
     open_store,
     write_store,
 )
-from dint.files import sha256_of
+from dint.core.files import sha256_of
 
 
 def make_info(shape=(20, 24), channels=1, dtype="uint8", chunks=(8, 8), **overrides) -> SignalInfo:

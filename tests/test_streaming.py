@@ -53,10 +53,10 @@ def test_minibatches_are_spread_and_independent_of_the_world_size(passes):
 
 
 def test_int_inside_each_minibatch_is_the_single_process_topk(passes):
-    from dint.data import Shard, rank_chunk_ids
-    from dint.model import Siren
-    from dint.store import open_store
-    from dint.teacher import point_errors, topk_ordered
+    from dint.data.sharding import Shard, rank_chunk_ids
+    from dint.fields.siren import Siren
+    from dint.data.store import open_store
+    from dint.teaching.teacher import point_errors, topk_ordered
 
     store_path, out = passes
     store = open_store(store_path)

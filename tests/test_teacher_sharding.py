@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from conftest import run_cli, smooth_image, torchrun, write_png
-from dint.data import Shard
-from dint.store import open_store
+from dint.data.sharding import Shard
+from dint.data.store import open_store
 
 WORKER = Path(__file__).parent / "workers" / "teacher_worker.py"
 H, W = 48, 40
@@ -51,7 +51,7 @@ def make_store(folder: Path, height: int, width: int, seed: int, levels: int = 2
     image = smooth_image(height, width, seed=seed) // (256 // levels) * (256 // levels)
     png = write_png(folder / f"smooth{height}x{width}.png", image)
     store = folder / f"smooth{height}x{width}.zarr"
-    result = run_cli("dint.cli", "shard", png, store, "--chunk", "16")
+    result = run_cli("dint.commands.cli", "shard", png, store, "--chunk", "16")
     assert result.returncode == 0, result.stderr
     return store
 

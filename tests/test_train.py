@@ -67,7 +67,7 @@ def test_end_to_end_two_ranks_beats_a_constant_prediction(tmp_path):
     image = smooth_image(64, 56, channels=3, seed=4)
     png = write_png(tmp_path / "rgb.png", image)
     store = tmp_path / "rgb.zarr"
-    assert run_cli("dint.cli", "shard", png, store, "--chunk", "24").returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, store, "--chunk", "24").returncode == 0
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.toml", store, run_dir, train={"steps": 150}, eval={"every": 50},
                           teacher={"ratio_schedule": "step"})
@@ -108,7 +108,7 @@ def test_end_to_end_two_ranks_beats_a_constant_prediction(tmp_path):
 def test_update_equals_single_process_however_points_fall(tmp_path, counts):
     from ddp_step_worker import updated_parameters
 
-    from dint.distributed.utils import DistInfo
+    from dint.distributed.collectives import DistInfo
 
     result = torchrun(2, REPO / "tests" / "workers" / "ddp_step_worker.py", tmp_path / "p.json", counts)
     assert result.returncode == 0, result.stderr
@@ -173,7 +173,7 @@ def test_a_rank_without_chunks_is_named_in_one_warning(tmp_path):
     """A 32x32 image in one chunk over 2 ranks: rank 0 holds nothing; the run says so, once."""
     png = write_png(tmp_path / "small.png", smooth_image(32, 32))
     store = tmp_path / "small.zarr"
-    assert run_cli("dint.cli", "shard", png, store).returncode == 0
+    assert run_cli("dint.commands.cli", "shard", png, store).returncode == 0
     config = write_config(tmp_path / "c.toml", store, tmp_path / "run", train={"steps": 5},
                           eval={"every": 0, "reconstruction": False})
     result = torchrun(2, "-m", "dint.train", "--config", config)

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from dint.model import Siren
-from dint.resources import keep_freed_memory
+from dint.fields.siren import Siren
+from dint.core.resources import keep_freed_memory
 
 
 def run(model: torch.nn.Module, label: str, device: torch.device, steps: int = 300) -> None:

@@ -1,6 +1,6 @@
 """Time `dint-shard` of meshes to occupancy (or SDF) grids: seconds and peak memory per run.
 
-Each run is the real CLI (`python -m dint.cli shard MESH DEST --resolution R --field F`) in a
+Each run is the real CLI (`python -m dint.commands.cli shard MESH DEST --resolution R --field F`) in a
 fresh subprocess; its peak resident memory is that child's own ru_maxrss (os.wait4), so runs
 do not mix. Prints a Markdown table.
 
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dint.files import is_dint_store
+from dint.core.files import is_dint_store
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ DEFAULT_MESH = REPO.parent / "shared" / "data" / "meshes" / "bunny.ply"
 
 def run_shard(mesh: Path, resolution: int, field: str, workdir: Path) -> dict:
     dest = workdir / f"{mesh.stem}-{resolution}-{field}.zarr"
-    command = [sys.executable, "-m", "dint.cli", "shard", str(mesh), str(dest),
+    command = [sys.executable, "-m", "dint.commands.cli", "shard", str(mesh), str(dest),
                "--resolution", str(resolution), "--field", field]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()

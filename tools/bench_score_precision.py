@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from dint.components.checkpoint import load_trained
-from dint.data import Shard, rank_chunk_ids
-from dint.store import open_store
-from dint.teacher import point_errors
+from dint.train.checkpoint import load_trained
+from dint.data.sharding import Shard, rank_chunk_ids
+from dint.data.store import open_store
+from dint.teaching.teacher import point_errors
 
 
 def timed(device: torch.device, score) -> tuple[torch.Tensor, float]:

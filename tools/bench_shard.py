@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import make_large_signal  # noqa: E402
 
-from dint.store import open_store  # noqa: E402
-from dint.files import is_dint_store  # noqa: E402
+from dint.data.store import open_store  # noqa: E402
+from dint.core.files import is_dint_store  # noqa: E402
 
 PLUTO = REPO.parent / "shared" / "data" / "images" / "pluto" / "pluto_4408x4344_gray.jpg"
 TARGET_SECONDS, TARGET_BYTES = 120, 2e9
@@ -41,7 +41,7 @@ TARGET_SECONDS, TARGET_BYTES = 120, 2e9
 
 def shard_command(tiff: Path, store: Path, options: list[str]) -> list[str]:
     script = Path(sys.executable).parent / "dint-shard"
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "dint.cli", "shard"]
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "dint.commands.cli", "shard"]
     return [*base, str(tiff), str(store), "--overwrite", *options]
 
 
@@ -85,7 +85,7 @@ def main() -> int:
         shutil.rmtree(store)
 
     met = seconds < TARGET_SECONDS and peak < TARGET_BYTES
-    program = ".venv/bin/dint-shard" if Path(command[0]).name == "dint-shard" else "python -m dint.cli shard"
+    program = ".venv/bin/dint-shard" if Path(command[0]).name == "dint-shard" else "python -m dint.commands.cli shard"
     paths = [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in (tiff, store)]
     print(f"`{program} {shlex.join([*paths, '--overwrite', *options])}` ({os.cpu_count()} CPU cores)\n")
     print("| input | pixels | raw MB | input MB (on disk) | store MB (on disk) | chunks | seconds | MB/s "

@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from dint.bench import time_to_reach
+from dint.commands.bench import time_to_reach
 
 
 def mean_spread(values: list[float], digits: int = 2) -> str:

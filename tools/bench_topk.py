@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from dint.teacher import select_topk, select_topk_threshold
+from dint.teaching.teacher import select_topk, select_topk_threshold
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--points", default="65536,1048576,4194304")

@@ -27,10 +27,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dint.config import parse_size  # noqa: E402
-from dint.data import chunk_grid, rank_chunk_ids  # noqa: E402
+from dint.core.config import parse_size  # noqa: E402
+from dint.data.sharding import chunk_grid, rank_chunk_ids  # noqa: E402
 from dint.distributed.launch import torchrun_command  # noqa: E402
-from dint.store import open_store  # noqa: E402
+from dint.data.store import open_store  # noqa: E402
 
 
 def shard_bytes(store_path: str, nproc: int) -> list[int]:

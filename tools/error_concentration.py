@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from dint.components.checkpoint import load_trained
-from dint.data import Shard, rank_chunk_ids
-from dint.store import open_store
-from dint.teacher import point_errors
+from dint.train.checkpoint import load_trained
+from dint.data.sharding import Shard, rank_chunk_ids
+from dint.data.store import open_store
+from dint.teaching.teacher import point_errors
 
 if len(sys.argv) < 3 or len(sys.argv) % 2 == 0:
     sys.exit(__doc__.strip().splitlines()[2].strip())

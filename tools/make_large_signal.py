@@ -17,7 +17,7 @@ integer results are rounded to the nearest value.
 
 The source is read with dint's own readers (any image or volume dint-shard reads). The output
 is defined lazily, one dask task per output chunk, and written chunk by chunk, never whole:
-- OUT.zarr: a dint store through dint.store.write_store (atomic), its source name saying how
+- OUT.zarr: a dint store through dint.data.store.write_store (atomic), its source name saying how
   it was made, e.g. "pluto_4408x4344_gray.jpg tiled+mirrored to 32768x32768";
 - OUT.tif / OUT.tiff (images): a tiled BigTIFF written tile by tile (--tile, --compression);
 - OUT.npy: a .npy file written through a memory map (for memory-mapped input tests).
@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from dint.errors import DintError  # noqa: E402
-from dint.readers import ReadOptions, read_source  # noqa: E402
-from dint.files import sha256_of, staged  # noqa: E402
-from dint.store import SignalInfo, check_destination, default_chunks, write_store  # noqa: E402
+from dint.core.errors import DintError  # noqa: E402
+from dint.data.readers import ReadOptions, read_source  # noqa: E402
+from dint.core.files import sha256_of, staged  # noqa: E402
+from dint.data.store import SignalInfo, check_destination, default_chunks, write_store  # noqa: E402
 
 TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}
 

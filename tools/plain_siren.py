@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from dint.config import ModelConfig
-from dint.data import CoordinateMap
-from dint.model import build_model
-from dint.resources import keep_freed_memory
-from dint.store import open_store, to_training
-from dint.teacher import is_selection_step, ratio_at
+from dint.core.config import ModelConfig
+from dint.data.sharding import CoordinateMap
+from dint.fields.siren import build_model
+from dint.core.resources import keep_freed_memory
+from dint.data.store import open_store, to_training
+from dint.teaching.teacher import is_selection_step, ratio_at
 
 parser = argparse.ArgumentParser()
 parser.add_argument("store")

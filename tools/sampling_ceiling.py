@@ -13,8 +13,8 @@ selection rule could save if scoring were free, not what it saves in time:
 - stratified: one point at random in each run of 1 / ratio consecutive points (raster order);
 - error, gradient: each point drawn with probability k * (random_share / N + (1 - random_share)
   * its share of the scores), weighted by 1 / (N p) so the loss is unbiased (dint's
-  `importance`, dint.teacher.inclusion_probability; --importance-correction below 1: dint's
-  soft mining, dint.teacher.importance_weights), the score being the point's error |f - y|
+  `importance`, dint.teaching.teacher.inclusion_probability; --importance-correction below 1: dint's
+  soft mining, dint.teaching.teacher.importance_weights), the score being the point's error |f - y|
   or the norm of its loss's gradient over every parameter (exact, per point), fresh every step;
 - error@R, gradient@R: the same scores refreshed every R steps, and at the trained points
   before their update in between (dint's error reuse, teacher.error_refresh = R).
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 
-from dint.components.metrics import time_to_reach
-from dint.config import ModelConfig
-from dint.data import CoordinateMap
-from dint.model import build_model
-from dint.resources import keep_freed_memory
-from dint.store import open_store, to_training
-from dint.teacher import importance_weights, inclusion_probability, per_point_error
+from dint.train.metrics import time_to_reach
+from dint.core.config import ModelConfig
+from dint.data.sharding import CoordinateMap
+from dint.fields.siren import build_model
+from dint.core.resources import keep_freed_memory
+from dint.data.store import open_store, to_training
+from dint.teaching.teacher import importance_weights, inclusion_probability, per_point_error
 
 BLOCK = 16384
 

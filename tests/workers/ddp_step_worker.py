@@ -10,11 +10,11 @@ import sys
 
 import torch
 
-from dint.config import TrainConfig
-from dint.distributed.engine import build_engine
-from dint.distributed.utils import destroy_distributed, init_distributed
-from dint.model import Siren
-from dint.train import selection_loss
+from dint.core.config import TrainConfig
+from dint.train.engine import build_engine
+from dint.distributed.collectives import destroy_distributed, init_distributed
+from dint.fields.siren import Siren
+from dint.train.trainer import selection_loss
 
 
 def batch(total: int):

@@ -10,13 +10,13 @@ import sys
 
 import torch
 
-from dint.config import TeacherConfig
-from dint.batching import MiniBatchesInMemory, MiniBatchesStreamed, WholeSignal, WholeSignalStreamed
-from dint.data import Shard, ShardStream, rank_chunk_ids
-from dint.distributed.utils import all_gather_varlen, all_reduce_max, destroy_distributed, init_distributed
-from dint.model import Siren
-from dint.store import open_store
-from dint.teacher import Teacher
+from dint.core.config import TeacherConfig
+from dint.teaching.plans import MiniBatchesInMemory, MiniBatchesStreamed, WholeSignal, WholeSignalStreamed
+from dint.data.sharding import Shard, ShardStream, rank_chunk_ids
+from dint.distributed.collectives import all_gather_varlen, all_reduce_max, destroy_distributed, init_distributed
+from dint.fields.siren import Siren
+from dint.data.store import open_store
+from dint.teaching.teacher import Teacher
 
 GROUP_BYTES = 16 * 16  # bytes: a group of one 16x16 uint8 chunk at a time
 MINIBATCH = 300

@@ -17,12 +17,12 @@ import sys
 
 import torch
 
-from dint.config import TeacherConfig
-from dint.data import Shard, rank_chunk_ids
-from dint.distributed.utils import all_gather_varlen, destroy_distributed, init_distributed
-from dint.model import Siren
-from dint.store import open_store
-from dint.teacher import Teacher
+from dint.core.config import TeacherConfig
+from dint.data.sharding import Shard, rank_chunk_ids
+from dint.distributed.collectives import all_gather_varlen, destroy_distributed, init_distributed
+from dint.fields.siren import Siren
+from dint.data.store import open_store
+from dint.teaching.teacher import Teacher
 
 TOTAL_STEPS = 100
 RATIO = 0.2

@@ -1,4 +1,4 @@
-"""Run under torchrun: every rank calls dint.teacher.select_topk on its own points.
+"""Run under torchrun: every rank calls dint.teaching.teacher.select_topk on its own points.
 
 Usage: torchrun --nproc_per_node=W topk_worker.py OUT.json
 
@@ -17,8 +17,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from dint.distributed.utils import all_gather_varlen, destroy_distributed, init_distributed
-from dint.teacher import select_topk, select_topk_threshold
+from dint.distributed.collectives import all_gather_varlen, destroy_distributed, init_distributed
+from dint.teaching.teacher import select_topk, select_topk_threshold
 
 
 def uneven_sizes(n: int, world: int, weights: list[float]) -> list[int]:

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from dint.train import main
+from dint.commands.train import main
 
 
 def gloo_threads() -> list[str]:

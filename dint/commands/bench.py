@@ -1,0 +1,187 @@
+"""`dint bench`: time to quality, every teacher, one run.
+
+Each teacher trains the same signal in turn, with the same config, seed, step budget,
+threads and engineering; only the teacher's settings differ. Quality (PSNR, or IoU for
+shapes) over the whole signal is measured every `eval_every` steps, outside the timed
+region: a run's clock is its training time (selection and update), nothing else.
+
+A teacher is a name and settings: a preset (TEACHERS) or `name:section.key=value;...`,
+e.g. `default:model.init_scale=1` for the default teacher without weight scaling. A value
+`xF` multiplies the config's own value by F: `default:train.steps=x2;train.lr=x2` is the
+default teacher given twice the steps and twice the learning rate of the other rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+from dint.train.metrics import quality_curve, time_to_reach
+from dint.observe.plots import quality_vs_time
+from dint.core.config import TeacherConfig, load_config
+from dint.core.errors import DintError
+from dint.distributed.collectives import on_rank0
+from dint.core.files import claim_folder, write_outputs
+
+REFERENCE = "full"
+DEFAULT_TEACHERS = "full,uniform,int,default"
+
+# Every preset sets the whole teacher section, so a row means the same whatever the config says.
+_PAPER_INT = {"strategy": "int", "ratio": 0.2, "ratio_schedule": "step", "interval_schedule": "incremental",
+              "interval": 1, "error": "l1", "random_share": 0.0, "error_refresh": 1}
+TEACHERS: dict[str, dict[str, object]] = {
+    "full": {"teacher.strategy": "full"},
+    "int": {f"teacher.{k}": v for k, v in _PAPER_INT.items()},  # the paper's INT, exactly
+    "uniform": {**{f"teacher.{k}": v for k, v in _PAPER_INT.items()}, "teacher.strategy": "uniform"},
+    # The defaults of every teacher key but minibatch (how the signal is split, not how it is taught).
+    "default": {f"teacher.{k}": v for k, v in TeacherConfig().__dict__.items() if k != "minibatch"},
+}
+
+
+def parse_teacher(spec: str) -> tuple[str, dict[str, str]]:
+    """`name` or `name:section.key=value;section.key=value` -> (label, overrides as text)."""
+    name, _, extra = spec.partition(":")
+    if name not in TEACHERS:
+        raise DintError(f"--teachers: unknown teacher {name!r} (known: {', '.join(TEACHERS)}; add settings as "
+                        "name:section.key=value;...)")
+    settings = {key: _text(value) for key, value in TEACHERS[name].items()}
+    for item in filter(None, extra.split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise DintError(f"--teachers: {item!r} in {spec!r} is not section.key=value")
+        settings[key.strip()] = value.strip()
+    return spec, settings
+
+
+def _text(value: object) -> str:
+    return json.dumps(value) if isinstance(value, (list, bool)) else str(value)
+
+
+def relative_settings(config_path: str | None, overrides: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
+    """Settings with every `xF` value replaced by F times the config's value (an int stays an int)."""
+    relative = {k: v for k, v in settings.items() if v.startswith("x")}
+    if not relative:
+        return settings
+    base = load_config(config_path, overrides).to_dict()
+    resolved = dict(settings)
+    for key, value in relative.items():
+        section, _, name = key.partition(".")
+        current = base.get(section, {}).get(name)
+        try:
+            factor = float(value[1:])
+        except ValueError:
+            raise DintError(f"--teachers: {key}={value}: x must be followed by a number, e.g. x2") from None
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise DintError(f"--teachers: {key}={value}: {key} is not a number in the config")
+        scaled = current * factor
+        resolved[key] = str(round(scaled) if isinstance(current, int) else scaled)
+    return resolved
+
+
+def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path,
+            eval_every: int) -> dict:
+    """Train once; the run's summary and its quality curve [(train seconds, quality)]."""
+    from dint.train.trainer import Trainer
+
+    settings = relative_settings(config_path, overrides, settings)
+    config = load_config(config_path, {**overrides, **settings, "run.dir": str(run_dir), "eval.every": str(eval_every),
+                                       "checkpoint.resume": "never", "eval.reconstruction": "false"})
+    trainer = Trainer(config)
+    summary = trainer.train()
+    key = "iou" if trainer.info.modality == "shape" else "psnr"
+    curve = quality_curve(trainer.metrics.history, key)
+    step_curve = quality_curve(trainer.metrics.history, key, by="step")
+    return {"summary": summary, "curve": curve, "step_curve": step_curve, "quality_key": key, "config": config}
+
+
+def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str], repeats: int, out: Path,
+          eval_every: int, is_main: bool) -> dict:
+    specs = [parse_teacher(t) for t in teachers]
+    on_rank0(lambda: claim_folder(out, "dint bench's outputs"), _device_of(config_path, overrides))
+    if REFERENCE not in [label for label, _ in specs]:
+        specs.insert(0, parse_teacher(REFERENCE))
+    runs, config_dict = [], None
+    for repeat in range(repeats):
+        reference = None
+        for label, settings in sorted(specs, key=lambda s: s[0] != REFERENCE):  # the reference first
+            settings = relative_settings(config_path, overrides, settings)
+            result = run_one(config_path, overrides, settings, out / "runs" / f"{_slug(label)}-{repeat}", eval_every)
+            summary, curve, key = result["summary"], result["curve"], result["quality_key"]
+            final = summary["iou"] if key == "iou" else summary["final_psnr"]
+            if label == REFERENCE:
+                reference = final
+            config_dict = config_dict or {k: v for k, v in result["config"].to_dict().items() if k != "teacher"}
+            runs.append({
+                "teacher": label, "settings": settings, "repeat": repeat,
+                f"final_{key}": final, "train_seconds": summary["train_seconds"],
+                "select_seconds": summary["select_seconds"], "update_seconds": summary["update_seconds"],
+                "steps": summary["steps"], "curve": [[round(t, 4), q] for t, q in curve],
+                "curve_steps": [step for step, _ in result["step_curve"]],
+                "time_to_reference": time_to_reach(curve, reference),
+                # Steps do not move with the machine's speed or load: a comparison free of timing noise.
+                "steps_to_reference": time_to_reach(result["step_curve"], reference),
+            })
+    result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
+    if is_main:  # into the folder claimed above
+        write_outputs(out, {"bench.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
+                            "bench.md": lambda tmp: tmp.write_text(table(result) + "\n"),
+                            "quality_vs_time.png": lambda tmp: plot(result, tmp)})
+    return result
+
+
+def _device_of(config_path: str | None, overrides: dict[str, str]):
+    """The device the runs use (the one collectives before the first run go through)."""
+    from dint.distributed.collectives import pick_device
+
+    return pick_device(load_config(config_path, overrides).run.device, int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _mean_spread(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "never"
+    mean = statistics.fmean(values)
+    spread = (max(values) - min(values)) / 2
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def table(result: dict) -> str:
+    """Teacher, final quality (mean ± half the range over repeats), seconds, share of time in
+    selection, time to the reference's final quality, and speed-up against the reference."""
+    key = result["quality"]
+    by_teacher: dict[str, list[dict]] = {}
+    for run in result["runs"]:
+        by_teacher.setdefault(run["teacher"], []).append(run)
+    reference_seconds = statistics.fmean(r["train_seconds"] for r in by_teacher[result["reference"]])
+    lines = [f"| teacher | final {key} | train s | s/step | selection share | time to {result['reference']}'s "
+             f"final {key} (s) | speed-up vs {result['reference']} | steps to it |", "|---|---|---|---|---|---|---|---|"]
+    for teacher, runs in by_teacher.items():
+        reached = [r["time_to_reference"] for r in runs if r["time_to_reference"] is not None]
+        seconds = statistics.fmean(r["train_seconds"] for r in runs)
+        speedup = f"{reference_seconds / statistics.fmean(reached):.2f}x" if len(reached) == len(runs) else "—"
+        steps = [r.get("steps_to_reference") for r in runs]
+        steps = _mean_spread(steps, digits=0) if None not in steps else "not reached"
+        lines.append(f"| {teacher} | {_mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
+                     f"{seconds / runs[0]['steps']:.4f} | "
+                     f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
+                     f"{_mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    colours, curves = {}, []
+    for run in result["runs"]:
+        colour = colours.setdefault(run["teacher"], f"C{len(colours) % 10}")
+        curves.append({"curve": run["curve"], "colour": colour, "alpha": 0.9 if run["repeat"] == 0 else 0.4,
+                       "label": run["teacher"] if run["repeat"] == 0 else None})
+    reference = [r[f"final_{result['quality']}"] for r in result["runs"] if r["teacher"] == result["reference"]]
+    line = None
+    if reference and all(math.isfinite(q) for q in reference):
+        line = (statistics.fmean(reference), f"{result['reference']}'s final")
+    quality_vs_time(curves, path, result["quality"], line)

@@ -1,0 +1,209 @@
+"""Update engines: how gradients are synchronised and the optimizer stepped.
+
+Both engines average gradients over ranks (DDP all-reduces them in buckets during the
+backward pass; DeepSpeed does the same in its own engine), run Adam and the learning-rate
+schedule, and expose `module`, the bare model, for no-grad passes and saving.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from dint.train.schedule import build_lr_scheduler
+from dint.core.config import TrainConfig
+from dint.distributed.collectives import DistInfo, pick_device
+
+LossFn = Callable[[nn.Module], torch.Tensor]
+
+
+class _Engine:
+    """What both engines share: Adam and the schedule, their state, the learning rate."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def _build_optimizer(self, model: nn.Module, config: TrainConfig) -> None:
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.scheduler = build_lr_scheduler(self.optimizer, config.steps, config.lr_schedule)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def scale_lr(self, scale: float) -> None:
+        """From now on (this step included) the learning rate is `scale` times the schedule's."""
+        for factor in self.scheduler.lr_lambdas:
+            factor.scale = scale
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DDPEngine(_Engine):
+    def __init__(self, model: nn.Module, dist_info: DistInfo, config: TrainConfig, timers: dict | None = None):
+        self.module = model
+        self._build_optimizer(model, config)
+        self._optimizer_timer = timers["optimizer"] if timers else nullcontext
+        if dist_info.distributed:
+            device_ids = [dist_info.device] if dist_info.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            if timers:
+                self.model.register_comm_hook(timers["allreduce"], _timed_allreduce)
+        else:
+            self.model = model
+
+    def step(self, parts: Iterable[LossFn]) -> torch.Tensor:
+        """One optimizer step on the sum of the parts' losses, each part backward on its own.
+
+        Gradients accumulate locally (DDP's no_sync) and are averaged over ranks once, with
+        the last part, so activation memory is that of one part; every rank runs at least
+        one part, so every rank joins the all-reduce.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        total, pending = None, None
+        for part in parts:
+            if pending is not None:
+                with self._no_sync():
+                    total = self._backward(pending, total)
+            pending = part
+        total = self._backward(pending, total)
+        with self._optimizer_timer():
+            self.optimizer.step()
+            self.scheduler.step()
+        return total
+
+    def _backward(self, part: LossFn, total: torch.Tensor | None) -> torch.Tensor:
+        loss = part(self.model)
+        loss.backward()
+        return loss.detach() if total is None else total + loss.detach()
+
+    def _no_sync(self):
+        return self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel) else nullcontext()
+
+
+def _timed_allreduce(timer, bucket):  # unannotated: DDP checks annotations, and these are strings here
+    """DDP's default gradient sync (mean over ranks), waited for inside `timer`.
+
+    Waiting in the hook gives up overlapping the all-reduce with the rest of the backward,
+    which a SIREN's few parameters (one bucket, ready only at the end) never had.
+    """
+    import torch.distributed as dist
+
+    tensor = bucket.buffer()
+    with timer():
+        tensor.div_(dist.get_world_size())
+        dist.all_reduce(tensor)
+    future = torch.futures.Future()
+    future.set_result(tensor)
+    return future
+
+
+class DeepSpeedEngine(_Engine):
+    """DeepSpeed's engine, ZeRO stage 0, over dint's own process group.
+
+    DeepSpeed picks its "accelerator" (device family and collective backend) once, at
+    import, from DS_ACCELERATOR or by probing; it is set here from the device dint chose so
+    the two cannot disagree (a CUDA machine with run.device = "cpu", say). The CPU
+    accelerator talks gloo unless Intel's oneccl_bindings_for_pytorch is installed, and
+    since the group already exists, deepspeed.initialize wraps it (TorchBackend) instead of
+    creating one: the collectives are those of dint's gloo (CPU) or nccl (CUDA) group.
+    """
+
+    def __init__(self, model: nn.Module, dist_info: DistInfo, config: TrainConfig):
+        # DeepSpeed insists on a process group, even for one process: init_distributed makes
+        # one (group_required, see needs_process_group) before the engine is built.
+        deepspeed = _import_deepspeed(dist_info.device)
+        self._build_optimizer(model, config)
+        settings = {
+            # One "micro-batch" per step: the teacher's selection is the whole batch, and
+            # the loss is already scaled so that the mean over ranks is the global mean.
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": 0},
+            "gradient_clipping": 0.0,
+            "steps_per_print": None,  # no per-step progress lines (0 would divide by zero)
+            "wall_clock_breakdown": False,
+            "dump_state": False,
+        }
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=settings,
+            dist_init_required=False,
+        )
+        self.module = self.model.module
+
+    def step(self, parts: Iterable[LossFn]) -> torch.Tensor:
+        # DeepSpeed accumulates over a fixed number of micro-steps, not a varying one: the
+        # parts are summed into one backward (same update, activations of all parts at once).
+        loss = sum(part(self.model) for part in parts)
+        self.model.backward(loss)  # backward, then the gradient all-reduce (mean over ranks)
+        self.model.step()  # optimizer step, lr schedule step and zero_grad
+        return loss.detach()
+
+
+def _import_deepspeed(device: torch.device):
+    """Import deepspeed with its accelerator (device family, collective backend) matching `device`."""
+    wanted = "cuda" if device.type == "cuda" else "cpu"
+    if "deepspeed" not in sys.modules:
+        os.environ["DS_ACCELERATOR"] = wanted  # read once, by deepspeed's first get_accelerator()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() != wanted:  # imported earlier, for another device
+        if wanted == "cuda":
+            from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+        else:
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+        set_accelerator(Accelerator())
+    if wanted == "cpu":
+        # The CPU accelerator's TorchBackend JIT-compiles a shared-memory all-reduce kernel
+        # (a minute of C++ on first use, and a compiler on every node) that only
+        # inference_all_reduce uses; training's gradient all-reduce is torch.distributed's
+        # on the gloo group either way. Marking it incompatible skips the build.
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def import_engine_library(name: str, device_preference: str) -> None:
+    """Import the engine's library before the process group exists (call before init_distributed).
+
+    DeepSpeed binds the default group into default arguments when first imported
+    (deepspeed.comm.torch's barrier). Bound to a live group, those would keep it alive past
+    destroy_distributed(), and with it gloo threads that may then outlive the interpreter.
+    """
+    if name == "deepspeed":
+        _import_deepspeed(pick_device(device_preference, local_rank=0))
+
+
+def needs_process_group(name: str) -> bool:
+    """DeepSpeed wants a process group even in one process (init_distributed's group_required)."""
+    return name == "deepspeed"
+
+
+def build_engine(config: TrainConfig, model: nn.Module, dist_info: DistInfo,
+                 timers: dict | None = None) -> DDPEngine | DeepSpeedEngine:
+    """`timers` (optional): DDP times its gradient all-reduce in timers["allreduce"] and the
+    optimizer step in timers["optimizer"]; DeepSpeed's steps are not split."""
+    if config.engine == "deepspeed":
+        return DeepSpeedEngine(model, dist_info, config)
+    return DDPEngine(model, dist_info, config, timers)

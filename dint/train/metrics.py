@@ -1,0 +1,226 @@
+"""Run logging: when to log, what a metrics.jsonl line holds, and the step's timers.
+
+Rank 0 writes metrics.jsonl (and a progress bar on a terminal); every rank keeps timers,
+since the summary reports them. Steps count from 1, as in metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm import tqdm
+
+from dint.core.config import Config
+from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum
+
+
+class Timer:
+    """Seconds spent in one part of the step, summed over steps.
+
+    On CUDA a span is a pair of events, so timing adds no host-device synchronisation to the
+    step: the events are resolved (synchronising once) only when `seconds` is read.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._seconds, self._spans = 0.0, []
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if not self.cuda:
+            started = time.perf_counter()
+            yield
+            self._seconds += time.perf_counter() - started
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._spans.append((start, end))
+
+    @property
+    def seconds(self) -> float:
+        if self._spans:
+            self._spans[-1][1].synchronize()
+            self._seconds += sum(start.elapsed_time(end) for start, end in self._spans) / 1000.0
+            self._spans = []
+        return self._seconds
+
+    @seconds.setter
+    def seconds(self, value: float) -> None:
+        self._seconds, self._spans = value, []
+
+
+class Timers(dict):
+    """The step's timers by name, saved with checkpoints: select (scoring forwards in `score`),
+    balance, update (the gradient all-reduce in `allreduce`, the optimizer in `optimizer`;
+    DDP only), eval."""
+
+    NAMES = ("select", "score", "balance", "update", "allreduce", "optimizer", "eval")
+
+    def __init__(self, device: torch.device):
+        super().__init__({name: Timer(device) for name in self.NAMES})
+
+    def state_dict(self) -> dict:
+        return {name: timer.seconds for name, timer in self.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, timer in self.items():
+            timer.seconds = state.get(name, 0.0)  # some timers are newer than some checkpoints
+
+
+class MetricsLogger:
+    """Decides which steps are logged and evaluated, and writes their lines (rank 0)."""
+
+    def __init__(self, config: Config, path: Path, enabled: bool, resume_after: int | None = None,
+                 shape: bool = False):
+        """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept.
+        `shape`: lines carry an IoU too."""
+        self.total_steps, self.log_every, self.eval_every = config.train.steps, config.train.log_every, config.eval.every
+        self.enabled, self.shape = enabled, shape
+        self.history: list[dict[str, Any]] = []  # this run's lines, on every rank (dint bench reads them)
+        self._file, self.path = None, path
+        if enabled:
+            kept = []
+            if resume_after and path.exists():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= resume_after]
+            self._file = open(path, "w")
+            self._file.write("".join(line + "\n" for line in kept))
+            self._file.flush()
+        show_bar = enabled and sys.stderr.isatty()
+        self._bar = tqdm(total=self.total_steps, initial=resume_after or 0, unit="step", dynamic_ncols=True) \
+            if show_bar else None
+
+    def should_evaluate(self, step: int) -> bool:
+        """An evaluation on the way (the last step's is the final one, made anyway)."""
+        return self.eval_every > 0 and step % self.eval_every == 0 and step != self.total_steps
+
+    def should_log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps or self.should_evaluate(step)
+
+    def record(self, step: int, loss: torch.Tensor, selection, steps_per_pass: int, timers: Timers, lr: float,
+               wall_seconds: float) -> dict[str, Any]:
+        """The line of `step` (collective: the loss is averaged over ranks, the bytes gathered);
+        quality is filled in by evaluations. `selection` is what the step trained (a
+        dint.teaching.teacher.Selection, or a dint.teaching.balance.BalancedSelection)."""
+        world_size = len(selection.rank_counts)
+        trained = selection.trained_counts
+        return {
+            "step": step,
+            "wall_seconds": round(wall_seconds, 4),
+            "loss": float((all_reduce_sum(loss.reshape(1).double()) / world_size).item()),
+            "psnr": None,
+            **({"iou": None} if self.shape else {}),
+            "ratio": selection.ratio,
+            "selected": selection.global_count,
+            "selected_per_rank": selection.rank_counts,
+            # What each rank trained this step, and how far the slowest is above the mean (DDP waits for it).
+            "trained_per_rank": trained,
+            "imbalance": round(max(trained) * world_size / max(1, sum(trained)), 4),
+            # Bytes each rank handed to the step's collectives (dint.distributed.collectives.Traffic).
+            **bytes_per_rank(TRAFFIC.step, loss.device),
+            "selected_at": selection.step + 1,  # step, or pass with mini-batches
+            **({"pass": (step - 1) // steps_per_pass + 1, "minibatch": (step - 1) % steps_per_pass + 1}
+               if steps_per_pass > 1 else {}),
+            "select_seconds": round(timers["select"].seconds, 4),
+            "balance_seconds": round(timers["balance"].seconds, 4),
+            "update_seconds": round(timers["update"].seconds, 4),
+            # What dint bench and dint report measure time to quality in: selection + update, no evaluation.
+            "train_seconds": round(sum(timers[name].seconds for name in ("select", "balance", "update")), 4),
+            "lr": lr,
+        }
+
+    def rewind(self, step: int) -> None:
+        """Forget the lines after `step` (a rollback to it): they will be logged again."""
+        self.history = [record for record in self.history if record["step"] <= step]
+        if self._file is not None:
+            self._file.close()
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self._file = open(self.path, "w")
+            self._file.write("".join(line + "\n" for line in kept))
+            self._file.flush()
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._bar is not None:
+            shown = {k: record[k] for k in ("loss", "psnr", "ratio") if record.get(k) is not None}
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def bytes_per_rank(counted: dict[str, int], device: torch.device) -> dict[str, list[int]]:
+    """`select_bytes_per_rank` and `balance_bytes_per_rank` from each rank's counts; collective."""
+    mine = torch.tensor([[counted["select"], counted["balance"]]], dtype=torch.int64, device=device)
+    (every,) = all_gather_varlen(mine)
+    return {"select_bytes_per_rank": every[:, 0].tolist(), "balance_bytes_per_rank": every[:, 1].tolist()}
+
+
+def peak_rss_mb_per_rank(device: torch.device) -> list[float]:
+    """Each rank's peak resident memory so far, in MB (Linux reports ru_maxrss in KiB); collective."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    (peaks,) = all_gather_varlen(torch.tensor([peak], dtype=torch.float64, device=device))
+    return [round(p, 1) for p in peaks.tolist()]
+
+
+def quality_curve(lines: list[dict], key: str, by: str = "train_seconds") -> list[tuple[float, float]]:
+    """[(training seconds, quality)] at the evaluated lines of a metrics.jsonl; with by="step",
+    [(step, quality)]: the same curve against steps, which do not depend on the machine's speed."""
+    return [(line[by], line[key]) for line in lines if line.get(key) is not None]
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The training time at which `curve` ([(seconds, quality)], in time order) first reaches
+    `target`, interpolated linearly between evaluations; None if it never does. Given a curve
+    against steps ([(step, quality)]), the step."""
+    previous = None
+    for seconds, quality in curve:
+        if quality >= target:
+            if previous is None or previous[1] >= target:
+                return seconds
+            (t0, q0) = previous
+            return t0 + (seconds - t0) * (target - q0) / (quality - q0)
+        previous = (seconds, quality)
+    return None
+
+
+class StepRuns:
+    """A set of steps (where the teacher selected) kept as runs [first, last, every]: a
+    schedule's selection steps are a few arithmetic runs, however long the training."""
+
+    def __init__(self, runs: list[list[int]] | None = None):
+        self.runs = [list(run) for run in runs or []]
+
+    def add(self, step: int) -> None:
+        if self.runs:
+            first, last, every = self.runs[-1]
+            if first == last and step > last:
+                self.runs[-1] = [first, step, step - last]
+                return
+            if step == last + every:
+                self.runs[-1][1] = step
+                return
+        self.runs.append([step, step, 1])
+
+    def steps(self) -> list[int]:
+        return [step for first, last, every in self.runs for step in range(first, last + 1, every)]
