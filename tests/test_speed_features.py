@@ -51,7 +51,7 @@ def test_importance_weighted_loss_has_an_unbiased_gradient(image_store):
     """Over many draws the mean gradient of the importance-weighted loss equals the gradient of
     the mean loss over every point (within 5 standard errors per parameter), while the same
     draws without the weights miss it by far."""
-    from dint.train.trainer import selection_loss
+    from dint.train.loss import selection_loss
 
     store = open_store(image_store)
     shard = Shard(store, rank_chunk_ids(store.info, 0, 1), torch.device("cpu"))
@@ -84,7 +84,7 @@ def test_soft_mining_weights_a_draw_that_took_no_point():
     """Poisson draws can take no point at all (likely when k is 1): below an importance
     correction of 1 the loss then divides by 1, not by the empty sum, and is zero."""
     from dint.teaching.teacher import importance_weights
-    from dint.train.trainer import selection_loss
+    from dint.train.loss import selection_loss
 
     probability = torch.tensor([0.25, 0.5, 1.0])
     weights, normalizer = importance_weights(probability, torch.tensor([], dtype=torch.int64), 3, 0.5)
@@ -334,7 +334,7 @@ def test_dint_bench_on_a_tiny_signal(tmp_path, image_store):
 
 
 def test_bench_summary_divides_steps_by_the_uniform_rows(tmp_path):
-    """tools/bench_summary.py's last column: each signal's steps to `full`'s final over the
+    """`dint bench --from`'s last column: each signal's steps to `full`'s final over the
     uniform row's, then mean ± half the range; "—" where a signal lacks the figure."""
     def run(teacher, steps, seconds):
         return {"teacher": teacher, "repeat": 0, "final_psnr": 30.0, "train_seconds": 10.0, "select_seconds": 1.0,
@@ -349,10 +349,12 @@ def test_bench_summary_divides_steps_by_the_uniform_rows(tmp_path):
             runs[0].pop("steps_to_reference")  # a bench written before the field existed
         (folder / "bench.json").write_text(json.dumps({"reference": "full", "quality": "psnr", "runs": runs}))
         folders.append(folder)
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "bench_summary.py"), *folders, "--uniform",
-                             "uniform:x"], capture_output=True, text=True, timeout=60)
+    out = tmp_path / "summary"
+    result = run_cli("dint.commands.cli", "bench", *(arg for f in folders for arg in ("--from", f)), "--uniform",
+                     "uniform:x", "--out", out, timeout=60)
     assert result.returncode == 0, result.stderr
-    header, _, *rows = result.stdout.strip().splitlines()
+    header, _, *rows = result.stdout.strip().splitlines()[:-1]
+    assert (out / "summary.md").read_text().strip() == "\n".join([header, _, *rows])
     assert header.endswith("| steps to full's final / uniform's* |")
     cells = {row.split("|")[1].strip(): row.split("|")[-2].strip() for row in rows}
     assert cells == {"full": "1.00 ± 0.00", "uniform:x": "1.00 ± 0.00", "default": "0.80 ± 0.10"}

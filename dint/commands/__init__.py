@@ -1,0 +1,1 @@
+"""The command line: `dint shard|info|train|render|bench|scale|report` and the studies behind bench and scale."""

@@ -5,6 +5,9 @@ threads and engineering; only the teacher's settings differ. Quality (PSNR, or I
 shapes) over the whole signal is measured every `eval_every` steps, outside the timed
 region: a run's clock is its training time (selection and update), nothing else.
 
+`dint bench --from A --from B ...` makes one table of several finished benches (one per
+signal): mean and spread over the signals (summary_table).
+
 A teacher is a name and settings: a preset (TEACHERS) or `name:section.key=value;...`,
 e.g. `default:model.init_scale=1` for the default teacher without weight scaling. A value
 `xF` multiplies the config's own value by F: `default:train.steps=x2;train.lr=x2` is the
@@ -24,10 +27,9 @@ from dint.observe.plots import quality_vs_time
 from dint.core.config import TeacherConfig, load_config
 from dint.core.errors import DintError
 from dint.distributed.collectives import on_rank0
-from dint.core.files import claim_folder, write_outputs
+from dint.core.files import check_input, claim_folder, write_outputs
 
 REFERENCE = "full"
-DEFAULT_TEACHERS = "full,uniform,int,default"
 
 # Every preset sets the whole teacher section, so a row means the same whatever the config says.
 _PAPER_INT = {"strategy": "int", "ratio": 0.2, "ratio_schedule": "step", "interval_schedule": "incremental",
@@ -127,7 +129,7 @@ def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str
     result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
     if is_main:  # into the folder claimed above
         write_outputs(out, {"bench.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
-                            "bench.md": lambda tmp: tmp.write_text(table(result) + "\n"),
+                            "bench.md": lambda tmp: tmp.write_text(bench_table(result) + "\n"),
                             "quality_vs_time.png": lambda tmp: plot(result, tmp)})
     return result
 
@@ -143,15 +145,16 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def _mean_spread(values: list[float], digits: int = 2) -> str:
+def mean_spread(values: list[float], digits: int = 2, none: str = "never", alone: bool = True) -> str:
+    """Mean ± half the range (`none` for no values; a single value alone unless `alone` is False)."""
     if not values:
-        return "never"
+        return none
     mean = statistics.fmean(values)
     spread = (max(values) - min(values)) / 2
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f}" if len(values) == 1 and alone else f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
-def table(result: dict) -> str:
+def bench_table(result: dict) -> str:
     """Teacher, final quality (mean ± half the range over repeats), seconds, share of time in
     selection, time to the reference's final quality, and speed-up against the reference."""
     key = result["quality"]
@@ -166,11 +169,11 @@ def table(result: dict) -> str:
         seconds = statistics.fmean(r["train_seconds"] for r in runs)
         speedup = f"{reference_seconds / statistics.fmean(reached):.2f}x" if len(reached) == len(runs) else "—"
         steps = [r.get("steps_to_reference") for r in runs]
-        steps = _mean_spread(steps, digits=0) if None not in steps else "not reached"
-        lines.append(f"| {teacher} | {_mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
+        steps = mean_spread(steps, digits=0) if None not in steps else "not reached"
+        lines.append(f"| {teacher} | {mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
                      f"{seconds / runs[0]['steps']:.4f} | "
                      f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
-                     f"{_mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |")
+                     f"{mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |")
     return "\n".join(lines)
 
 
@@ -185,3 +188,76 @@ def plot(result: dict, path: Path) -> None:
     if reference and all(math.isfinite(q) for q in reference):
         line = (statistics.fmean(reference), f"{result['reference']}'s final")
     quality_vs_time(curves, path, result["quality"], line)
+
+
+def read_bench(folder: Path) -> dict:
+    """bench.json of a finished `dint bench`, checked enough for summary_table."""
+    path = Path(folder) / "bench.json"
+    try:
+        check_input(path, "bench result")
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DintError(f"{path}: not found (a folder written by dint bench)") from None
+    except (OSError, ValueError) as e:
+        raise DintError(f"{path}: unreadable ({e})") from None
+    if not (isinstance(result, dict) and isinstance(result.get("runs"), list) and result.get("quality")
+            and all(isinstance(r, dict) and "teacher" in r for r in result["runs"])):
+        raise DintError(f"{path}: not a dint bench result (no runs)")
+    return result
+
+
+def summary_table(benches: list[dict], margin: float = 0.5, uniform: str = "uniform") -> str:
+    """One table from several benches (one per signal). Per teacher: the final quality, the
+    training seconds, the share of time in selection, and the time to `full`'s final as a
+    fraction of `full`'s training time, of `uniform`'s and of `int`'s time to it (each
+    signal's own ratio, then mean ± half the range over signals; "—" where no run reached it);
+    the time to `full`'s final less `margin` as a fraction of `full`'s own time to it; and the
+    steps to `full`'s final over the `uniform` row's (free of timing noise)."""
+    teachers = list(dict.fromkeys(run["teacher"] for bench in benches for run in bench["runs"]))
+    key = benches[0]["quality"]
+
+    def runs_of(bench: dict, teacher: str) -> list[dict]:
+        return [r for r in bench["runs"] if r["teacher"] == teacher]
+
+    def mean_of(bench: dict, teacher: str, field: str) -> float | None:
+        values = [r.get(field) for r in runs_of(bench, teacher)]
+        return None if not values or None in values else statistics.fmean(values)
+
+    def time_to_margin(bench: dict, teacher: str) -> float | None:
+        target = mean_of(bench, REFERENCE, f"final_{key}") - margin
+        times = [time_to_reach([tuple(p) for p in r["curve"]], target) for r in runs_of(bench, teacher)]
+        return None if None in times else statistics.fmean(times)
+
+    def spread(values: list[float], digits: int = 2) -> str:
+        return mean_spread(values, digits, none="—", alone=False)
+
+    shown = f"{uniform.split(':')[0]}'s{'*' if ':' in uniform else ''}"
+    lines = [f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
+             f"/ {shown} | / int's | reached on | time to full's final - {margin:g} / full's | "
+             f"steps to full's final / {shown} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for teacher in teachers:
+        finals, seconds, shares, vs = [], [], [], {"full": [], "uniform": [], "int": []}
+        reached, near, steps = 0, [], []
+        for bench in benches:
+            mine_steps, uniform_steps = (mean_of(bench, t, "steps_to_reference") for t in (teacher, uniform))
+            if mine_steps is not None and uniform_steps:  # benches before steps_to_reference existed: none
+                steps.append(mine_steps / uniform_steps)
+            mine_near, full_near = time_to_margin(bench, teacher), time_to_margin(bench, REFERENCE)
+            if mine_near is not None and full_near:
+                near.append(mine_near / full_near)
+            finals.append(mean_of(bench, teacher, f"final_{key}"))
+            seconds.append(mean_of(bench, teacher, "train_seconds"))
+            shares.append(statistics.fmean(r["select_seconds"] / r["train_seconds"] for r in runs_of(bench, teacher)))
+            mine = mean_of(bench, teacher, "time_to_reference")
+            if mine is None:
+                continue
+            reached += 1
+            vs["full"].append(mine / mean_of(bench, REFERENCE, "train_seconds"))
+            for other, label in (("uniform", uniform), ("int", "int")):
+                theirs = mean_of(bench, label, "time_to_reference")
+                if theirs:
+                    vs[other].append(mine / theirs)
+        lines.append(f"| {teacher} | {spread(finals)} | {spread(seconds, 1)} | {spread([100 * s for s in shares], 1)} % | "
+                     f"{spread(vs['full'])} | {spread(vs['uniform'])} | {spread(vs['int'])} | {reached} of {len(benches)} | "
+                     f"{spread(near)} ({len(near)} of {len(benches)}) | {spread(steps)} |")
+    return "\n".join(lines)

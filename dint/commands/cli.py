@@ -1,8 +1,9 @@
-"""Command line: `dint shard|info` and `dint-shard` (the same as `dint shard`)."""
+"""Command line: `dint shard|info|train|render|bench|scale|report`, and `dint-shard` (the same as `dint shard`)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import json
 import os
 import sys
@@ -387,6 +388,13 @@ def bench(
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for bench.json, bench.md, "
                              "quality_vs_time.png and the runs."),
     eval_every: int = typer.Option(50, "--eval-every", help="Steps between quality measurements (outside the clock)."),
+    from_benches: Optional[list[Path]] = typer.Option(None, "--from", help="Instead of training: one table over "
+                                                      "finished benches (one per signal, repeatable), written to "
+                                                      "OUT/summary.md."),
+    margin: float = typer.Option(0.5, "--margin", help="With --from: a column for the time to full's final quality "
+                                 "less this much."),
+    uniform: str = typer.Option("uniform", "--uniform", help="With --from: the row the '/ uniform's' columns divide "
+                                "by, e.g. a uniform teacher with the settings of the teacher compared."),
 ) -> None:
     """Time to quality: train the same signal with each teacher in turn and compare them.
 
@@ -397,6 +405,17 @@ def bench(
     from dint.core.config import parse_cli
     from dint.distributed.collectives import destroy_distributed
 
+    if from_benches:
+        from dint.commands.bench import read_bench, summary_table
+        from dint.core.files import claim_folder, write_outputs
+
+        if not math.isfinite(margin):
+            raise DintError(f"--margin {margin}: must be a finite number of dB")
+        text = summary_table([read_bench(folder) for folder in from_benches], margin, uniform)
+        write_outputs(claim_folder(out, "dint bench's outputs"), {"summary.md": lambda tmp: tmp.write_text(text + "\n")})
+        print(text)
+        print(f"dint bench: wrote {out / 'summary.md'}")
+        return
     if repeats < 1 or eval_every < 1:
         raise DintError("--repeats and --eval-every must be at least 1")
     _, overrides = parse_cli(list(ctx.args))
@@ -407,9 +426,9 @@ def bench(
     finally:
         destroy_distributed()
     if rank == 0:
-        from dint.commands.bench import table
+        from dint.commands.bench import bench_table
 
-        print(table(result))
+        print(bench_table(result))
         print(f"dint bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'quality_vs_time.png'}")
 
 
@@ -478,7 +497,7 @@ def scale(
             raise DintError("--threads and --timeout must be positive")
         result = scaling.scale(str(config) if config else None, overrides, list(zip(sizes, node_counts)), mode, out,
                                threads, target_psnr, timeout)
-    print(scaling.table(result))
+    print(scaling.scaling_table(result))
     print(f"dint scale: wrote {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}, "
           f"{out / 'step_split.png'}")
 
@@ -494,11 +513,21 @@ def report(
 ) -> None:
     """Compare runs: state, teacher, steps, quality, training seconds and time to a quality,
     as a table, and their quality against training time as a plot."""
-    from dint.commands.report import report as make_report
+    from dint.commands.report import compare_runs
 
-    print(make_report(runs, target, None if no_plot else plot))
+    print(compare_runs(runs, target, None if no_plot else plot))
     if not no_plot:
         print(f"dint report: wrote {plot}")
+
+
+def train(ctx: typer.Context) -> None:
+    """Train a field on a store: --config C.toml [--section.key value ...] (--help lists every key).
+
+    One process here; under torchrun, `torchrun --nproc_per_node N -m dint.train ...` runs the same code.
+    """
+    from dint.commands.train import main
+
+    raise typer.Exit(main(list(ctx.args)))
 
 
 app.command("shard")(shard)
@@ -507,6 +536,8 @@ app.command("render")(render)
 app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(bench)
 app.command("scale", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(scale)
 app.command("report")(report)
+app.command("train", add_help_option=False,
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)
 shard_app.command()(shard)
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def common_target(runs: list[Run]) -> float | None:
     return min(best) if len(best) == len(runs) and best else None
 
 
-def table(runs: list[Run], target: float | None) -> str:
+def report_table(runs: list[Run], target: float | None) -> str:
     key = runs[0].quality_key
     unit = " dB" if key == "psnr" else ""
     to = f"s to {target:.2f}{unit}" if target is not None else "s to target"
@@ -119,7 +119,7 @@ def table(runs: list[Run], target: float | None) -> str:
     return "\n".join(lines)
 
 
-def report(folders: list[Path], target: float | None, plot: Path | None) -> str:
+def compare_runs(folders: list[Path], target: float | None, plot: Path | None) -> str:
     """The table of `folders`' runs (printed by the CLI); the comparison plot at `plot`."""
     runs = [read_run(folder) for folder in folders]
     keys = {run.quality_key for run in runs}
@@ -131,4 +131,4 @@ def report(folders: list[Path], target: float | None, plot: Path | None) -> str:
         line = (target, "target") if target is not None else None
         with staged(plot, may_replace=is_dint_png) as tmp:
             quality_vs_time(curves, tmp, runs[0].quality_key, line)
-    return table(runs, target)
+    return report_table(runs, target)

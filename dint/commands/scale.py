@@ -7,7 +7,7 @@ against the smallest size, and the training time to a target PSNR.
 
 Strong scaling trains the same signal at every size. Weak scaling trains a signal whose
 points grow with the ranks: `data.store` names one store per size with `{ranks}` in it
-(README: how the stores are made), so each rank holds about as many points at every size.
+(docs/scaling.md: how the stores are made), so each rank holds about as many points at every size.
 Efficiency is throughput per rank against the smallest size's in both modes: for strong
 scaling that is the usual speed-up / ranks, for weak scaling the inverse ratio of step times.
 
@@ -147,7 +147,7 @@ def scale(config: str | None, overrides: dict[str, str], sizes: list[tuple[int, 
           threads: int, target: float | None, timeout: float) -> dict:
     store = overrides.get("data.store")
     if mode == "weak" and (store is None or "{ranks}" not in store):
-        raise DintError("--mode weak needs --data.store with {ranks} in it: one store per size (README: weak scaling)")
+        raise DintError("--mode weak needs --data.store with {ranks} in it: one store per size (docs/scaling.md)")
     claim_folder(out, "dint scale's outputs")
     records = []
     for ranks, nodes in sizes:
@@ -156,10 +156,10 @@ def scale(config: str | None, overrides: dict[str, str], sizes: list[tuple[int, 
         print(f"dint scale: {ranks} rank(s) on {nodes} node(s) ...", file=sys.stderr, flush=True)
         run_size(config, sized, ranks, nodes, run_dir, threads, timeout)
         records.append(record_of(run_dir, ranks, nodes, None))
-    return report(records, mode, out, target)
+    return scaling_report(records, mode, out, target)
 
 
-def report(records: list[dict], mode: str, out: Path, target: float | None) -> dict:
+def scaling_report(records: list[dict], mode: str, out: Path, target: float | None) -> dict:
     """Fill in the relative figures and the time to target; write scaling.json, .md and the plots."""
     if target is None:  # the smallest size's final PSNR less 0.5 dB: every size should reach it
         target = min(records, key=lambda r: r["ranks"])["final_psnr"] - 0.5
@@ -170,7 +170,7 @@ def report(records: list[dict], mode: str, out: Path, target: float | None) -> d
     claim_folder(out, "dint scale's outputs")
     write_outputs(out, {
         "scaling.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
-        "scaling.md": lambda tmp: tmp.write_text(table(result) + "\n"),
+        "scaling.md": lambda tmp: tmp.write_text(scaling_table(result) + "\n"),
         "scaling.png": lambda tmp: plot_scaling(result, tmp),
         "step_split.png": lambda tmp: plot_split(result, tmp),
         "cost_model.json": lambda tmp: tmp.write_text(json.dumps(model, indent=2) + "\n"),
@@ -209,10 +209,10 @@ def from_runs(run_dirs: list[Path], mode: str, out: Path, target: float | None) 
         except (OSError, ValueError) as e:
             raise DintError(f"{run_dir}: not a finished dint run ({e})") from None
         records.append(record_of(run_dir, summary["world_size"], summary.get("nodes", 1), None))
-    return report(records, mode, out, target)
+    return scaling_report(records, mode, out, target)
 
 
-def table(result: dict) -> str:
+def scaling_table(result: dict) -> str:
     ms = lambda s: f"{s * 1000:.2f}"  # noqa: E731
     lines = [f"Scaling ({result['mode']}), target PSNR {result['target_psnr']:.2f} dB; the step's parts in ms "
              "(rank 0), bytes a rank sends per step", "",

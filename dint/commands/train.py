@@ -9,18 +9,31 @@ import os
 import sys
 from pathlib import Path
 
-from dint.core.config import USAGE, check_against_store, load_config, parse_cli
+from dint.core.config import check_against_store, configuration_reference, load_config, parse_cli
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
 from dint.core.files import check_claimable
 from dint.data.store import open_store
 from dint.distributed.collectives import collective_failure, destroy_distributed
 from dint.train.trainer import Trainer
 
+USAGE = """usage: dint train --config PATH [--section.key VALUE ...] [--check]
+       python -m dint.train --config PATH [--section.key VALUE ...]
+       torchrun --nproc_per_node N -m dint.train --config PATH [--section.key VALUE ...]
+
+Train one field over a dint store with Implicit Neural Teaching. Every key of the config
+(sections run, data, model, teacher, train, eval, checkpoint, metrics) can be set in the TOML file
+and overridden on the command line, e.g. --train.steps 100 or --teacher.strategy=uniform.
+
+  --config PATH     the TOML config (configs/demo.toml, configs/cpu/, configs/paper/)
+  --resume FOLDER   short for --checkpoint.resume FOLDER (auto, never, or a checkpoint folder)
+  --check           check the config and the store, then stop
+  -h, --help        this help, then every key of the config (docs/configuration.md)"""
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(argv):
-        print(USAGE)
+        print(USAGE + "\n\n" + configuration_reference(), end="")
         return 0
     trainer, config = None, None
     stop_on_sigterm()  # torchrun, Slurm and timeout stop ranks with SIGTERM: clean up as on Ctrl-C

@@ -19,46 +19,33 @@ import tomli_w
 from dint.core.errors import DintError
 from dint.core.files import check_input
 
-# The choices of each key, here so that reading a config imports no torch.
-DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("int", "full", "uniform", "importance")
-RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "reverse-cosine")
-INTERVAL_SCHEDULES = ("dense", "incremental", "fixed")
-ERRORS = ("l1", "l2")
-SCORE_PRECISIONS = ("float32", "float16")
-TOPKS = ("auto", "gather", "threshold")
-BALANCES = ("none", "alltoall")
-LR_SCHEDULES = ("constant", "cosine")
-ENGINES = ("ddp", "deepspeed")
-COMPILES = ("auto", "on", "off")
-COMPILE_BACKENDS = ("inductor", "aot_eager", "cudagraphs", "eager")
-
 # fail(name, problem): report the section's key `name` as wrong, naming where it was set.
 Fail = Callable[[str, str], typing.NoReturn]
 
 
-def _require(fail: Fail, section: Any, *, choices: dict[str, tuple] = {}, positive: tuple = (),
-             non_negative: tuple = ()) -> None:
-    for name, allowed in choices.items():
-        if getattr(section, name) not in allowed:
-            fail(name, f"is not one of {', '.join(allowed)}")
-    for name in positive:
-        if not getattr(section, name) > 0:
-            fail(name, "must be > 0")
-    for name in non_negative:
-        if getattr(section, name) < 0:
-            fail(name, "must be >= 0")
+def key(default: Any, meaning: str, *, choices: tuple = (), positive: bool = False, non_negative: bool = False,
+        allowed: str = "") -> Any:
+    """A config key: its default, one line of meaning, and the checks every value gets (choices,
+    > 0, >= 0); `allowed` describes the values a section's own `validate` checks. The same
+    metadata makes docs/configuration.md and `dint train --help` (configuration_reference)."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return dataclasses.field(**factory, metadata={"meaning": meaning, "choices": choices, "positive": positive,
+                                                   "non_negative": non_negative, "allowed": allowed})
 
 
 @dataclasses.dataclass
 class RunConfig:
-    dir: str = "runs/default"  # outputs: config.toml, metrics.jsonl, summary.json, model.pt, ...
-    device: str = "auto"  # auto: CUDA whenever it is there
-    collective_timeout: float = 600.0  # seconds a collective may wait for a rank before the run fails
-    keep_freed_memory: bool = True  # glibc keeps memory a step frees for the next (dint.core.resources.keep_freed_memory)
+    """Where the run writes and on what it runs."""
+
+    dir: str = key("runs/default", "the run folder: config.toml, metrics.jsonl, summary.json, model.pt, checkpoints, "
+                   "pictures")
+    device: str = key("auto", "auto: CUDA whenever it is there", choices=("auto", "cpu", "cuda"))
+    collective_timeout: float = key(600.0, "seconds a collective may wait for a rank before the run fails",
+                                    positive=True)
+    keep_freed_memory: bool = key(True, "glibc keeps memory a step frees for the next "
+                                  "(dint.core.resources.keep_freed_memory)")
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, choices={"device": DEVICES}, positive=("collective_timeout",))
         if not self.dir.strip():
             fail("dir", "must name a folder")
         run_dir = Path(self.dir)
@@ -73,14 +60,19 @@ class RunConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    store: str = ""  # a store made by dint-shard
-    block_points: int = 16384  # points per forward block in no-grad passes (selection, evaluation)
-    domain: list = dataclasses.field(default_factory=list)  # [[lo, hi], ...] per axis; empty: the store's
-    memory_budget: str = ""  # per rank, e.g. "512MB"; a larger shard is streamed chunk group by group
-    point_cache: str = "1GiB"  # per rank: keep every point's global index and coordinates when they fit ("0": never)
+    """The signal: a store made by `dint shard`, and how much of it a rank holds at once."""
+
+    store: str = key("", "the store (made by dint shard); required")
+    block_points: int = key(16384, "points per forward block in no-grad passes (selection, evaluation)",
+                            positive=True)
+    domain: list = key([], "[[lo, hi], ...] per axis: the coordinates training sees; empty: the store's",
+                       allowed="finite lo < hi for each axis")
+    memory_budget: str = key("", 'per rank, e.g. "512MB": a larger shard is streamed chunk group by group; '
+                             "empty: no budget", allowed="a size: bytes, or a number with KB, MB, GB, KiB, MiB, GiB")
+    point_cache: str = key("1GiB", "per rank: keep every point's global index and coordinates when they fit "
+                           '("0": never)', allowed="a size")
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, positive=("block_points",))
         for interval in self.domain:
             if not (isinstance(interval, list) and len(interval) == 2
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -104,17 +96,22 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    width: int = 256
-    hidden_layers: int = 5  # sine layers; a linear output layer follows
-    w0: float = 30.0
-    w0_first: float = 30.0
-    init_scale: float = 1.0  # weight scaling (Yeom et al. 2025): every weight but the last layer's times this
-    compile: str = "auto"  # torch.compile the model: on, off, or auto: on CUDA only (dint.fields.siren.compile_wanted)
-    compile_backend: str = "inductor"  # aot_eager traces without generating code (a quick check of the wiring)
+    """The field: a SIREN (an MLP with sine activations)."""
+
+    width: int = key(256, "neurons per hidden layer", positive=True)
+    hidden_layers: int = key(5, "sine layers; a linear output layer follows (5: the paper's 6 layers in all)",
+                             positive=True)
+    w0: float = key(30.0, "frequency factor of the hidden sine layers", positive=True)
+    w0_first: float = key(30.0, "frequency factor of the first sine layer", positive=True)
+    init_scale: float = key(1.0, "weight scaling (Yeom et al. 2025): every weight but the last layer's times this",
+                            positive=True)
+    compile: str = key("auto", "torch.compile the model: on, off, or auto: on CUDA only",
+                       choices=("auto", "on", "off"))
+    compile_backend: str = key("inductor", "torch.compile's backend; aot_eager traces without generating code",
+                               choices=("inductor", "aot_eager", "cudagraphs", "eager"),
+                               allowed='only with model.compile other than "off"')
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, choices={"compile": COMPILES, "compile_backend": COMPILE_BACKENDS},
-                 positive=("width", "hidden_layers", "w0", "w0_first", "init_scale"))
         # A default backend is harmless (a run's resolved config.toml lists every key); another one
         # would be ignored with compilation off.
         if self.compile == "off" and self.compile_backend != ModelConfig.compile_backend:
@@ -123,31 +120,40 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TeacherConfig:
-    # int: top-k by error; importance: drawn by error, the loss reweighted; uniform: random k; full: every point.
-    # The defaults are the fastest teacher measured (README, Measured); configs/paper/ set the paper's INT.
-    strategy: str = "importance"
-    ratio: float = 0.1  # fraction selected (at the start, with a rising ratio_schedule)
-    ratio_schedule: str = "constant"
-    interval_schedule: str = "dense"
-    interval: int = 1  # steps between selections with interval_schedule = "fixed"
-    error: str = "l1"  # per-point error summed over channels: l1 |f - y| or l2 (f - y)^2
-    minibatch: int = 0  # points per mini-batch (mini-batch INT, one optimizer step each); 0: whole signal
-    random_share: float = 0.2  # of each selection drawn at random (int: from the points the ranking left)
-    error_refresh: int = 80  # steps between scoring forwards over every point; between them, reuse the errors
-    #                         the training forwards saw (int, importance; whole signal in memory)
-    topk: str = "auto"  # how ranks agree on the global top-k: gather candidates, histograms (threshold), or
-    #                    auto: gather while its traffic is under 64 MiB a rank (dint.teaching.teacher.select_topk_by)
-    balance: str = "none"  # alltoall: selected points move so every rank trains as many (dint.teaching.balance)
-    importance_correction: float = 1.0  # importance: weights 1 / p^this; 1 unbiased, 0 none (hard mining), between:
-    #                                     soft mining (Kheradmand et al. 2024)
-    score_precision: str = "float32"  # float16: the no-grad scoring forward under autocast (README, Speed: what
-    #                                   it keeps and loses; bfloat16 scrambled the ranking, so it is not offered)
+    """Which points each step trains on. The defaults are dint's default teacher, the fastest
+    measured (benchmarks/); configs/paper/ set the paper's INT."""
+
+    strategy: str = key("importance", "int: top-k by error; importance: drawn by error, the loss reweighted; "
+                        "uniform: random k; full: every point", choices=("int", "full", "uniform", "importance"),
+                        allowed="importance only with teacher.minibatch = 0")
+    ratio: float = key(0.1, "fraction of the points selected (at the start, with a rising ratio_schedule)",
+                       allowed="in (0, 1]")
+    ratio_schedule: str = key("constant", "how the ratio changes over training",
+                              choices=("constant", "linear", "step", "cosine", "reverse-cosine"))
+    interval_schedule: str = key("dense", "how often the teacher selects: every step (dense), ever more rarely "
+                                 "(incremental), or every teacher.interval steps (fixed)",
+                                 choices=("dense", "incremental", "fixed"))
+    interval: int = key(1, 'steps between selections with interval_schedule = "fixed"', positive=True,
+                        allowed='only with interval_schedule = "fixed"')
+    error: str = key("l1", "per-point error summed over channels: l1 |f - y| or l2 (f - y)^2", choices=("l1", "l2"))
+    minibatch: int = key(0, "points per mini-batch (mini-batch INT, one optimizer step each); 0: the whole signal",
+                         non_negative=True)
+    random_share: float = key(0.2, "share of each selection drawn at random (int: from the points the ranking "
+                              "left)", allowed="in [0, 1)")
+    error_refresh: int = key(80, "steps between scoring forwards over every point; between them the errors the "
+                             "training forwards saw are reused (int, importance; whole signal in memory)",
+                             positive=True, allowed="only 1 or the default with teacher.minibatch > 0")
+    topk: str = key("auto", "how ranks agree on the global top-k: gather candidates, histograms (threshold), or "
+                    "auto: gather while its traffic is under 64 MiB a rank", choices=("auto", "gather", "threshold"))
+    balance: str = key("none", "alltoall: selected points move so every rank trains as many",
+                       choices=("none", "alltoall"))
+    importance_correction: float = key(1.0, "importance: loss weights 1 / p^this; 1 unbiased, 0 none (hard "
+                                       "mining), between: soft mining (Kheradmand et al. 2024)",
+                                       allowed='in [0, 1]; only with strategy = "importance"')
+    score_precision: str = key("float32", "float16: the no-grad scoring forward under autocast",
+                               choices=("float32", "float16"))
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, choices={"strategy": STRATEGIES, "ratio_schedule": RATIO_SCHEDULES,
-                                      "interval_schedule": INTERVAL_SCHEDULES, "error": ERRORS, "topk": TOPKS,
-                                      "balance": BALANCES, "score_precision": SCORE_PRECISIONS},
-                 positive=("interval", "error_refresh"), non_negative=("minibatch",))
         if not 0.0 < self.ratio <= 1.0:
             fail("ratio", "must be in (0, 1]")
         if not 0.0 <= self.random_share < 1.0:
@@ -174,38 +180,36 @@ class TeacherConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 5000
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"
-    seed: int = 0
-    engine: str = "ddp"  # ddp or deepspeed
-    log_every: int = 10  # steps between metrics.jsonl lines (the last step is always logged)
-    micro_batch: int = 16384  # points per forward/backward, gradients accumulated; 0: a selection at once
-    max_rollbacks: int = 3  # on a non-finite loss: back to the last checkpoint with half the lr, this often
+    """The optimisation: steps, learning rate, update engine."""
 
-    def validate(self, fail: Fail) -> None:
-        _require(fail, self, choices={"lr_schedule": LR_SCHEDULES, "engine": ENGINES},
-                 positive=("steps", "lr", "log_every"), non_negative=("micro_batch", "max_rollbacks"))
+    steps: int = key(5000, "optimizer steps", positive=True)
+    lr: float = key(1e-3, "Adam's learning rate", positive=True)
+    lr_schedule: str = key("cosine", "the learning rate over training", choices=("constant", "cosine"))
+    seed: int = key(0, "the initial model and every random draw")
+    engine: str = key("ddp", "how gradients are synchronised and the optimizer stepped", choices=("ddp", "deepspeed"))
+    micro_batch: int = key(16384, "points per forward/backward, gradients accumulated; 0: a selection at once",
+                           non_negative=True)
+    max_rollbacks: int = key(3, "on a non-finite loss: back to the last checkpoint with half the lr, this often",
+                             non_negative=True)
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    every: int = 0  # steps between evaluations; 0: only at the end
-    reconstruction: bool = True  # render reconstruction.zarr (+ PNG/WAV/PLY previews) at the end
-    sample: int = 0  # evaluate on a fixed random sample of this many points; 0: every point
+    """Quality (PSNR, and IoU for shapes) of the field over the signal."""
 
-    def validate(self, fail: Fail) -> None:
-        _require(fail, self, non_negative=("every", "sample"))
+    every: int = key(0, "steps between evaluations; 0: only at the end", non_negative=True)
+    reconstruction: bool = key(True, "render reconstruction.zarr (and PNG/WAV/PLY previews) at the end")
+    sample: int = key(0, "evaluate on a fixed random sample of this many points; 0: every point", non_negative=True)
 
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    every: int = 0  # steps between checkpoints in run.dir/checkpoints; 0: only at the end
-    keep: int = 3  # newest complete checkpoints kept
-    resume: str = "auto"  # auto: from the newest complete checkpoint in run.dir, if any; never; or a folder
+    """Checkpoints in run.dir/checkpoints: what survives a killed run."""
 
-    def validate(self, fail: Fail) -> None:
-        _require(fail, self, positive=("keep",), non_negative=("every",))
+    every: int = key(0, "steps between checkpoints; 0: only at the end", non_negative=True)
+    keep: int = key(3, "newest complete checkpoints kept", positive=True)
+    resume: str = key("auto", "auto: from the newest complete checkpoint in run.dir, if any; never; or a "
+                      "checkpoint folder")
 
 
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
@@ -220,20 +224,28 @@ def map_steps(entries: list, steps: int) -> list[int]:
 
 @dataclasses.dataclass
 class MetricsConfig:
-    tensorboard: bool = True  # run.dir/tensorboard/: scalars at logged steps, pictures at evaluations (rank 0)
-    # Steps whose selection run.dir/selection.png shows (steps, or "P%" of the run); []: no maps.
-    selection_maps: list = dataclasses.field(default_factory=lambda: [1, "25%", "50%", "100%"])
-    map_size: int = 512  # longest side of a map or picture, in bins of points (huge signals are binned)
-    plots: bool = True  # run.dir/quality.png at the end: quality and loss against steps and seconds
+    """What a run logs and shows: metrics.jsonl, TensorBoard, selection maps, plots."""
+
+    log_every: int = key(10, "steps between metrics.jsonl lines (the last step is always logged)", positive=True)
+    tensorboard: bool = key(True, "run.dir/tensorboard/: scalars at logged steps, pictures at evaluations")
+    selection_maps: list = key([1, "25%", "50%", "100%"], "steps whose selection run.dir/selection.png shows "
+                               '(steps, or "P%" of the run); []: no maps',
+                               allowed='steps >= 1 up to train.steps, or shares such as "25%"')
+    map_size: int = key(512, "longest side of a map or picture, in bins of points (huge signals are binned)",
+                        positive=True)
+    plots: bool = key(True, "run.dir/quality.png at the end: quality and loss against steps and seconds")
 
     def validate(self, fail: Fail) -> None:
-        _require(fail, self, positive=("map_size",))
         for entry in self.selection_maps:
             is_step = isinstance(entry, int) and not isinstance(entry, bool) and entry >= 1
             is_share = isinstance(entry, str) and (m := _PERCENT.fullmatch(entry)) and 0 < float(m.group(1)) <= 100
             if not (is_step or is_share):
                 fail("selection_maps", f"has {entry!r}: each entry is a step (an integer >= 1) or a share of the "
                      "run such as \"25%\"")
+
+
+# Keys that moved: the old name gets one line naming the new one.
+MOVED = {"train.log_every": "metrics.log_every"}
 
 
 @dataclasses.dataclass
@@ -254,18 +266,57 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
     def validate(self, fail: Callable[[str, str], typing.NoReturn]) -> None:
-        """Every section's own checks, then what involves several; `fail("section.key", problem)`."""
-        for key, kind in _key_types(self).items():
-            if kind is float and not math.isfinite(_get(self, key)):
-                fail(key, "must be a finite number")
+        """Every key's own checks (its metadata), every section's, then what involves several;
+        `fail("section.key", problem)`."""
+        for key_name, kind in _key_types(self).items():
+            if kind is float and not math.isfinite(_get(self, key_name)):
+                fail(key_name, "must be a finite number")
         for section in _sections():
-            getattr(self, section).validate(lambda name, problem, s=section: fail(f"{s}.{name}", problem))
+            part = getattr(self, section)
+            for field in dataclasses.fields(part):
+                value, meta = getattr(part, field.name), field.metadata
+                if meta["choices"] and value not in meta["choices"]:
+                    fail(f"{section}.{field.name}", f"is not one of {', '.join(meta['choices'])}")
+                if meta["positive"] and not value > 0:
+                    fail(f"{section}.{field.name}", "must be > 0")
+                if meta["non_negative"] and value < 0:
+                    fail(f"{section}.{field.name}", "must be >= 0")
+            if hasattr(part, "validate"):
+                part.validate(lambda name, problem, s=section: fail(f"{s}.{name}", problem))
         late = [entry for entry in self.metrics.selection_maps if isinstance(entry, int) and entry > self.train.steps]
         if late:
             fail("metrics.selection_maps", f"has step {late[0]}, past train.steps = {self.train.steps}")
         if self.data.memory_budget_bytes and self.teacher.minibatch == 0 and self.teacher.strategy != "full":
             fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
                  "unless teacher.strategy = \"full\"")
+
+
+def configuration_reference() -> str:
+    """Every key of every section: type, default, allowed values and meaning, as Markdown
+    (docs/configuration.md is this text; `dint train --help` prints it after the usage)."""
+    lines = ["# Configuration", "",
+             "Generated from `dint/core/config.py` (`python -m dint.core.config > docs/configuration.md`); a test",
+             "fails when this file is stale, and `dint train --help` prints the same text after its usage.",
+             "Every key has a default; a TOML file (`--config C.toml`, one `[section]` table each) overrides",
+             "the defaults, and `--section.key value` on the command line overrides both. A run writes the",
+             "resolved config to `run.dir/config.toml`.", ""]
+    for section in _sections():
+        kind = type(getattr(Config(), section))
+        lines += [f"## [{section}]", "", (kind.__doc__ or "").strip().replace("\n    ", " "), "",
+                  "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for field in dataclasses.fields(kind):
+            meta, default = field.metadata, getattr(kind(), field.name)
+            allowed = [" ".join(f"`{c}`" for c in meta["choices"])] if meta["choices"] else []
+            allowed += ["> 0"] if meta["positive"] else [">= 0"] if meta["non_negative"] else []
+            allowed += [meta["allowed"]] if meta["allowed"] else []
+            shown = json.dumps(default) if not isinstance(default, bool) else str(default).lower()
+            cells = ["`" + section + "." + field.name + "`", typing.get_type_hints(kind)[field.name].__name__,
+                     f"`{shown}`", "; ".join(allowed) or "any", meta["meaning"]]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        lines.append("")
+    moved = ", ".join(f"`{old}` is now `{new}`" for old, new in MOVED.items())
+    lines += ["## Moved keys", "", f"{moved}: the old name is refused in one line that names the new one.", ""]
+    return "\n".join(lines)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -291,6 +342,8 @@ def _set(config: Config, key: str, value: Any, origin: str, from_text: bool, ori
         raise DintError(f"{origin}: {section_name!r} is a section: name a key in it, e.g. --{section_name}."
                         f"{dataclasses.fields(section)[0].name} VALUE")
     types = typing.get_type_hints(type(section))
+    if key in MOVED:
+        raise DintError(f"{origin}: {key} is now {MOVED[key]}: rename the key")
     if field_name not in types:
         known = ", ".join(f"{section_name}.{f}" for f in types)
         raise DintError(f"{origin}: unknown key {key!r} (known: {known})")
@@ -391,19 +444,6 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
     return config
 
 
-USAGE = """usage: python -m dint.train --config PATH [--section.key VALUE ...] [--check]
-       torchrun --nproc_per_node N -m dint.train --config PATH [--section.key VALUE ...]
-
-Train one SIREN over a dint store with Implicit Neural Teaching. Every key of the config
-(sections run, data, model, teacher, train, eval, checkpoint, metrics) can be set in the TOML file
-and overridden on the command line, e.g. --train.steps 100 or --teacher.strategy=uniform.
-
-  --config PATH     the TOML config (configs/demo.toml, configs/cpu/, configs/paper/)
-  --resume FOLDER   short for --checkpoint.resume FOLDER (auto, never, or a checkpoint folder)
-  --check           check the config and the store, then stop
-  -h, --help        this help"""
-
-
 def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
     """`--config PATH` and any number of `--section.key value` (or `--section.key=value`)."""
     config_path, overrides = None, {}
@@ -424,3 +464,7 @@ def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, str]]:
         else:
             overrides[key] = value
     return config_path, overrides
+
+
+if __name__ == "__main__":
+    print(configuration_reference(), end="")

@@ -267,6 +267,15 @@ def exclusive(lock_file: Path, what: str, remove_after: bool = False) -> Iterato
         os.close(fd)  # releases the lock
 
 
+def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
+    """Claim `run_dir` for a training run (claim_folder) and lock it (RUN_LOCK) for the run; the
+    lock goes when the returned stack closes or the process ends."""
+    claim_folder(run_dir, "a training run")
+    stack = contextlib.ExitStack()
+    stack.enter_context(exclusive(run_dir / RUN_LOCK, "training run in this folder"))
+    return stack
+
+
 # --- What dint reads -------------------------------------------------------------------------
 
 _SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -1,6 +1,6 @@
 """The dint store: one signal as a chunked zarr v3 group.
 
-Layout (documented in README, "Store format"):
+Layout (documented in docs/store-format.md):
 
     DEST.zarr/              zarr v3 group, attribute "dint" = SignalInfo below
       values                array (*spatial, C) in the source dtype, chunked over the

@@ -116,11 +116,12 @@ def build_together(dest: Path, rank: int, device: torch.device, create: Callable
         raise
 
 
-def render_reconstruction(model: torch.nn.Module, info: SignalInfo, dest: Path, *, device: torch.device,
-                          rank: int = 0, world_size: int = 1, block_points: int = 65536) -> dict[str, str]:
+def render_reconstruction(model: torch.nn.Module, info: SignalInfo, dest: Path, dist: DistInfo,
+                          block_points: int = 65536) -> dict[str, str]:
     """The model on the training grid as a plain dint store at `dest` (same modality, value range,
-    dtype and domain as `info`), each rank rendering its own chunks (training's partition), with
-    the previews a person opens. Every rank calls this."""
+    dtype and domain as `info`), each rank of `dist` rendering its own chunks (training's
+    partition), with the previews a person opens. Every rank calls this."""
+    device, rank, world_size = dist.device, dist.rank, dist.world_size
     target = reconstruction_info(info)
 
     def create(tmp: Path) -> None:
@@ -149,7 +150,7 @@ def _previews(values, info: SignalInfo, dest: Path) -> dict[str, Path]:
     shapes. {kind: staged file}."""
     staged_names = {kind: staging_path(final) for kind, final in preview_names(dest).items()}
     if info.modality == "image":
-        return {"png": save_png(to_unit(values[...], info), staged_names["png"])}
+        return {"png": save_preview_png(to_unit(values[...], info), staged_names["png"])}
     if info.modality == "audio":
         return {"wav": save_wav(values[...], info, staged_names["wav"])}
     if info.modality == "volume":
@@ -168,7 +169,7 @@ def preview_names(store_path: Path) -> dict[str, Path]:
             "slices_png": store_path.with_name(name + "_slices.png"), "mesh": store_path.with_name(name + ".ply")}
 
 
-def save_png(unit_image: np.ndarray, path: Path) -> Path:
+def save_preview_png(unit_image: np.ndarray, path: Path) -> Path:
     """An image (H, W, C) with values in [0, 1] as an 8-bit PNG (grey, grey+alpha, RGB, RGBA)."""
     from PIL import Image
 
@@ -197,7 +198,7 @@ def save_slices(slices: list[np.ndarray], path: Path) -> Path:
     """2-D planes with values in [0, 1], top-aligned side by side with a 2-pixel gap, as a grey PNG."""
     height = max(s.shape[0] for s in slices)
     padded = [np.pad(s, ((0, height - s.shape[0]), (0, 2))) for s in slices]
-    return save_png(np.concatenate(padded, axis=1)[:, :, None], path)
+    return save_preview_png(np.concatenate(padded, axis=1)[:, :, None], path)
 
 
 def save_mesh(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
@@ -283,7 +284,7 @@ def plan_grid(info: SignalInfo, scale: Sequence[Fraction | float] | None = None,
     return RenderGrid(shape=tuple(shape), origin=tuple(origin), step=tuple(step), region=box)
 
 
-def grid_coordinates(info: SignalInfo, grid: RenderGrid, device: torch.device) -> list[torch.Tensor]:
+def render_axis_coordinates(info: SignalInfo, grid: RenderGrid, device: torch.device) -> list[torch.Tensor]:
     """Per axis, the model coordinate of every sample of the grid (float32, as in training:
     start + position * scale in float32, so whole positions give training's coordinates bit for bit)."""
     coordinates = CoordinateMap(info, device)
@@ -364,7 +365,7 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
 
     def fill(tmp: Path) -> None:
         # Level 0: the model on the grid; the next chunk is computed while the last is written.
-        axes = grid_coordinates(info, grid, device)
+        axes = render_axis_coordinates(info, grid, device)
         array = zarr.open_array(str(tmp / levels[0].path), mode="r+")
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dint-render-write") as writer:
             pending = None

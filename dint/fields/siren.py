@@ -75,6 +75,15 @@ def training_bytes(config: "ModelConfig", info: "SignalInfo", micro_batch: int) 
     return 16 * params + 12 * micro_batch * config.width * config.hidden_layers
 
 
+def check_training_memory(config: "ModelConfig", info: "SignalInfo", micro_batch: int, device: torch.device) -> None:
+    """Refuse, before anything is loaded, a model whose training cannot fit (model.width = 1e6, say)."""
+    from dint.core.resources import local_ranks, require_memory
+
+    require_memory(training_bytes(config, info, micro_batch),
+                   f"model.width = {config.width}, model.hidden_layers = {config.hidden_layers} (weights, gradients, "
+                   "Adam's state and a micro-batch's activations)", local_ranks(), device)
+
+
 def build_model(config: "ModelConfig", info: "SignalInfo") -> Siren:
     """The SIREN of `config` for `info`'s coordinates in and channels out (training and dint render)."""
     return Siren(info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first,
@@ -82,9 +91,8 @@ def build_model(config: "ModelConfig", info: "SignalInfo") -> Siren:
 
 
 def compile_wanted(setting: str, device: torch.device) -> bool:
-    """`model.compile`: on, off, or auto, which compiles on CUDA only. On this project's 2-core
-    CPU, inductor makes a step 11% faster but compiling takes 19 s cold and 2 s with its cache
-    warm (README, Speed: torch.compile): a loss below about 3,000 steps even warm."""
+    """`model.compile`: on, off, or auto, which compiles on CUDA only: on a CPU the time
+    compiling takes outweighs what it saves on all but long runs (benchmarks/: torch.compile)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 

@@ -1,0 +1,1 @@
+"""What a run shows: selection and field maps, pictures, plots, TensorBoard."""

@@ -136,7 +136,7 @@ def compose(panels: list[dict], per_row: int = PER_ROW) -> tuple[Image.Image, li
     return figure, records
 
 
-def save_png(image: Image.Image, path: Path) -> None:
+def save_dint_png(image: Image.Image, path: Path) -> None:
     """A PNG marked as dint's (its Software text), so dint may later replace it."""
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", "dint")

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from dint.core.config import CheckpointConfig, Config
+from dint.core.config import Config
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
 from dint.core.errors import DintError, warn
 from dint.core.files import anything, fsync, new_token, sha256_of, shown, staged
@@ -67,9 +67,10 @@ class CheckpointManager:
     resume can refuse another signal or another model shape.
     """
 
-    def __init__(self, config: CheckpointConfig, run_dir: Path, dist: DistInfo, parts: dict[str, Stateful], *,
-                 run_config: Config, info: SignalInfo, before_manifest: Callable[[int], None] = lambda step: None):
-        self.config, self.run_dir, self.dist, self.parts = config, run_dir, dist, parts
+    def __init__(self, run_config: Config, info: SignalInfo, dist: DistInfo, parts: dict[str, Stateful],
+                 before_manifest: Callable[[int], None] = lambda step: None):
+        """Checkpoints of the run of `run_config` (its [checkpoint] section, in run.dir/checkpoints)."""
+        self.config, self.run_dir, self.dist, self.parts = run_config.checkpoint, Path(run_config.run.dir), dist, parts
         self.run_config, self.info = run_config, info
         self.before_manifest = before_manifest  # fault injection: a crash or a full disk while saving
         self._rollback_target: Path | dict | None = None  # newest checkpoint of this run, or its start
@@ -257,16 +258,9 @@ def load_checkpoint(path: Path) -> dict:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # the checksum matched, so this is a file we did not write
         raise DintError(f"{path}: {STATE} cannot be loaded safely ({type(e).__name__})") from None
-    return state if state.get("format") == FORMAT else _from_format_1(state)
-
-
-def _from_format_1(state: dict) -> dict:
-    """A checkpoint of the first format (every part's fields at the top) in today's layout."""
-    return {"format": FORMAT, "step": state["step"], "config": state["config"], "signal": state["signal"],
-            "world_size": state["world_size"],
-            "parts": {"engine": {k: state[k] for k in ("model", "optimizer", "scheduler")},
-                      "teacher": state["teacher"], "rng": {"states": state["rng"]},
-                      "trainer": {"rollbacks": state["rollbacks"]}, "timers": state["seconds"]}}
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DintError(f"{path}: {STATE} is not a checkpoint of format {FORMAT}")
+    return state
 
 
 def newest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict] | None:

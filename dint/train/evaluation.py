@@ -16,22 +16,28 @@ from dint.observe.maps import FieldMaps
 from dint.core.config import EvalConfig
 from dint.data.sharding import Shard
 from dint.distributed.collectives import all_reduce_sum
-from dint.fields.quality import inside_threshold, iou, psnr
-from dint.data.store import SignalInfo, to_training
+from dint.fields.quality import inside_threshold, iou, psnr, ssim
+from dint.data.store import SignalInfo, Store, to_training, to_unit
 
 TRAINING_RANGE = 2.0  # targets live in [-1, 1]; PSNR is taken over that range
 
 
 class Evaluator:
     """PSNR (and IoU for shapes) of a model over every point of the signal, or over a fixed
-    random sample of eval.sample points; each rank evaluates its own, the sums are all-reduced."""
+    random sample of eval.sample points; each rank evaluates its own, the sums are all-reduced.
+    It owns the evaluation cadence ([eval] every) of a run of `steps` steps."""
 
     def __init__(self, config: EvalConfig, info: SignalInfo, shards: Iterable[Shard], device: torch.device,
-                 block_points: int, seed: int):
+                 block_points: int, seed: int, steps: int = 0):
         self.info, self.shards, self.device, self.block_points = info, shards, device, block_points
+        self.every, self.steps = config.every, steps
         self.sample = self._sample(config.sample, seed) if config.sample else None
         # What the summary reports: over every point, or over a fixed random sample of them.
         self.described = {"sampled": self.sample is not None, "points": config.sample or info.num_points}
+
+    def due(self, step: int) -> bool:
+        """An evaluation on the way (the last step's is the final one, made anyway)."""
+        return self.every > 0 and step % self.every == 0 and step != self.steps
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, maps: FieldMaps | None = None) -> dict:
@@ -83,3 +89,10 @@ class Evaluator:
             targets.append(shard.targets(local))
             positions.append(shard.multi_index(local))
         return torch.cat(coords), torch.cat(targets), torch.cat(positions)
+
+
+def reconstruction_ssim(store: Store, reconstruction: Store, info: SignalInfo) -> float:
+    """SSIM of a whole image's reconstruction against its store (an image small enough to preview)."""
+    whole = ((0,) * info.ndim, info.shape)  # read_region: retries, and one line if it fails
+    return ssim(to_unit(store.read_region(*whole), info), to_unit(reconstruction.read_region(*whole), info),
+                data_range=1.0)

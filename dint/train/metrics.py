@@ -17,8 +17,9 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from dint.core.config import Config
-from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum
+from dint.core.config import MetricsConfig
+from dint.core.resources import local_ranks
+from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum, gather_counts
 
 
 class Timer:
@@ -75,18 +76,28 @@ class Timers(dict):
         for name, timer in self.items():
             timer.seconds = state.get(name, 0.0)  # some timers are newer than some checkpoints
 
+    def summary(self) -> dict[str, float]:
+        """The run summary's seconds: train_seconds is selection and update steps only (no store
+        reading, no evaluation); score is part of select, allreduce and optimizer of update."""
+        seconds = self.state_dict()
+        return {"train_seconds": seconds["select"] + seconds["balance"] + seconds["update"],
+                **{f"{name}_seconds": seconds[name] for name in self.NAMES}}
+
 
 class MetricsLogger:
-    """Decides which steps are logged and evaluated, and writes their lines (rank 0)."""
+    """Decides which steps are logged ([metrics] log_every), and writes their lines (rank 0)."""
 
-    def __init__(self, config: Config, path: Path, enabled: bool, resume_after: int | None = None,
-                 shape: bool = False):
-        """A fresh metrics.jsonl, or (`resume_after` = the step resumed from) the lines up to that step kept.
-        `shape`: lines carry an IoU too."""
-        self.total_steps, self.log_every, self.eval_every = config.train.steps, config.train.log_every, config.eval.every
+    def __init__(self, config: MetricsConfig, steps: int, run_dir: Path, enabled: bool, timers: Timers,
+                 steps_per_pass: int = 1, resume_after: int | None = None, shape: bool = False):
+        """A fresh run_dir/metrics.jsonl for a run of `steps` steps, or (`resume_after` = the step
+        resumed from) the lines up to that step kept. Lines show `timers`, and with mini-batches
+        (`steps_per_pass` > 1) the pass and mini-batch of each step; `shape`: an IoU too."""
+        self.total_steps, self.log_every = steps, config.log_every
+        self.timers, self.steps_per_pass = timers, steps_per_pass
         self.enabled, self.shape = enabled, shape
         self.history: list[dict[str, Any]] = []  # this run's lines, on every rank (dint bench reads them)
-        self._file, self.path = None, path
+        path = self.path = run_dir / "metrics.jsonl"
+        self._file = None
         if enabled:
             kept = []
             if resume_after and path.exists():
@@ -99,15 +110,10 @@ class MetricsLogger:
         self._bar = tqdm(total=self.total_steps, initial=resume_after or 0, unit="step", dynamic_ncols=True) \
             if show_bar else None
 
-    def should_evaluate(self, step: int) -> bool:
-        """An evaluation on the way (the last step's is the final one, made anyway)."""
-        return self.eval_every > 0 and step % self.eval_every == 0 and step != self.total_steps
+    def due(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps
 
-    def should_log(self, step: int) -> bool:
-        return step % self.log_every == 0 or step == self.total_steps or self.should_evaluate(step)
-
-    def record(self, step: int, loss: torch.Tensor, selection, steps_per_pass: int, timers: Timers, lr: float,
-               wall_seconds: float) -> dict[str, Any]:
+    def record(self, step: int, loss: torch.Tensor, selection, lr: float, wall_seconds: float) -> dict[str, Any]:
         """The line of `step` (collective: the loss is averaged over ranks, the bytes gathered);
         quality is filled in by evaluations. `selection` is what the step trained (a
         dint.teaching.teacher.Selection, or a dint.teaching.balance.BalancedSelection)."""
@@ -128,13 +134,13 @@ class MetricsLogger:
             # Bytes each rank handed to the step's collectives (dint.distributed.collectives.Traffic).
             **bytes_per_rank(TRAFFIC.step, loss.device),
             "selected_at": selection.step + 1,  # step, or pass with mini-batches
-            **({"pass": (step - 1) // steps_per_pass + 1, "minibatch": (step - 1) % steps_per_pass + 1}
-               if steps_per_pass > 1 else {}),
-            "select_seconds": round(timers["select"].seconds, 4),
-            "balance_seconds": round(timers["balance"].seconds, 4),
-            "update_seconds": round(timers["update"].seconds, 4),
+            **({"pass": (step - 1) // self.steps_per_pass + 1, "minibatch": (step - 1) % self.steps_per_pass + 1}
+               if self.steps_per_pass > 1 else {}),
+            "select_seconds": round(self.timers["select"].seconds, 4),
+            "balance_seconds": round(self.timers["balance"].seconds, 4),
+            "update_seconds": round(self.timers["update"].seconds, 4),
             # What dint bench and dint report measure time to quality in: selection + update, no evaluation.
-            "train_seconds": round(sum(timers[name].seconds for name in ("select", "balance", "update")), 4),
+            "train_seconds": round(sum(self.timers[name].seconds for name in ("select", "balance", "update")), 4),
             "lr": lr,
         }
 
@@ -167,6 +173,31 @@ class MetricsLogger:
             self._bar.close()
         if self._file is not None:
             self._file.close()
+
+
+def run_summary(trainer, quality: dict, wall_seconds: float) -> dict:
+    """summary.json of a dint.train.trainer.Trainer's run: what it did, what it reached and where its
+    time went (collective: per-rank counts)."""
+    c, dist = trainer.config, trainer.dist
+    return {
+        "final_psnr": quality["psnr"], **({"iou": quality["iou"]} if "iou" in quality else {}),
+        "steps": c.train.steps, "world_size": dist.world_size,
+        "nodes": dist.world_size // local_ranks(), "teacher": c.teacher.strategy,
+        "engine": c.train.engine, "device": str(dist.device),
+        "compiled_with": c.model.compile_backend if trainer.compiled else None, "store": str(trainer.store.path),
+        "modality": trainer.info.modality, "points": trainer.info.num_points,
+        "ndim": trainer.info.ndim, "channels": trainer.info.channels,
+        "params": sum(p.numel() for p in trainer.engine.module.parameters()),
+        "evaluation": trainer.evaluator.described,
+        "streamed": trainer.plan.streamed,
+        **trainer.timers.summary(), "points_trained": trainer.points_trained,
+        # Points through each rank's scoring forwards since this process started (not saved in checkpoints).
+        "points_scored_per_rank": gather_counts(trainer.teacher.points_scored, dist.device),
+        **bytes_per_rank(TRAFFIC.total, dist.device),
+        "load_seconds": trainer.load_seconds, "wall_seconds": wall_seconds,
+        "peak_rss_mb_per_rank": peak_rss_mb_per_rank(dist.device),
+        "outputs": {},
+    }
 
 
 def bytes_per_rank(counted: dict[str, int], device: torch.device) -> dict[str, list[int]]:

@@ -14,7 +14,7 @@ from dint.core.config import TrainConfig
 from dint.train.engine import build_engine
 from dint.distributed.collectives import destroy_distributed, init_distributed
 from dint.fields.siren import Siren
-from dint.train.trainer import selection_loss
+from dint.train.loss import selection_loss
 
 
 def batch(total: int):

@@ -189,7 +189,7 @@ def normalisation(vertices: np.ndarray) -> tuple[np.ndarray, float]:
 # --------------------------------------------------------------------------- rasterising
 
 
-def grid_coordinates(resolution: int) -> np.ndarray:
+def training_axis_coordinates(resolution: int) -> np.ndarray:
     """The trainer's coordinates of one axis: -1 + 2 i / (R - 1)."""
     return -1.0 + 2.0 * np.arange(resolution) / (resolution - 1)
 
@@ -404,7 +404,7 @@ class MeshGrid:
         self.field = field
         self.chunks = chunks
         self.axes = axes
-        self.coords = grid_coordinates(resolution)
+        self.coords = training_axis_coordinates(resolution)
         self._rays: dict[int, _RayAxis] = {}
         self._tree = None
         self._lock = threading.Lock()
