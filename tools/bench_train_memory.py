@@ -45,7 +45,7 @@ def run(args, name: str, extra: list[str]) -> dict:
     command = torchrun_command(args.nproc, "-m", "dint.train", "--data.store", args.store, "--run.dir", run_dir,
                "--model.width", str(args.width), "--model.hidden_layers", "3",
                "--teacher.minibatch", str(args.minibatch), "--train.steps", str(args.steps),
-               "--train.micro_batch", "16384", "--data.block_points", "16384", "--train.log_every", "5",
+               "--train.micro_batch", "16384", "--data.block_points", "16384", "--metrics.log_every", "5",
                "--eval.sample", "100000", "--eval.reconstruction", "false", *extra)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -1,8 +1,8 @@
 """torch.compile against eager for dint's SIREN: the training step and the scoring forward
-(README, Speed: "torch.compile"). One process:
+(benchmarks/2026-12-01-engineering.md, "torch.compile"). One process:
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_compile.py          # CPU
-    .venv/bin/python tools/bench_compile.py cuda                           # GPU (tools/gpu_check.sh)
+    OMP_NUM_THREADS=2 .venv/bin/python experiments/bench_compile.py          # CPU
+    .venv/bin/python experiments/bench_compile.py cuda                           # GPU (tools/gpu_check.sh)
 
 A 3x64 SIREN and Adam; steps of about 6,554 points whose count varies as importance sampling's
 does (so the compiled model has dynamic shapes), then no-grad forwards of 16,384 points. Prints

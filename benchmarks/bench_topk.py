@@ -1,6 +1,6 @@
 """The exact global top-k in one process: gather against threshold, computing cost only.
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_topk.py [--points 65536,1048576,4194304] [--ratio 0.2]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_topk.py [--points 65536,1048576,4194304] [--ratio 0.2]
 """
 
 import argparse

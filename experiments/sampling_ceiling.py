@@ -1,6 +1,6 @@
 """How few steps a sampler could need if its scores cost nothing: the ceiling of sampling by error.
 
-    .venv/bin/python tools/sampling_ceiling.py STORE --out DIR \
+    .venv/bin/python experiments/sampling_ceiling.py STORE --out DIR \
         [--samplers uniform,stratified,error,gradient,error@80,gradient@80] [--steps 2000 --lr 2e-3 --ratio 0.1] [--focus B]
 
 Trains the same SIREN as `dint bench` (one process, the whole signal in memory, Adam with a

@@ -1,7 +1,7 @@
-"""The scoring forward in float16 against float32 on a trained model (README, Speed: "Scoring in
-float16"). One process:
+"""The scoring forward in float16 against float32 on a trained model (benchmarks/2026-12-01-engineering.md,
+"Scoring in float16"). One process:
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_score_precision.py RUN/model.pt STORE [cuda]
+    OMP_NUM_THREADS=2 .venv/bin/python experiments/bench_score_precision.py RUN/model.pt STORE [cuda]
 
 Prints how far float16 moves the errors (mean and largest), what share of the top 10% and 20%
 by error stays the same points, and the seconds of each scoring pass over the whole store.

@@ -1,6 +1,6 @@
 """Shard the real signals and run every configs/cpu/*.toml with 2 ranks; print a Markdown table.
 
-    .venv/bin/python tools/run_cpu_configs.py [--only image_kodak,shape_armadillo] [--nproc 2]
+    .venv/bin/python benchmarks/run_cpu_configs.py [--only image_kodak,shape_armadillo] [--nproc 2]
 
 Each config names its store and the exact `dint-shard` command in its header comment
 ("# Store:  ..."); that command is run when the store is missing. Needs ../shared/data.

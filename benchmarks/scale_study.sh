@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# README's scale-out measurements (issue 10), on this machine's CPU cores:
-#   bash tools/scale_study.sh [OUT]            # results under OUT (default runs/scale_study)
+# The scale-out measurements of benchmarks/2026-12-01-scale-out.md, on this machine's CPU cores:
+#   bash benchmarks/scale_study.sh [OUT]            # results under OUT (default runs/scale_study)
 # 1. selection bytes per rank, threshold against gather, at three signal sizes 16x apart;
 # 2. imbalance with teacher.balance none and alltoall at 2, 4 and 8 ranks on an image with a
 #    large flat region (Pluto's limb against black space; 8 ranks oversubscribe 2 cores:
@@ -28,7 +28,7 @@ common=(--model.width 64 --model.hidden_layers 3)
 for n in ${BYTES_SIZES-64 256 1024}; do
   for topk in threshold gather; do
     OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node 2 -m dint.train --data.store "$out/stores/p$n.zarr" \
-      --run.dir "$out/bytes/$topk-$n" --run.device cpu "${common[@]}" --train.steps 5 --train.log_every 1 \
+      --run.dir "$out/bytes/$topk-$n" --run.device cpu "${common[@]}" --train.steps 5 --metrics.log_every 1 \
       --teacher.strategy int --teacher.random_share 0 --teacher.error_refresh 1 --teacher.topk $topk \
       --eval.reconstruction false --checkpoint.resume never > /dev/null 2>&1
     echo "bytes: $topk ${n}x$n: $(tail -1 "$out/bytes/$topk-$n/metrics.jsonl" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["select_bytes_per_rank"])')"
@@ -47,7 +47,7 @@ for r in json.load(open(sys.argv[1]))["records"]:
 done
 
 # 3. Weak scaling, 4. strong scaling.
-# Weak: balanced ranks (README's table), then without balancing, then `full` (no selection:
+# Weak: balanced ranks (the report's table), then without balancing, then `full` (no selection:
 # the ceiling this machine sets when two ranks share its memory system).
 .venv/bin/dint scale --config configs/cpu/scale_image.toml --mode weak --ranks 1,2 \
   --data.store "$out/stores/w{ranks}.zarr" --teacher.balance alltoall --out "$out/weak_bal"

@@ -4,8 +4,8 @@ Each run is the real CLI (`python -m dint.commands.cli shard MESH DEST --resolut
 fresh subprocess; its peak resident memory is that child's own ru_maxrss (os.wait4), so runs
 do not mix. Prints a Markdown table.
 
-    .venv/bin/python tools/bench_mesh_grid.py                       # bunny, R = 256 and 512
-    .venv/bin/python tools/bench_mesh_grid.py --mesh ../shared/data/meshes/dragon.ply \\
+    .venv/bin/python benchmarks/bench_mesh_grid.py                       # bunny, R = 256 and 512
+    .venv/bin/python benchmarks/bench_mesh_grid.py --mesh ../shared/data/meshes/dragon.ply \\
         --mesh ../shared/data/meshes/armadillo.obj --resolution 256 --field sdf
 """
 

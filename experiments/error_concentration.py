@@ -1,6 +1,6 @@
 """How concentrated a fitted model's errors are, which bounds what sampling by error can gain.
 
-    .venv/bin/python tools/error_concentration.py RUN_DIR STORE [RUN_DIR STORE ...]
+    .venv/bin/python experiments/error_concentration.py RUN_DIR STORE [RUN_DIR STORE ...]
 
 For each trained run (its model.pt) over every point of its store: rho = (mean e)^2 / mean(e^2)
 of the per-point l1 errors e, and the share of the error held by the worst 10% of points.

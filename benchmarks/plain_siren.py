@@ -1,6 +1,6 @@
 """A plain PyTorch loop: the reference for dint's framework overhead (same SIREN, same blocks).
 
-    .venv/bin/python tools/plain_siren.py runs/bench/kodim01.zarr --steps 2000 --width 64 --layers 3 \
+    .venv/bin/python benchmarks/plain_siren.py runs/bench/kodim01.zarr --steps 2000 --width 64 --layers 3 \
         [--teacher full|int] [--micro-batch 16384] [--threads 2]
 
 One process, the whole signal in memory as a coordinate grid, Adam with a cosine decay to 0,

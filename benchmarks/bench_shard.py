@@ -1,6 +1,6 @@
 """Time dint-shard on a gigapixel tiled BigTIFF: seconds, MB/s and peak memory, as a Markdown table.
 
-    .venv/bin/python tools/bench_shard.py [--size 32768] [--workdir runs/bench_shard] [-- dint-shard options]
+    .venv/bin/python benchmarks/bench_shard.py [--size 32768] [--workdir runs/bench_shard] [-- dint-shard options]
 
 The input is the Pluto image tiled and mirrored to SIZE x SIZE (1.07 gigapixels at 32768,
 uint8 grey), written as a tiled BigTIFF (tiles of 512, deflate) by tools/make_large_signal.py
@@ -9,8 +9,8 @@ process. MB/s counts raw pixel bytes (height x width x channels x bytes per samp
 peak memory is the child's maximum resident set size and CPU s its user + system time, read
 with resource.getrusage(RUSAGE_CHILDREN) once it has exited (the input is made in this
 process, so dint-shard is the only child measured). On a shared machine wall time depends
-on the load; CPU s much less. Targets (issue "Gigapixel images and large
-volumes"): under 2 minutes and under 2 GB for 1 gigapixel from a chunk-readable input.
+on the load; CPU s much less. Targets: under 2 minutes and under 2 GB for 1 gigapixel from a
+chunk-readable input.
 """
 
 from __future__ import annotations
