@@ -271,7 +271,7 @@ def test_float16_scoring_stays_near_float32_and_the_teacher_uses_it(image_store)
     low = point_errors(model, shard, everything, 4096, precision=torch.float16)
     assert low.dtype == torch.float32 and not torch.equal(low, exact)  # it did run in float16
     # float16's rounding: about 0.0005 on average; up to about 0.016 where the first layer's w0 = 30
-    # multiplies pre-activations near 0.5, whose float16 step is 2^-11 (README, Speed)
+    # multiplies pre-activations near 0.5, whose float16 step is 2^-11 (benchmarks/2026-12-01-engineering.md)
     deviation = (low - exact).abs()
     assert deviation.mean().item() < 2e-3 and deviation.max().item() < 0.05
     config = TeacherConfig(strategy="int", ratio=0.1, ratio_schedule="constant", interval_schedule="dense",
@@ -387,14 +387,14 @@ def test_audio_trains_with_the_default_domain(tmp_path):
 
 def _sampling_ceiling():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("sampling_ceiling", REPO / "tools" / "sampling_ceiling.py")
+    spec = importlib.util.spec_from_file_location("sampling_ceiling", REPO / "experiments" / "sampling_ceiling.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_sampling_ceiling_scores_are_each_points_error_and_gradient_norm():
-    """tools/sampling_ceiling.py's per-point gradient norms (from layer inputs and output
+    """experiments/sampling_ceiling.py's per-point gradient norms (from layer inputs and output
     gradients) equal per-sample autograd's; its errors are |f - y| summed over channels."""
     from torch.func import functional_call, grad, vmap
     ceiling = _sampling_ceiling()
