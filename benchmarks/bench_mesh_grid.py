@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dint.core.files import is_dint_store
 from pathlib import Path
+
+from dint.core.files import is_dint_store
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MESH = REPO.parent / "shared" / "data" / "meshes" / "bunny.ply"
@@ -28,8 +29,18 @@ DEFAULT_MESH = REPO.parent / "shared" / "data" / "meshes" / "bunny.ply"
 
 def run_shard(mesh: Path, resolution: int, field: str, workdir: Path) -> dict:
     dest = workdir / f"{mesh.stem}-{resolution}-{field}.zarr"
-    command = [sys.executable, "-m", "dint.commands.cli", "shard", str(mesh), str(dest),
-               "--resolution", str(resolution), "--field", field]
+    command = [
+        sys.executable,
+        "-m",
+        "dint.commands.cli",
+        "shard",
+        str(mesh),
+        str(dest),
+        "--resolution",
+        str(resolution),
+        "--field",
+        field,
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
@@ -65,7 +76,9 @@ def run_shard(mesh: Path, resolution: int, field: str, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mesh", type=Path, action="append", help=f"mesh file (repeatable; default {DEFAULT_MESH})")
-    parser.add_argument("--resolution", type=int, action="append", help="grid points per axis (repeatable; default 256, 512)")
+    parser.add_argument(
+        "--resolution", type=int, action="append", help="grid points per axis (repeatable; default 256, 512)"
+    )
     parser.add_argument("--field", choices=("occupancy", "sdf"), default="occupancy")
     parser.add_argument("--workdir", type=Path, default=None, help="where the stores are written (then removed)")
     args = parser.parse_args()
@@ -80,9 +93,11 @@ def main() -> None:
     print("| mesh | faces | watertight | R | field | points | seconds | CPU seconds | peak RSS (MB) | store (MB) |")
     print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['mesh']} | {row['faces']:,} | {'yes' if row['watertight'] else 'no'} | {row['R']} | "
-              f"{row['field']} | {row['points']:,} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
-              f"{row['peak_rss_mb']:.0f} | {row['store_mb']:.1f} |")
+        print(
+            f"| {row['mesh']} | {row['faces']:,} | {'yes' if row['watertight'] else 'no'} | {row['R']} | "
+            f"{row['field']} | {row['points']:,} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
+            f"{row['peak_rss_mb']:.0f} | {row['store_mb']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

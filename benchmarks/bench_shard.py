@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import make_large_signal  # noqa: E402
 
-from dint.data.store import open_store  # noqa: E402
 from dint.core.files import is_dint_store  # noqa: E402
+from dint.data.store import open_store  # noqa: E402
 
 PLUTO = REPO.parent / "shared" / "data" / "images" / "pluto" / "pluto_4408x4344_gray.jpg"
 TARGET_SECONDS, TARGET_BYTES = 120, 2e9
@@ -49,8 +49,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=32768, help="image side in pixels (default 32768: 1.07 gigapixels)")
     parser.add_argument("--source", type=Path, default=PLUTO, help="the image to tile and mirror (default: Pluto)")
-    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench_shard",
-                        help="where the input TIFF is kept and the store written (default runs/bench_shard)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=REPO / "runs" / "bench_shard",
+        help="where the input TIFF is kept and the store written (default runs/bench_shard)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the store written (it is removed by default)")
     args, options = parser.parse_known_args()
     options = [o for o in options if o != "--"]
@@ -88,13 +92,17 @@ def main() -> int:
     program = ".venv/bin/dint-shard" if Path(command[0]).name == "dint-shard" else "python -m dint.commands.cli shard"
     paths = [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in (tiff, store)]
     print(f"`{program} {shlex.join([*paths, '--overwrite', *options])}` ({os.cpu_count()} CPU cores)\n")
-    print("| input | pixels | raw MB | input MB (on disk) | store MB (on disk) | chunks | seconds | MB/s "
-          "| CPU s | peak RSS MB | targets (< 120 s, < 2 GB) |")
+    print(
+        "| input | pixels | raw MB | input MB (on disk) | store MB (on disk) | chunks | seconds | MB/s "
+        "| CPU s | peak RSS MB | targets (< 120 s, < 2 GB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {tiff.name}: {info.shape[0]}x{info.shape[1]}x{info.channels} {info.dtype}, tiled BigTIFF "
-          f"| {math.prod(info.shape) / 1e9:.2f} G | {raw / 1e6:.0f} | {tiff.stat().st_size / 1e6:.0f} "
-          f"| {on_disk / 1e6:.0f} | {'x'.join(map(str, info.chunks))} | {seconds:.1f} | {raw / 1e6 / seconds:.0f} "
-          f"| {cpu:.0f} | {peak / 1e6:.0f} | {'met' if met else 'MISSED'} |")
+    print(
+        f"| {tiff.name}: {info.shape[0]}x{info.shape[1]}x{info.channels} {info.dtype}, tiled BigTIFF "
+        f"| {math.prod(info.shape) / 1e9:.2f} G | {raw / 1e6:.0f} | {tiff.stat().st_size / 1e6:.0f} "
+        f"| {on_disk / 1e6:.0f} | {'x'.join(map(str, info.chunks))} | {seconds:.1f} | {raw / 1e6 / seconds:.0f} "
+        f"| {cpu:.0f} | {peak / 1e6:.0f} | {'met' if met else 'MISSED'} |"
+    )
     return 0
 
 

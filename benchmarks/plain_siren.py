@@ -16,10 +16,10 @@ import time
 import torch
 
 from dint.core.config import ModelConfig
-from dint.data.sharding import CoordinateMap
-from dint.fields.siren import build_model
 from dint.core.resources import keep_freed_memory
+from dint.data.sharding import CoordinateMap
 from dint.data.store import open_store, to_training
+from dint.fields.siren import build_model
 from dint.teaching.teacher import is_selection_step, ratio_at
 
 parser = argparse.ArgumentParser()
@@ -32,13 +32,24 @@ parser.add_argument("--micro-batch", type=int, default=16384)
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--eval-every", type=int, default=0, help="print PSNR every N steps (outside the clock)")
-parser.add_argument("--bias", choices=("model", "torch", "official"), default="model",
-                    help="biases as dint's model makes them, PyTorch's default, or U(-w_bound, w_bound)")
+parser.add_argument(
+    "--bias",
+    choices=("model", "torch", "official"),
+    default="model",
+    help="biases as dint's model makes them, PyTorch's default, or U(-w_bound, w_bound)",
+)
 parser.add_argument("--eta-min", type=float, default=0.0, help="the cosine decay's floor")
-parser.add_argument("--target-range", choices=("symmetric", "unit"), default="symmetric",
-                    help="fit targets in [-1, 1] (dint) or [0, 1] (the official INT code's data_range 0)")
-parser.add_argument("--malloc-defaults", action="store_true",
-                    help="leave glibc's allocator as it is (dint's run.keep_freed_memory = false)")
+parser.add_argument(
+    "--target-range",
+    choices=("symmetric", "unit"),
+    default="symmetric",
+    help="fit targets in [-1, 1] (dint) or [0, 1] (the official INT code's data_range 0)",
+)
+parser.add_argument(
+    "--malloc-defaults",
+    action="store_true",
+    help="leave glibc's allocator as it is (dint's run.keep_freed_memory = false)",
+)
 args = parser.parse_args()
 keep_freed_memory(not args.malloc_defaults)  # the same engineering as dint's default
 
@@ -71,8 +82,10 @@ def psnr(clamped: bool = False) -> float:
     """Over every point; `clamped`: of the predictions clipped to the targets' range first."""
     low = -1.0 if args.target_range == "symmetric" else 0.0
     fitted = (lambda c: model(c).clamp(low, low + span)) if clamped else model
-    mse = sum((fitted(c) - t).double().square().sum().item() for c, t in
-              zip(coords.split(args.micro_batch), targets.split(args.micro_batch))) / (n * info.channels)
+    mse = sum(
+        (fitted(c) - t).double().square().sum().item()
+        for c, t in zip(coords.split(args.micro_batch), targets.split(args.micro_batch))
+    ) / (n * info.channels)
     return 10 * math.log10(span**2 / mse)
 
 
@@ -80,8 +93,12 @@ started = time.perf_counter()
 for step in range(args.steps):
     if args.teacher == "int" and is_selection_step(step, args.steps, "incremental", 1):
         with torch.no_grad():
-            errors = torch.cat([(model(c) - t).abs().sum(1) for c, t in
-                                zip(coords.split(args.micro_batch), targets.split(args.micro_batch))])
+            errors = torch.cat(
+                [
+                    (model(c) - t).abs().sum(1)
+                    for c, t in zip(coords.split(args.micro_batch), targets.split(args.micro_batch))
+                ]
+            )
         chosen = errors.topk(round(ratio_at(step, args.steps, 0.2, "step") * n), sorted=False).indices
     optimizer.zero_grad(set_to_none=True)
     for part in chosen.split(args.micro_batch):
@@ -91,9 +108,26 @@ for step in range(args.steps):
     schedule.step()
     if args.eval_every and (step + 1) % args.eval_every == 0:
         paused = time.perf_counter()
-        print(json.dumps({"step": step + 1, "seconds": round(paused - started, 2), "psnr": round(psnr(), 3),
-                          "psnr_clamped": round(psnr(clamped=True), 3)}))
+        print(
+            json.dumps(
+                {
+                    "step": step + 1,
+                    "seconds": round(paused - started, 2),
+                    "psnr": round(psnr(), 3),
+                    "psnr_clamped": round(psnr(clamped=True), 3),
+                }
+            )
+        )
         started += time.perf_counter() - paused
 seconds = time.perf_counter() - started
-print(json.dumps({"teacher": args.teacher, "steps": args.steps, "train_seconds": round(seconds, 2),
-                  "seconds_per_step": round(seconds / args.steps, 5), "final_psnr": round(psnr(), 3)}))
+print(
+    json.dumps(
+        {
+            "teacher": args.teacher,
+            "steps": args.steps,
+            "train_seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / args.steps, 5),
+            "final_psnr": round(psnr(), 3),
+        }
+    )
+)

@@ -14,8 +14,9 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from dint.distributed.launch import torchrun_command
 
@@ -47,8 +48,12 @@ def main() -> None:
             store.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(shard_command(config_path), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         started = time.perf_counter()
-        subprocess.run(torchrun_command(args.nproc, "-m", "dint.train", "--config", config_path,
-                                        "--checkpoint.resume", "never"), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            torchrun_command(args.nproc, "-m", "dint.train", "--config", config_path, "--checkpoint.resume", "never"),
+            check=True,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - started
         s = json.loads((REPO / config["run"]["dir"] / "summary.json").read_text())
         quality = f"PSNR {s['final_psnr']:.2f} dB"
@@ -56,8 +61,17 @@ def main() -> None:
             quality += f", SSIM {s['ssim']:.3f}"
         if "iou" in s:
             quality += f", IoU {s['iou']:.3f}"
-        rows.append((config_path.stem, s["modality"], f"{s['points']:,}", s["steps"], quality,
-                     f"{s['train_seconds']:.0f}", f"{wall:.0f}"))
+        rows.append(
+            (
+                config_path.stem,
+                s["modality"],
+                f"{s['points']:,}",
+                s["steps"],
+                quality,
+                f"{s['train_seconds']:.0f}",
+                f"{wall:.0f}",
+            )
+        )
     print("| config | signal | points | steps | quality | train s | wall s (with start-up) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

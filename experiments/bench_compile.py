@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from dint.fields.siren import Siren
 from dint.core.resources import keep_freed_memory
+from dint.fields.siren import Siren
 
 
 def run(model: torch.nn.Module, label: str, device: torch.device, steps: int = 300) -> None:
@@ -46,8 +46,11 @@ def run(model: torch.nn.Module, label: str, device: torch.device, steps: int = 3
         for _ in range(10):
             model(coords[:16384])
         scoring = (now() - scoring_start) / 10
-    print(f"{label}: first 10 steps {first:.2f} s, then {per_step * 1e3:.2f} ms a step, "
-          f"scoring 16384 points {scoring * 1e3:.2f} ms", flush=True)
+    print(
+        f"{label}: first 10 steps {first:.2f} s, then {per_step * 1e3:.2f} ms a step, "
+        f"scoring 16384 points {scoring * 1e3:.2f} ms",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

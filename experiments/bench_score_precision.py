@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from dint.train.checkpoint import load_trained
 from dint.data.sharding import Shard, rank_chunk_ids
 from dint.data.store import open_store
 from dint.teaching.teacher import point_errors
+from dint.train.checkpoint import load_trained
 
 
 def timed(device: torch.device, score) -> tuple[torch.Tensor, float]:
@@ -40,8 +40,10 @@ if __name__ == "__main__":
     exact, exact_s = timed(device, lambda: point_errors(model, shard, everything, 16384))
     low, low_s = timed(device, lambda: point_errors(model, shard, everything, 16384, precision=torch.float16))
     deviation = (low - exact).abs()
-    print(f"{model_path}: mean error {exact.mean().item():.4f}; float16 moves it by {deviation.mean().item():.4f} "
-          f"on average ({(deviation.mean() / exact.mean()).item():.1%}), at most {deviation.max().item():.4f}")
+    print(
+        f"{model_path}: mean error {exact.mean().item():.4f}; float16 moves it by {deviation.mean().item():.4f} "
+        f"on average ({(deviation.mean() / exact.mean()).item():.1%}), at most {deviation.max().item():.4f}"
+    )
     for share in (0.1, 0.2):
         k = int(share * len(everything))
         same = set(torch.topk(exact, k).indices.tolist()) & set(torch.topk(low, k).indices.tolist())

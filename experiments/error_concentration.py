@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from dint.train.checkpoint import load_trained
 from dint.data.sharding import Shard, rank_chunk_ids
 from dint.data.store import open_store
 from dint.teaching.teacher import point_errors
+from dint.train.checkpoint import load_trained
 
 if len(sys.argv) < 3 or len(sys.argv) % 2 == 0:
     sys.exit(__doc__.strip().splitlines()[2].strip())
@@ -28,5 +28,7 @@ for run, store_path in zip(sys.argv[1::2], sys.argv[2::2]):
     shard = Shard(store, rank_chunk_ids(store.info, 0, 1), torch.device("cpu"))
     errors = point_errors(model, shard, torch.arange(len(shard)), 16384).double()
     worst = errors.sort(descending=True).values[: len(errors) // 10]
-    print(f"{run}: rho {float(errors.mean() ** 2 / errors.square().mean()):.3f}, "
-          f"the worst 10% of points hold {float(worst.sum() / errors.sum()):.0%} of the l1 error")
+    print(
+        f"{run}: rho {float(errors.mean() ** 2 / errors.square().mean()):.3f}, "
+        f"the worst 10% of points hold {float(worst.sum() / errors.sum()):.0%} of the l1 error"
+    )

@@ -1,7 +1,8 @@
 """How few steps a sampler could need if its scores cost nothing: the ceiling of sampling by error.
 
     .venv/bin/python experiments/sampling_ceiling.py STORE --out DIR \
-        [--samplers uniform,stratified,error,gradient,error@80,gradient@80] [--steps 2000 --lr 2e-3 --ratio 0.1] [--focus B]
+        [--samplers uniform,stratified,error,gradient,error@80,gradient@80]
+        [--steps 2000 --lr 2e-3 --ratio 0.1] [--focus B]
 
 Trains the same SIREN as `dint bench` (one process, the whole signal in memory, Adam with a
 cosine decay to 0) once as `full` (every point, --reference-steps at --reference-lr: the bench's
@@ -35,13 +36,13 @@ from pathlib import Path
 
 import torch
 
-from dint.train.metrics import time_to_reach
 from dint.core.config import ModelConfig
-from dint.data.sharding import CoordinateMap
-from dint.fields.siren import build_model
 from dint.core.resources import keep_freed_memory
+from dint.data.sharding import CoordinateMap
 from dint.data.store import open_store, to_training
+from dint.fields.siren import build_model
 from dint.teaching.teacher import importance_weights, inclusion_probability, per_point_error
+from dint.train.metrics import time_to_reach
 
 BLOCK = 16384
 
@@ -53,33 +54,39 @@ def scores(model: torch.nn.Module, coords: torch.Tensor, targets: torch.Tensor, 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     result = torch.empty(coords.shape[0])
     for start in range(0, coords.shape[0], BLOCK):
-        c, t = coords[start:start + BLOCK], targets[start:start + BLOCK]
+        c, t = coords[start : start + BLOCK], targets[start : start + BLOCK]
         if kind == "error":
             with torch.no_grad():
-                result[start:start + c.shape[0]] = per_point_error(model(c) - t, "l1")
+                result[start : start + c.shape[0]] = per_point_error(model(c) - t, "l1")
             continue
         seen = []
-        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o))) for m in linears]
+        hooks = [m.register_forward_hook(lambda m, i, o, seen=seen: seen.append((i[0].detach(), o))) for m in linears]
         try:
             loss = (model(c) - t).square().mean(1).sum()
         finally:
             for h in hooks:
                 h.remove()
         deltas = torch.autograd.grad(loss, [o for _, o in seen])
-        result[start:start + c.shape[0]] = sum(d.square().sum(1) * (a.square().sum(1) + 1)
-                                               for (a, _), d in zip(seen, deltas)).sqrt()
+        result[start : start + c.shape[0]] = sum(
+            d.square().sum(1) * (a.square().sum(1) + 1) for (a, _), d in zip(seen, deltas)
+        ).sqrt()
     return result
 
 
 def psnr(model: torch.nn.Module, coords: torch.Tensor, targets: torch.Tensor) -> float:
     with torch.no_grad():
-        mse = sum((model(c) - t).double().square().sum().item()
-                  for c, t in zip(coords.split(BLOCK), targets.split(BLOCK))) / targets.numel()
+        mse = (
+            sum(
+                (model(c) - t).double().square().sum().item() for c, t in zip(coords.split(BLOCK), targets.split(BLOCK))
+            )
+            / targets.numel()
+        )
     return 10 * math.log10(4.0 / mse)  # targets span [-1, 1]
 
 
-def train(sampler: str, steps: int, lr: float, coords: torch.Tensor, targets: torch.Tensor, info,
-          args: argparse.Namespace) -> list[tuple[int, float]]:
+def train(
+    sampler: str, steps: int, lr: float, coords: torch.Tensor, targets: torch.Tensor, info, args: argparse.Namespace
+) -> list[tuple[int, float]]:
     """PSNR every args.eval_every steps of one run that trains on the points `sampler` picks."""
     n = coords.shape[0]
     torch.manual_seed(args.seed)
@@ -111,13 +118,16 @@ def train(sampler: str, steps: int, lr: float, coords: torch.Tensor, targets: to
                 memory[chosen] = scores(model, coords[chosen], targets[chosen], kind)
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, chosen.shape[0], BLOCK):
-            part = chosen[start:start + BLOCK]
+            part = chosen[start : start + BLOCK]
             per_point = (model(coords[part]) - targets[part]).square().mean(1)
             if args.focus and sampler != "full":  # its own fresh error, free from this forward
                 focus = per_point.detach().sqrt().pow(args.focus)
                 per_point = per_point * focus / focus.mean()
-            loss = per_point.sum() / chosen.shape[0] if weights is None else (
-                per_point * weights[start:start + BLOCK]).sum()
+            loss = (
+                per_point.sum() / chosen.shape[0]
+                if weights is None
+                else (per_point * weights[start : start + BLOCK]).sum()
+            )
             loss.backward()
         optimizer.step()
         schedule.step()
@@ -135,10 +145,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--random-share", type=float, default=0.2)
-    parser.add_argument("--importance-correction", type=float, default=1.0,
-                        help="weights 1 / p^a; below 1 the loss is their weighted mean (dint's soft mining)")
-    parser.add_argument("--focus", type=float, default=0.0,
-                        help="weight each trained point's loss by its own error to this power (a weighted mean)")
+    parser.add_argument(
+        "--importance-correction",
+        type=float,
+        default=1.0,
+        help="weights 1 / p^a; below 1 the loss is their weighted mean (dint's soft mining)",
+    )
+    parser.add_argument(
+        "--focus",
+        type=float,
+        default=0.0,
+        help="weight each trained point's loss by its own error to this power (a weighted mean)",
+    )
     parser.add_argument("--reference-steps", type=int, default=1000)
     parser.add_argument("--reference-lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=64)
@@ -161,17 +179,37 @@ def main() -> None:
     runs = []
     for sampler in args.samplers.split(","):
         curve = train(sampler, args.steps, args.lr, coords, targets, info, args)
-        runs.append({"sampler": sampler, "final_psnr": curve[-1][1], "steps_to_reference": time_to_reach(curve, target),
-                     "curve": curve})
+        runs.append(
+            {
+                "sampler": sampler,
+                "final_psnr": curve[-1][1],
+                "steps_to_reference": time_to_reach(curve, target),
+                "curve": curve,
+            }
+        )
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
     base = next((r["steps_to_reference"] for r in runs if r["sampler"] == "uniform"), None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ceiling.json").write_text(json.dumps({"store": args.store, "args": vars(args), "reference_psnr": target,
-                                                  "reference_curve": reference, "runs": runs}, indent=1))
-    lines = [f"`full` ({args.reference_steps} steps, lr {args.reference_lr:g}) ends at {target:.2f} dB; "
-             f"samplers at ratio {args.ratio:g}, {args.steps} steps, lr {args.lr:g}, scores free.", "",
-             "| sampler | final PSNR | steps to full's final | / uniform's |", "|---|---|---|---|"]
+    (out / "ceiling.json").write_text(
+        json.dumps(
+            {
+                "store": args.store,
+                "args": vars(args),
+                "reference_psnr": target,
+                "reference_curve": reference,
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
+    lines = [
+        f"`full` ({args.reference_steps} steps, lr {args.reference_lr:g}) ends at {target:.2f} dB; "
+        f"samplers at ratio {args.ratio:g}, {args.steps} steps, lr {args.lr:g}, scores free.",
+        "",
+        "| sampler | final PSNR | steps to full's final | / uniform's |",
+        "|---|---|---|---|",
+    ]
     for r in runs:
         s = r["steps_to_reference"]
         share = f"{s / base:.2f}" if s and base else "—"

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from dint.core.config import parse_size  # noqa: E402
 from dint.data.sharding import chunk_grid, rank_chunk_ids  # noqa: E402
-from dint.distributed.launch import torchrun_command  # noqa: E402
 from dint.data.store import open_store  # noqa: E402
+from dint.distributed.launch import torchrun_command  # noqa: E402
 
 
 def shard_bytes(store_path: str, nproc: int) -> list[int]:
@@ -42,11 +42,34 @@ def shard_bytes(store_path: str, nproc: int) -> list[int]:
 
 def run(args, name: str, extra: list[str]) -> dict:
     run_dir = Path(args.out) / name
-    command = torchrun_command(args.nproc, "-m", "dint.train", "--data.store", args.store, "--run.dir", run_dir,
-               "--model.width", str(args.width), "--model.hidden_layers", "3",
-               "--teacher.minibatch", str(args.minibatch), "--train.steps", str(args.steps),
-               "--train.micro_batch", "16384", "--data.block_points", "16384", "--metrics.log_every", "5",
-               "--eval.sample", "100000", "--eval.reconstruction", "false", *extra)
+    command = torchrun_command(
+        args.nproc,
+        "-m",
+        "dint.train",
+        "--data.store",
+        args.store,
+        "--run.dir",
+        run_dir,
+        "--model.width",
+        str(args.width),
+        "--model.hidden_layers",
+        "3",
+        "--teacher.minibatch",
+        str(args.minibatch),
+        "--train.steps",
+        str(args.steps),
+        "--train.micro_batch",
+        "16384",
+        "--data.block_points",
+        "16384",
+        "--metrics.log_every",
+        "5",
+        "--eval.sample",
+        "100000",
+        "--eval.reconstruction",
+        "false",
+        *extra,
+    )
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -69,11 +92,16 @@ def main() -> None:
     shards = shard_bytes(args.store, args.nproc)
     budget = parse_size(args.budget)
     passes = math.ceil(info.num_points / args.minibatch)
-    print(f"store {args.store}: {'x'.join(map(str, info.shape))}x{info.channels} {info.dtype}, "
-          f"{info.num_points / 1e9:.2f} G points; shard per rank {[round(b / 1e6) for b in shards]} MB; "
-          f"{passes} mini-batches of {args.minibatch} points per pass")
+    print(
+        f"store {args.store}: {'x'.join(map(str, info.shape))}x{info.channels} {info.dtype}, "
+        f"{info.num_points / 1e9:.2f} G points; shard per rank {[round(b / 1e6) for b in shards]} MB; "
+        f"{passes} mini-batches of {args.minibatch} points per pass"
+    )
     print()
-    print("| mode | steps | points/s | s per pass (extrapolated) | load s | peak RSS per rank (MB) | target (MB) | within |")
+    print(
+        "| mode | steps | points/s | s per pass (extrapolated) | load s | peak RSS per rank (MB) | target (MB) "
+        "| within |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, extra, target in (
         ("in memory", [], 1.5 * max(shards) + 0.5e9),
@@ -84,9 +112,11 @@ def main() -> None:
         points_per_second = args.minibatch / seconds_per_step
         peaks = s["peak_rss_mb_per_rank"]
         within = all(p * 1e6 <= target for p in peaks)
-        print(f"| {name} | {s['steps']} | {points_per_second:,.0f} | {seconds_per_step * passes:,.0f} | "
-              f"{s['load_seconds']:.1f} | {', '.join(f'{p:,.0f}' for p in peaks)} | {target / 1e6:,.0f} | "
-              f"{'yes' if within else 'no'} |")
+        print(
+            f"| {name} | {s['steps']} | {points_per_second:,.0f} | {seconds_per_step * passes:,.0f} | "
+            f"{s['load_seconds']:.1f} | {', '.join(f'{p:,.0f}' for p in peaks)} | {target / 1e6:,.0f} | "
+            f"{'yes' if within else 'no'} |"
+        )
 
 
 if __name__ == "__main__":

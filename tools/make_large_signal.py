@@ -30,8 +30,8 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -40,8 +40,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from dint.core.errors import DintError  # noqa: E402
-from dint.data.readers import ReadOptions, read_source  # noqa: E402
 from dint.core.files import sha256_of, staged  # noqa: E402
+from dint.data.readers import ReadOptions, read_source  # noqa: E402
 from dint.data.store import SignalInfo, check_destination, default_chunks, write_store  # noqa: E402
 
 TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zstd": "zstd", "lzw": "lzw"}
@@ -73,8 +73,10 @@ def resampled_block(source: np.ndarray, box: tuple[slice, ...], out_shape: tuple
     """The (bz, by, bx, C) block `box` of `source` (Z, Y, X, C) resampled to `out_shape` (Z, Y, X)."""
     dtype = source.dtype
     if method == "nearest":
-        index = [np.floor(_sample_positions(b.start, b.stop, n, s) + 0.5).astype(np.intp)
-                 for b, n, s in zip(box, out_shape, source.shape)]
+        index = [
+            np.floor(_sample_positions(b.start, b.stop, n, s) + 0.5).astype(np.intp)
+            for b, n, s in zip(box, out_shape, source.shape)
+        ]
         return source[np.ix_(*index, np.arange(source.shape[3]))]
     block = source
     for axis, (b, n, s) in enumerate(zip(box, out_shape, source.shape)):
@@ -97,8 +99,9 @@ def resampled_block(source: np.ndarray, box: tuple[slice, ...], out_shape: tuple
 # Lazy arrays
 
 
-def lazy(shape: tuple[int, ...], chunks: tuple[int, ...], dtype, block: Callable[[tuple[slice, ...]], np.ndarray],
-         name: str):
+def lazy(
+    shape: tuple[int, ...], chunks: tuple[int, ...], dtype, block: Callable[[tuple[slice, ...]], np.ndarray], name: str
+):
     """A dask array whose every chunk is `block(box)`, computed only when that chunk is."""
     import dask.array as da
     from dask.array.core import normalize_chunks
@@ -107,8 +110,9 @@ def lazy(shape: tuple[int, ...], chunks: tuple[int, ...], dtype, block: Callable
         location = block_info[None]["array-location"]
         return block(tuple(slice(a, b) for a, b in location))
 
-    return da.map_blocks(task, chunks=normalize_chunks(chunks, shape), dtype=dtype, name=name,
-                         meta=np.empty((0,) * len(shape), dtype))
+    return da.map_blocks(
+        task, chunks=normalize_chunks(chunks, shape), dtype=dtype, name=name, meta=np.empty((0,) * len(shape), dtype)
+    )
 
 
 # Writers
@@ -124,19 +128,27 @@ def write_tiff(values, out: Path, tile: int, compression: str, description: str)
     def tiles():
         for r in range(rows):
             # One row of tiles computed at a time (in parallel), then handed out tile by tile.
-            strip = values[r * tile:(r + 1) * tile].compute(scheduler="threads")
+            strip = values[r * tile : (r + 1) * tile].compute(scheduler="threads")
             for c in range(cols):
-                block = strip[:, c * tile:(c + 1) * tile]
+                block = strip[:, c * tile : (c + 1) * tile]
                 if block.shape[:2] != (tile, tile):
                     block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1]), (0, 0)))
                 yield block if channels > 1 else block[..., 0]
 
     codec = TIFF_COMPRESSIONS[compression]
     with staged(out) as tmp:
-        tifffile.imwrite(tmp, tiles(), shape=(height, width, channels) if channels > 1 else (height, width),
-                         dtype=values.dtype, tile=(tile, tile), bigtiff=True,
-                         photometric="rgb" if channels == 3 else "minisblack",
-                         compression=codec, description=description, metadata=None)
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(height, width, channels) if channels > 1 else (height, width),
+            dtype=values.dtype,
+            tile=(tile, tile),
+            bigtiff=True,
+            photometric="rgb" if channels == 3 else "minisblack",
+            compression=codec,
+            description=description,
+            metadata=None,
+        )
 
 
 def write_npy(values, out: Path) -> None:
@@ -211,11 +223,17 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--size", required=True, help="output side (one number), or one per axis (e.g. 1024,2048)")
         sub.add_argument("--chunk", type=int, default=None, help="store chunk side (default: dint-shard's)")
         sub.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-        sub.add_argument("out", type=Path, help="OUT.zarr (a dint store), OUT.npy" + (", OUT.tif" if kind == "image" else ""))
+        sub.add_argument(
+            "out", type=Path, help="OUT.zarr (a dint store), OUT.npy" + (", OUT.tif" if kind == "image" else "")
+        )
         if kind == "image":
             sub.add_argument("--tile", type=int, default=512, help="TIFF tile side (multiple of 16; default 512)")
-            sub.add_argument("--compression", choices=sorted(TIFF_COMPRESSIONS), default="deflate",
-                             help="TIFF compression (default deflate)")
+            sub.add_argument(
+                "--compression",
+                choices=sorted(TIFF_COMPRESSIONS),
+                default="deflate",
+                help="TIFF compression (default deflate)",
+            )
         else:
             sub.add_argument("--method", choices=("linear", "nearest"), default="linear")
     args = parser.parse_args(argv)
@@ -236,14 +254,18 @@ def main(argv: list[str] | None = None) -> int:
         elif suffix == ".zarr":
             write_store(values, info, out, overwrite=args.overwrite)
         else:
-            raise DintError(f"{out}: write OUT.zarr (a dint store), OUT.npy" +
-                            (" or OUT.tif (a tiled BigTIFF)" if args.kind == "image" else ""))
+            raise DintError(
+                f"{out}: write OUT.zarr (a dint store), OUT.npy"
+                + (" or OUT.tif (a tiled BigTIFF)" if args.kind == "image" else "")
+            )
     except DintError as e:
         print(f"make_large_signal: error: {e}", file=sys.stderr)
         return 2
     raw = math.prod(values.shape) * values.dtype.itemsize
-    print(f"{out}: {info.source_name}, {'x'.join(map(str, values.shape))} {info.dtype} "
-          f"({raw / 1e9:.2f} GB raw), written in {time.perf_counter() - started:.1f} s")
+    print(
+        f"{out}: {info.source_name}, {'x'.join(map(str, values.shape))} {info.dtype} "
+        f"({raw / 1e9:.2f} GB raw), written in {time.perf_counter() - started:.1f} s"
+    )
     return 0
 
 

@@ -22,18 +22,26 @@ import os
 import statistics
 from pathlib import Path
 
-from dint.train.metrics import quality_curve, time_to_reach
-from dint.observe.plots import quality_vs_time
 from dint.core.config import TeacherConfig, load_config
 from dint.core.errors import DintError
-from dint.distributed.collectives import on_rank0
 from dint.core.files import check_input, claim_folder, write_outputs
+from dint.distributed.collectives import on_rank0
+from dint.observe.plots import quality_vs_time
+from dint.train.metrics import quality_curve, time_to_reach
 
 REFERENCE = "full"
 
 # Every preset sets the whole teacher section, so a row means the same whatever the config says.
-_PAPER_INT = {"strategy": "int", "ratio": 0.2, "ratio_schedule": "step", "interval_schedule": "incremental",
-              "interval": 1, "error": "l1", "random_share": 0.0, "error_refresh": 1}
+_PAPER_INT = {
+    "strategy": "int",
+    "ratio": 0.2,
+    "ratio_schedule": "step",
+    "interval_schedule": "incremental",
+    "interval": 1,
+    "error": "l1",
+    "random_share": 0.0,
+    "error_refresh": 1,
+}
 TEACHERS: dict[str, dict[str, object]] = {
     "full": {"teacher.strategy": "full"},
     "int": {f"teacher.{k}": v for k, v in _PAPER_INT.items()},  # the paper's INT, exactly
@@ -47,8 +55,10 @@ def parse_teacher(spec: str) -> tuple[str, dict[str, str]]:
     """`name` or `name:section.key=value;section.key=value` -> (label, overrides as text)."""
     name, _, extra = spec.partition(":")
     if name not in TEACHERS:
-        raise DintError(f"--teachers: unknown teacher {name!r} (known: {', '.join(TEACHERS)}; add settings as "
-                        "name:section.key=value;...)")
+        raise DintError(
+            f"--teachers: unknown teacher {name!r} (known: {', '.join(TEACHERS)}; add settings as "
+            "name:section.key=value;...)"
+        )
     settings = {key: _text(value) for key, value in TEACHERS[name].items()}
     for item in filter(None, extra.split(";")):
         key, eq, value = item.partition("=")
@@ -83,14 +93,24 @@ def relative_settings(config_path: str | None, overrides: dict[str, str], settin
     return resolved
 
 
-def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path,
-            eval_every: int) -> dict:
+def run_one(
+    config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path, eval_every: int
+) -> dict:
     """Train once; the run's summary and its quality curve [(train seconds, quality)]."""
     from dint.train.trainer import Trainer
 
     settings = relative_settings(config_path, overrides, settings)
-    config = load_config(config_path, {**overrides, **settings, "run.dir": str(run_dir), "eval.every": str(eval_every),
-                                       "checkpoint.resume": "never", "eval.reconstruction": "false"})
+    config = load_config(
+        config_path,
+        {
+            **overrides,
+            **settings,
+            "run.dir": str(run_dir),
+            "eval.every": str(eval_every),
+            "checkpoint.resume": "never",
+            "eval.reconstruction": "false",
+        },
+    )
     trainer = Trainer(config)
     summary = trainer.train()
     key = "iou" if trainer.info.modality == "shape" else "psnr"
@@ -99,8 +119,15 @@ def run_one(config_path: str | None, overrides: dict[str, str], settings: dict[s
     return {"summary": summary, "curve": curve, "step_curve": step_curve, "quality_key": key, "config": config}
 
 
-def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str], repeats: int, out: Path,
-          eval_every: int, is_main: bool) -> dict:
+def bench(
+    config_path: str | None,
+    overrides: dict[str, str],
+    teachers: list[str],
+    repeats: int,
+    out: Path,
+    eval_every: int,
+    is_main: bool,
+) -> dict:
     specs = [parse_teacher(t) for t in teachers]
     on_rank0(lambda: claim_folder(out, "dint bench's outputs"), _device_of(config_path, overrides))
     if REFERENCE not in [label for label, _ in specs]:
@@ -116,21 +143,33 @@ def bench(config_path: str | None, overrides: dict[str, str], teachers: list[str
             if label == REFERENCE:
                 reference = final
             config_dict = config_dict or {k: v for k, v in result["config"].to_dict().items() if k != "teacher"}
-            runs.append({
-                "teacher": label, "settings": settings, "repeat": repeat,
-                f"final_{key}": final, "train_seconds": summary["train_seconds"],
-                "select_seconds": summary["select_seconds"], "update_seconds": summary["update_seconds"],
-                "steps": summary["steps"], "curve": [[round(t, 4), q] for t, q in curve],
-                "curve_steps": [step for step, _ in result["step_curve"]],
-                "time_to_reference": time_to_reach(curve, reference),
-                # Steps do not move with the machine's speed or load: a comparison free of timing noise.
-                "steps_to_reference": time_to_reach(result["step_curve"], reference),
-            })
+            runs.append(
+                {
+                    "teacher": label,
+                    "settings": settings,
+                    "repeat": repeat,
+                    f"final_{key}": final,
+                    "train_seconds": summary["train_seconds"],
+                    "select_seconds": summary["select_seconds"],
+                    "update_seconds": summary["update_seconds"],
+                    "steps": summary["steps"],
+                    "curve": [[round(t, 4), q] for t, q in curve],
+                    "curve_steps": [step for step, _ in result["step_curve"]],
+                    "time_to_reference": time_to_reach(curve, reference),
+                    # Steps do not move with the machine's speed or load: a comparison free of timing noise.
+                    "steps_to_reference": time_to_reach(result["step_curve"], reference),
+                }
+            )
     result = {"config": config_dict, "reference": REFERENCE, "quality": key, "runs": runs}
     if is_main:  # into the folder claimed above
-        write_outputs(out, {"bench.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
-                            "bench.md": lambda tmp: tmp.write_text(bench_table(result) + "\n"),
-                            "quality_vs_time.png": lambda tmp: plot(result, tmp)})
+        write_outputs(
+            out,
+            {
+                "bench.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
+                "bench.md": lambda tmp: tmp.write_text(bench_table(result) + "\n"),
+                "quality_vs_time.png": lambda tmp: plot(result, tmp),
+            },
+        )
     return result
 
 
@@ -162,18 +201,23 @@ def bench_table(result: dict) -> str:
     for run in result["runs"]:
         by_teacher.setdefault(run["teacher"], []).append(run)
     reference_seconds = statistics.fmean(r["train_seconds"] for r in by_teacher[result["reference"]])
-    lines = [f"| teacher | final {key} | train s | s/step | selection share | time to {result['reference']}'s "
-             f"final {key} (s) | speed-up vs {result['reference']} | steps to it |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| teacher | final {key} | train s | s/step | selection share | time to {result['reference']}'s "
+        f"final {key} (s) | speed-up vs {result['reference']} | steps to it |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for teacher, runs in by_teacher.items():
         reached = [r["time_to_reference"] for r in runs if r["time_to_reference"] is not None]
         seconds = statistics.fmean(r["train_seconds"] for r in runs)
         speedup = f"{reference_seconds / statistics.fmean(reached):.2f}x" if len(reached) == len(runs) else "—"
         steps = [r.get("steps_to_reference") for r in runs]
         steps = mean_spread(steps, digits=0) if None not in steps else "not reached"
-        lines.append(f"| {teacher} | {mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
-                     f"{seconds / runs[0]['steps']:.4f} | "
-                     f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
-                     f"{mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |")
+        lines.append(
+            f"| {teacher} | {mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
+            f"{seconds / runs[0]['steps']:.4f} | "
+            f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
+            f"{mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |"
+        )
     return "\n".join(lines)
 
 
@@ -181,8 +225,14 @@ def plot(result: dict, path: Path) -> None:
     colours, curves = {}, []
     for run in result["runs"]:
         colour = colours.setdefault(run["teacher"], f"C{len(colours) % 10}")
-        curves.append({"curve": run["curve"], "colour": colour, "alpha": 0.9 if run["repeat"] == 0 else 0.4,
-                       "label": run["teacher"] if run["repeat"] == 0 else None})
+        curves.append(
+            {
+                "curve": run["curve"],
+                "colour": colour,
+                "alpha": 0.9 if run["repeat"] == 0 else 0.4,
+                "label": run["teacher"] if run["repeat"] == 0 else None,
+            }
+        )
     reference = [r[f"final_{result['quality']}"] for r in result["runs"] if r["teacher"] == result["reference"]]
     line = None
     if reference and all(math.isfinite(q) for q in reference):
@@ -200,8 +250,12 @@ def read_bench(folder: Path) -> dict:
         raise DintError(f"{path}: not found (a folder written by dint bench)") from None
     except (OSError, ValueError) as e:
         raise DintError(f"{path}: unreadable ({e})") from None
-    if not (isinstance(result, dict) and isinstance(result.get("runs"), list) and result.get("quality")
-            and all(isinstance(r, dict) and "teacher" in r for r in result["runs"])):
+    if not (
+        isinstance(result, dict)
+        and isinstance(result.get("runs"), list)
+        and result.get("quality")
+        and all(isinstance(r, dict) and "teacher" in r for r in result["runs"])
+    ):
         raise DintError(f"{path}: not a dint bench result (no runs)")
     return result
 
@@ -232,9 +286,12 @@ def summary_table(benches: list[dict], margin: float = 0.5, uniform: str = "unif
         return mean_spread(values, digits, none="—", alone=False)
 
     shown = f"{uniform.split(':')[0]}'s{'*' if ':' in uniform else ''}"
-    lines = [f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
-             f"/ {shown} | / int's | reached on | time to full's final - {margin:g} / full's | "
-             f"steps to full's final / {shown} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| teacher | final {key} | train s | selection share | time to full's final / full's time | "
+        f"/ {shown} | / int's | reached on | time to full's final - {margin:g} / full's | "
+        f"steps to full's final / {shown} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for teacher in teachers:
         finals, seconds, shares, vs = [], [], [], {"full": [], "uniform": [], "int": []}
         reached, near, steps = 0, [], []
@@ -257,7 +314,9 @@ def summary_table(benches: list[dict], margin: float = 0.5, uniform: str = "unif
                 theirs = mean_of(bench, label, "time_to_reference")
                 if theirs:
                     vs[other].append(mine / theirs)
-        lines.append(f"| {teacher} | {spread(finals)} | {spread(seconds, 1)} | {spread([100 * s for s in shares], 1)} % | "
-                     f"{spread(vs['full'])} | {spread(vs['uniform'])} | {spread(vs['int'])} | {reached} of {len(benches)} | "
-                     f"{spread(near)} ({len(near)} of {len(benches)}) | {spread(steps)} |")
+        lines.append(
+            f"| {teacher} | {spread(finals)} | {spread(seconds, 1)} | {spread([100 * s for s in shares], 1)} % | "
+            f"{spread(vs['full'])} | {spread(vs['uniform'])} | {spread(vs['int'])} | {reached} of {len(benches)} | "
+            f"{spread(near)} ({len(near)} of {len(benches)}) | {spread(steps)} |"
+        )
     return "\n".join(lines)

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import functools
-import math
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
-from dint.data.readers import MODALITY_CHOICES, ReadOptions, read_source
 from dint.core.files import check_input, real_path, sha256_of, shown
-from dint.data.store import SignalInfo, check_chunk_count, check_destination, default_chunks, default_domain, open_store, write_store
+from dint.data.readers import MODALITY_CHOICES, ReadOptions, read_source
+from dint.data.store import (
+    SignalInfo,
+    check_chunk_count,
+    check_destination,
+    default_chunks,
+    default_domain,
+    open_store,
+    write_store,
+)
 
 BUILTIN_SIGNALS = {
     # scikit-image ships this 512x512 grey photograph (CC0) in its wheel.
     "cameraman": lambda: Path(__import__("skimage").__file__).parent / "data" / "camera.png",
 }
 
-app = typer.Typer(help="dint: distributed Implicit Neural Teaching for neural fields.", add_completion=False,
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="dint: distributed Implicit Neural Teaching for neural fields.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 shard_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -60,31 +71,47 @@ def resolve_source(src: str) -> Path:
     if src.startswith("builtin:"):
         name = src.removeprefix("builtin:")
         if name not in BUILTIN_SIGNALS:
-            raise DintError(f"{src}: unknown built-in signal (known: {', '.join('builtin:' + n for n in BUILTIN_SIGNALS)})")
+            raise DintError(
+                f"{src}: unknown built-in signal (known: {', '.join('builtin:' + n for n in BUILTIN_SIGNALS)})"
+            )
         return BUILTIN_SIGNALS[name]()
     return Path(src)
 
 
 @one_line_errors("dint-shard")
 def shard(
-    src: str = typer.Argument(..., help="Signal file (audio, image, volume, mesh), a folder of image "
-                             "tiles named <prefix><row>_<col>.<ext> (e.g. tile_0_0.png), or builtin:cameraman."),
+    src: str = typer.Argument(
+        ...,
+        help="Signal file (audio, image, volume, mesh), a folder of image "
+        "tiles named <prefix><row>_<col>.<ext> (e.g. tile_0_0.png), or builtin:cameraman.",
+    ),
     dest: Path = typer.Argument(..., help="The zarr v3 store to write, e.g. signal.zarr."),
     modality: str = typer.Option("auto", "--modality", help="auto (from the file), audio, image, volume or shape."),
-    chunk: Optional[int] = typer.Option(None, "--chunk", help="Chunk side per spatial axis (default: 65536 audio, 256 images, 64 volumes)."),
+    chunk: int | None = typer.Option(
+        None, "--chunk", help="Chunk side per spatial axis (default: 65536 audio, 256 images, 64 volumes)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DEST if it exists."),
     keep_alpha: bool = typer.Option(False, "--keep-alpha", help="Keep an image's alpha channel (dropped by default)."),
-    shape: Optional[str] = typer.Option(None, "--shape", help="Raw binaries: spatial shape, e.g. 93,64,64."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Raw binaries: sample type, e.g. uint16, <f4."),
+    shape: str | None = typer.Option(None, "--shape", help="Raw binaries: spatial shape, e.g. 93,64,64."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Raw binaries: sample type, e.g. uint16, <f4."),
     resolution: int = typer.Option(256, "--resolution", help="Meshes: grid points per axis."),
     field: str = typer.Option("occupancy", "--field", help="Meshes: occupancy (inside = 1) or sdf."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Keep a box of the signal: start:stop per spatial "
-                                       "axis, e.g. 1000:2024,1500:2524 (read lazily, out of core)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="A dask.distributed scheduler address, e.g. "
-                                            "tcp://head:8786: its workers read and write the chunks (SRC and DEST "
-                                            "on a filesystem they share)."),
-    scheduler_timeout: float = typer.Option(10.0, "--scheduler-timeout", help="Seconds to wait for --scheduler to "
-                                            "answer before giving up."),
+    crop: str | None = typer.Option(
+        None,
+        "--crop",
+        help="Keep a box of the signal: start:stop per spatial "
+        "axis, e.g. 1000:2024,1500:2524 (read lazily, out of core).",
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="A dask.distributed scheduler address, e.g. "
+        "tcp://head:8786: its workers read and write the chunks (SRC and DEST "
+        "on a filesystem they share).",
+    ),
+    scheduler_timeout: float = typer.Option(
+        10.0, "--scheduler-timeout", help="Seconds to wait for --scheduler to answer before giving up."
+    ),
 ) -> None:
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
@@ -120,10 +147,14 @@ def shard(
         raise DintError(f"{shown(src)}: its {key.replace('_', ' ')} {list(getattr(info, key))} {what}")
     if scheduler_timeout <= 0:
         raise DintError(f"--scheduler-timeout {scheduler_timeout:g}: must be a positive number of seconds")
-    write_store(source.values, info, dest, overwrite=overwrite, scheduler=scheduler, scheduler_timeout=scheduler_timeout)
+    write_store(
+        source.values, info, dest, overwrite=overwrite, scheduler=scheduler, scheduler_timeout=scheduler_timeout
+    )
     seconds = time.perf_counter() - started
-    print(f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
-          f"chunks {'x'.join(map(str, info.chunks))}, written in {seconds:.1f} s")
+    print(
+        f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
+        f"chunks {'x'.join(map(str, info.chunks))}, written in {seconds:.1f} s"
+    )
 
 
 def _parse_crop(text: str, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -159,8 +190,15 @@ def _read_options(modality, chunk, keep_alpha, shape, dtype, resolution, field) 
                 raise ValueError
         except ValueError:
             raise DintError(f"--shape {shape}: expected positive integers separated by commas, e.g. 93,64,64") from None
-    return ReadOptions(modality=modality, keep_alpha=keep_alpha, shape=parsed_shape, dtype=dtype,
-                       resolution=resolution, field=field, chunk=chunk)
+    return ReadOptions(
+        modality=modality,
+        keep_alpha=keep_alpha,
+        shape=parsed_shape,
+        dtype=dtype,
+        resolution=resolution,
+        field=field,
+        chunk=chunk,
+    )
 
 
 @one_line_errors("dint info")
@@ -217,19 +255,38 @@ def _open_store_or_pyramid(path: Path):
 @one_line_errors("dint render")
 def render(
     run_dir: Path = typer.Argument(..., help="A training run folder (holding model.pt)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Pyramid to write, e.g. render.zarr (default: "
-                                       "RUN_DIR/reconstruction_<shape>.zarr). Replaced if it exists."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Samples per store sample: one factor for every "
-                                        "axis or one per axis, e.g. 2, 0.25, 1/3 or 2,2,1 (default 1)."),
-    resolution: Optional[str] = typer.Option(None, "--resolution", help="Samples per axis instead of --scale: "
-                                             "one number for every axis, or one per axis (e.g. 1024,768)."),
-    region: Optional[str] = typer.Option(None, "--region", help="A window of the store in its own sample indices, "
-                                         "start:stop per axis (e.g. 1000:2000,0:512; an empty end is the axis end), "
-                                         "rendered at the chosen scale."),
-    chunk: Optional[int] = typer.Option(None, "--chunk", help="Chunk side per spatial axis of the output "
-                                        "(default: the store's at 1x, else 256 images / 64 volumes)."),
-    pyramid_top: int = typer.Option(512, "--pyramid-top", help="Add 2x-downsampled levels until the largest "
-                                    "side is at most this."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Pyramid to write, e.g. render.zarr (default: "
+        "RUN_DIR/reconstruction_<shape>.zarr). Replaced if it exists.",
+    ),
+    scale: str | None = typer.Option(
+        None,
+        "--scale",
+        help="Samples per store sample: one factor for every "
+        "axis or one per axis, e.g. 2, 0.25, 1/3 or 2,2,1 (default 1).",
+    ),
+    resolution: str | None = typer.Option(
+        None,
+        "--resolution",
+        help="Samples per axis instead of --scale: one number for every axis, or one per axis (e.g. 1024,768).",
+    ),
+    region: str | None = typer.Option(
+        None,
+        "--region",
+        help="A window of the store in its own sample indices, "
+        "start:stop per axis (e.g. 1000:2000,0:512; an empty end is the axis end), "
+        "rendered at the chosen scale.",
+    ),
+    chunk: int | None = typer.Option(
+        None,
+        "--chunk",
+        help="Chunk side per spatial axis of the output (default: the store's at 1x, else 256 images / 64 volumes).",
+    ),
+    pyramid_top: int = typer.Option(
+        512, "--pyramid-top", help="Add 2x-downsampled levels until the largest side is at most this."
+    ),
     block_points: int = typer.Option(65536, "--block-points", help="Points per forward block."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
@@ -237,9 +294,9 @@ def render(
 
     Run under torchrun to split the work: every rank renders and writes its own chunks.
     """
-    from dint.train.checkpoint import load_trained
     from dint.distributed.collectives import destroy_distributed, init_distributed
     from dint.fields.render import plan_grid, render_pyramid
+    from dint.train.checkpoint import load_trained
 
     started = time.perf_counter()
     if not run_dir.is_dir():
@@ -249,14 +306,20 @@ def render(
         raise DintError("--scale and --resolution both given: choose one")
     if device not in ("auto", "cpu", "cuda"):
         raise DintError(f"--device {device}: must be auto, cpu or cuda")
-    for option, value, least in (("--chunk", chunk, 1), ("--pyramid-top", pyramid_top, 1),
-                                 ("--block-points", block_points, 1)):
+    for option, value, least in (
+        ("--chunk", chunk, 1),
+        ("--pyramid-top", pyramid_top, 1),
+        ("--block-points", block_points, 1),
+    ):
         if value is not None and value < least:
             raise DintError(f"{option} {value}: must be at least {least}")
     box = _parse_region(region, signal.shape) if region is not None else None
-    grid = plan_grid(signal, scale=_parse_scale(scale, signal.ndim) if scale is not None else None,
-                     resolution=_parse_resolution(resolution, signal.ndim) if resolution is not None else None,
-                     region=box)
+    grid = plan_grid(
+        signal,
+        scale=_parse_scale(scale, signal.ndim) if scale is not None else None,
+        resolution=_parse_resolution(resolution, signal.ndim) if resolution is not None else None,
+        region=box,
+    )
     dest = out or run_dir / _default_render_name(grid, signal.shape)
     previews_replaceable = _check_render_destination(dest, run_dir)
     chunks = tuple(min(chunk, n) for n in grid.shape) if chunk else None
@@ -265,19 +328,31 @@ def render(
     dist = init_distributed(device)
     try:
         model.to(dist.device)
-        outputs = render_pyramid(model, signal, grid, dest, device=dist.device, rank=dist.rank,
-                                 world_size=dist.world_size, block_points=block_points, chunks=chunks,
-                                 top_side=pyramid_top, previews_replaceable=previews_replaceable)
+        outputs = render_pyramid(
+            model,
+            signal,
+            grid,
+            dest,
+            device=dist.device,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            block_points=block_points,
+            chunks=chunks,
+            top_side=pyramid_top,
+            previews_replaceable=previews_replaceable,
+        )
     finally:
         destroy_distributed()
     if dist.is_main:
         from dint.data.pyramid import open_pyramid
 
         levels = open_pyramid(dest).info.extra["pyramid"]["paths"]
-        print(f"{dest}: {signal.modality} {'x'.join(map(str, grid.shape))} "
-              f"(scale {','.join(f'{s:g}' for s in grid.scale)} of {'x'.join(map(str, signal.shape))}), "
-              f"{len(levels)} levels, {dist.world_size} rank(s), {time.perf_counter() - started:.1f} s; "
-              f"wrote {', '.join(outputs.values())}")
+        print(
+            f"{dest}: {signal.modality} {'x'.join(map(str, grid.shape))} "
+            f"(scale {','.join(f'{s:g}' for s in grid.scale)} of {'x'.join(map(str, signal.shape))}), "
+            f"{len(levels)} levels, {dist.world_size} rank(s), {time.perf_counter() - started:.1f} s; "
+            f"wrote {', '.join(outputs.values())}"
+        )
 
 
 def _check_render_fits(shape: tuple[int, ...], chunks: tuple[int, ...] | None, signal: SignalInfo, dest: Path) -> None:
@@ -301,15 +376,19 @@ def _parse_scale(text: str, ndim: int) -> tuple:
     if len(factors) == 1:
         factors = factors * ndim
     if len(factors) != ndim or min(factors) <= 0:
-        raise DintError(f"--scale {text}: expected one positive factor (e.g. 2, 0.25, 1/3), or {ndim} separated by commas")
+        raise DintError(
+            f"--scale {text}: expected one positive factor (e.g. 2, 0.25, 1/3), or {ndim} separated by commas"
+        )
     return factors
 
 
 def _parse_region(text: str, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     parts = text.split(",")
     if len(parts) != len(shape):
-        raise DintError(f"--region {text}: give start:stop for each of the {len(shape)} axes of the store's "
-                        f"shape {'x'.join(map(str, shape))}")
+        raise DintError(
+            f"--region {text}: give start:stop for each of the {len(shape)} axes of the store's "
+            f"shape {'x'.join(map(str, shape))}"
+        )
     box = []
     for part, size in zip(parts, shape):
         try:
@@ -337,8 +416,14 @@ def _check_render_destination(dest: Path, run_dir: Path) -> bool:
     from dint.fields.render import preview_names
 
     if not dest.parent.is_dir():
-        raise DintError(f"{shown(dest.parent)}: " + ("not a folder, so nothing can be written inside it"
-                                                      if os.path.lexists(dest.parent) else "output folder does not exist"))
+        raise DintError(
+            f"{shown(dest.parent)}: "
+            + (
+                "not a folder, so nothing can be written inside it"
+                if os.path.lexists(dest.parent)
+                else "output folder does not exist"
+            )
+        )
     resolved, run = dest.resolve(), run_dir.resolve()
     if resolved == run or resolved in run.parents:
         raise DintError(f"--out {shown(dest)}: would replace the run folder")
@@ -348,12 +433,14 @@ def _check_render_destination(dest: Path, run_dir: Path) -> bool:
     if not companions:
         for preview in preview_names(dest).values():
             if os.path.lexists(preview):
-                raise DintError(f"--out {shown(dest)}: its preview {shown(preview)} exists and was not made by dint; "
-                                "refusing to replace it (choose another --out)")
+                raise DintError(
+                    f"--out {shown(dest)}: its preview {shown(preview)} exists and was not made by dint; "
+                    "refusing to replace it (choose another --out)"
+                )
     return companions
 
 
-def _check_shard_fits(info: SignalInfo, chunk: Optional[int]) -> None:
+def _check_shard_fits(info: SignalInfo, chunk: int | None) -> None:
     """Refuse, before reading, a conversion whose chunks cannot be planned or held: too many
     chunks for dask's task graph, or chunks too large for the threads writing them at once."""
     import math
@@ -364,8 +451,11 @@ def _check_shard_fits(info: SignalInfo, chunk: Optional[int]) -> None:
     point = info.channels * np.dtype(info.dtype).itemsize + 8  # a value, and a float64 working copy per point
     per_chunk = math.prod(info.chunks) * point * 3  # read, converted, compressed
     threads = min(os.cpu_count() or 1, count)
-    require_memory(per_chunk * threads, f"--chunk {chunk or 'default'}: {threads} chunk(s) of "
-                   f"{'x'.join(map(str, info.chunks))} points written at once ({human(per_chunk)} each)")
+    require_memory(
+        per_chunk * threads,
+        f"--chunk {chunk or 'default'}: {threads} chunk(s) of "
+        f"{'x'.join(map(str, info.chunks))} points written at once ({human(per_chunk)} each)",
+    )
 
 
 def _parse_resolution(text: str, ndim: int) -> tuple[int, ...]:
@@ -380,21 +470,37 @@ def _parse_resolution(text: str, ndim: int) -> tuple[int, ...]:
 @one_line_errors("dint bench")
 def bench(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", help="The training config (TOML) every teacher runs."),
-    teachers: str = typer.Option("full,uniform,int,default", "--teachers", help="Comma-separated teachers: "
-                                 "presets (full, uniform, int = the paper's INT, default = dint's default teacher), "
-                                 "each optionally with settings, e.g. default:model.init_scale=1;teacher.ratio=0.3."),
-    repeats: int = typer.Option(1, "--repeats", help="Runs per teacher (the seed is the same: repeats show timing noise)."),
-    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for bench.json, bench.md, "
-                             "quality_vs_time.png and the runs."),
+    config: Path | None = typer.Option(None, "--config", help="The training config (TOML) every teacher runs."),
+    teachers: str = typer.Option(
+        "full,uniform,int,default",
+        "--teachers",
+        help="Comma-separated teachers: "
+        "presets (full, uniform, int = the paper's INT, default = dint's default teacher), "
+        "each optionally with settings, e.g. default:model.init_scale=1;teacher.ratio=0.3.",
+    ),
+    repeats: int = typer.Option(
+        1, "--repeats", help="Runs per teacher (the seed is the same: repeats show timing noise)."
+    ),
+    out: Path = typer.Option(
+        Path("runs/bench"), "--out", help="Folder for bench.json, bench.md, quality_vs_time.png and the runs."
+    ),
     eval_every: int = typer.Option(50, "--eval-every", help="Steps between quality measurements (outside the clock)."),
-    from_benches: Optional[list[Path]] = typer.Option(None, "--from", help="Instead of training: one table over "
-                                                      "finished benches (one per signal, repeatable), written to "
-                                                      "OUT/summary.md."),
-    margin: float = typer.Option(0.5, "--margin", help="With --from: a column for the time to full's final quality "
-                                 "less this much."),
-    uniform: str = typer.Option("uniform", "--uniform", help="With --from: the row the '/ uniform's' columns divide "
-                                "by, e.g. a uniform teacher with the settings of the teacher compared."),
+    from_benches: list[Path] | None = typer.Option(
+        None,
+        "--from",
+        help="Instead of training: one table over "
+        "finished benches (one per signal, repeatable), written to "
+        "OUT/summary.md.",
+    ),
+    margin: float = typer.Option(
+        0.5, "--margin", help="With --from: a column for the time to full's final quality less this much."
+    ),
+    uniform: str = typer.Option(
+        "uniform",
+        "--uniform",
+        help="With --from: the row the '/ uniform's' columns divide "
+        "by, e.g. a uniform teacher with the settings of the teacher compared.",
+    ),
 ) -> None:
     """Time to quality: train the same signal with each teacher in turn and compare them.
 
@@ -412,7 +518,9 @@ def bench(
         if not math.isfinite(margin):
             raise DintError(f"--margin {margin}: must be a finite number of dB")
         text = summary_table([read_bench(folder) for folder in from_benches], margin, uniform)
-        write_outputs(claim_folder(out, "dint bench's outputs"), {"summary.md": lambda tmp: tmp.write_text(text + "\n")})
+        write_outputs(
+            claim_folder(out, "dint bench's outputs"), {"summary.md": lambda tmp: tmp.write_text(text + "\n")}
+        )
         print(text)
         print(f"dint bench: wrote {out / 'summary.md'}")
         return
@@ -445,23 +553,41 @@ def _int_list(option: str, text: str) -> list[int]:
 @one_line_errors("dint scale")
 def scale(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", help="The training config (TOML) every size runs."),
+    config: Path | None = typer.Option(None, "--config", help="The training config (TOML) every size runs."),
     ranks: str = typer.Option("1,2", "--ranks", help="Comma-separated numbers of ranks, e.g. 1,2,4,8."),
-    nodes: str = typer.Option("1", "--nodes", help="Nodes per size: one number for every size, or one per size; "
-                              "more than 1 starts that many torchrun agents on this machine (c10d on 127.0.0.1)."),
-    mode: str = typer.Option("strong", "--mode", help="strong: the same signal at every size; weak: --data.store "
-                             "with {ranks} in it names a signal per size that grows with the ranks."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Steps per run (train.steps); default: the config's."),
-    out: Path = typer.Option(Path("runs/scale"), "--out", help="Folder for scaling.json, scaling.md, the plots "
-                             "and the runs."),
+    nodes: str = typer.Option(
+        "1",
+        "--nodes",
+        help="Nodes per size: one number for every size, or one per size; "
+        "more than 1 starts that many torchrun agents on this machine (c10d on 127.0.0.1).",
+    ),
+    mode: str = typer.Option(
+        "strong",
+        "--mode",
+        help="strong: the same signal at every size; weak: --data.store "
+        "with {ranks} in it names a signal per size that grows with the ranks.",
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Steps per run (train.steps); default: the config's."),
+    out: Path = typer.Option(
+        Path("runs/scale"), "--out", help="Folder for scaling.json, scaling.md, the plots and the runs."
+    ),
     threads: int = typer.Option(1, "--threads", help="OMP_NUM_THREADS of each rank."),
-    target_psnr: Optional[float] = typer.Option(None, "--target-psnr", help="PSNR whose time to reach is reported; "
-                                                "default: the smallest size's final PSNR less 0.5 dB."),
-    eval_every: int = typer.Option(0, "--eval-every", help="Steps between evaluations (outside the clock) for the "
-                                   "time to target; default: a tenth of the steps."),
+    target_psnr: float | None = typer.Option(
+        None,
+        "--target-psnr",
+        help="PSNR whose time to reach is reported; default: the smallest size's final PSNR less 0.5 dB.",
+    ),
+    eval_every: int = typer.Option(
+        0,
+        "--eval-every",
+        help="Steps between evaluations (outside the clock) for the time to target; default: a tenth of the steps.",
+    ),
     timeout: float = typer.Option(3600.0, "--timeout", help="Seconds a size may take before it counts as failed."),
-    from_runs: Optional[list[Path]] = typer.Option(None, "--from", help="Build the report from finished run "
-                                                   "folders instead of training (e.g. a cluster's sweep); repeatable."),
+    from_runs: list[Path] | None = typer.Option(
+        None,
+        "--from",
+        help="Build the report from finished run folders instead of training (e.g. a cluster's sweep); repeatable.",
+    ),
 ) -> None:
     """Scaling study: train the config at each number of ranks; throughput, efficiency, the
     step's time split, bytes, imbalance and time to a PSNR, as scaling.json, scaling.md and plots.
@@ -488,27 +614,52 @@ def scale(
         if steps is not None:
             overrides["train.steps"] = str(steps)
         # Check the config once, here, so a bad key is one line rather than a failure per rank.
-        checked = load_config(str(config) if config else None,
-                              {**overrides, **({"data.store": overrides.get("data.store", "").format(ranks=sizes[0])}
-                                               if mode == "weak" and "data.store" in overrides else {})})
+        checked = load_config(
+            str(config) if config else None,
+            {
+                **overrides,
+                **(
+                    {"data.store": overrides.get("data.store", "").format(ranks=sizes[0])}
+                    if mode == "weak" and "data.store" in overrides
+                    else {}
+                ),
+            },
+        )
         if "eval.every" not in overrides:
             overrides["eval.every"] = str(eval_every or max(1, checked.train.steps // 10))
         if threads < 1 or timeout <= 0:
             raise DintError("--threads and --timeout must be positive")
-        result = scaling.scale(str(config) if config else None, overrides, list(zip(sizes, node_counts)), mode, out,
-                               threads, target_psnr, timeout)
+        result = scaling.scale(
+            str(config) if config else None,
+            overrides,
+            list(zip(sizes, node_counts)),
+            mode,
+            out,
+            threads,
+            target_psnr,
+            timeout,
+        )
     print(scaling.scaling_table(result))
-    print(f"dint scale: wrote {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}, "
-          f"{out / 'step_split.png'}")
+    print(
+        f"dint scale: wrote {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}, "
+        f"{out / 'step_split.png'}"
+    )
 
 
 @one_line_errors("dint report")
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders (run.dir of trainings), finished or still training."),
-    target: Optional[float] = typer.Option(None, "--target", help="Quality (PSNR in dB, IoU for shapes) whose time "
-                                           "to reach is compared; default: the highest every run has reached."),
-    plot: Path = typer.Option(Path("report.png"), "--plot", help="Where to write the plot of quality against "
-                              "training time (replaces only a PNG dint wrote)."),
+    target: float | None = typer.Option(
+        None,
+        "--target",
+        help="Quality (PSNR in dB, IoU for shapes) whose time "
+        "to reach is compared; default: the highest every run has reached.",
+    ),
+    plot: Path = typer.Option(
+        Path("report.png"),
+        "--plot",
+        help="Where to write the plot of quality against training time (replaces only a PNG dint wrote).",
+    ),
     no_plot: bool = typer.Option(False, "--no-plot", help="Print the table only."),
 ) -> None:
     """Compare runs: state, teacher, steps, quality, training seconds and time to a quality,
@@ -536,8 +687,9 @@ app.command("render")(render)
 app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(bench)
 app.command("scale", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(scale)
 app.command("report")(report)
-app.command("train", add_help_option=False,
-            context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)
+app.command(
+    "train", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)(train)
 shard_app.command()(shard)
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@
 with N points, a mean share r of them trained per step, k_local = r N / W, P parameters,
 and for the collectives the usual alpha-beta terms on W ranks: allreduce(n) = the faster of a
 ring, 2 (W-1) alpha + 2 (W-1)/W n / B, and a tree, 2 log2(W) alpha + 2 n / B;
-allgather(m per rank) = (W-1) (alpha + m / B); alltoall(m per rank) = (W-1) alpha + m / B. Alpha and B are the intra-node figures up to one
-node of GPUs and the inter-node ones beyond (the slowest link of a ring sets its pace).
+allgather(m per rank) = (W-1) (alpha + m / B); alltoall(m per rank) = (W-1) alpha + m / B.
+Alpha and B are the intra-node figures up to one node of GPUs and the inter-node ones beyond
+(the slowest link of a ring sets its pace).
 
 The per-point compute rates come from a measured run (seconds per point of the measured
 SIREN, scaled to another SIREN by its multiply-adds per point), or, for a GPU not measured,
@@ -37,8 +38,13 @@ from dint.teaching.teacher import topk_method
 #   Latencies: NCCL's per-hop latency for small messages is some microseconds inside a node
 #   and about twice that across IB (NCCL tuning defaults, nccl/src/graph/tuning.cc); we take
 #   10 us and 20 us per ring step, rounded up.
-INTERCONNECT = {"gpus_per_node": 8, "intra_bandwidth": 450e9, "inter_bandwidth": 50e9,
-                "intra_latency": 10e-6, "inter_latency": 20e-6}
+INTERCONNECT = {
+    "gpus_per_node": 8,
+    "intra_bandwidth": 450e9,
+    "inter_bandwidth": 50e9,
+    "intra_latency": 10e-6,
+    "inter_latency": 20e-6,
+}
 # An H100 SXM's FP32 peak (non-tensor) is 67 TFLOP/s (NVIDIA H100 datasheet); a SIREN's small
 # matrices reach a fraction of it: 25% assumed until tools/gpu_check.sh measures it.
 GPU_PEAK_FLOPS, GPU_EFFICIENCY = 67e12, 0.25
@@ -62,7 +68,7 @@ class Rates:
     macs: int
     source: str
 
-    def scaled_to(self, macs: int) -> "Rates":
+    def scaled_to(self, macs: int) -> Rates:
         """The same device on a SIREN of `macs` multiply-adds per point (compute-bound terms scale)."""
         f = macs / self.macs
         return Rates(self.score * f, self.select, self.train * f, self.optimizer, macs, self.source)
@@ -74,11 +80,14 @@ def rates_from_record(record: dict, macs: int) -> Rates:
     scored = max(1, record["points_scored_per_rank"][0])
     trained_per_rank = record["points_trained"] / ranks / steps
     local_points = record["points"] / ranks
-    return Rates(score=split["score"] * steps / scored,
-                 select=split["topk_merge"] / local_points,
-                 train=split["forward_backward"] / max(1.0, trained_per_rank),
-                 optimizer=split["optimizer"] / record["params"],
-                 macs=macs, source=f"measured: {ranks} rank(s), {record['device']}")
+    return Rates(
+        score=split["score"] * steps / scored,
+        select=split["topk_merge"] / local_points,
+        train=split["forward_backward"] / max(1.0, trained_per_rank),
+        optimizer=split["optimizer"] / record["params"],
+        macs=macs,
+        source=f"measured: {ranks} rank(s), {record['device']}",
+    )
 
 
 def gpu_datasheet_rates(macs: int, cpu: Rates) -> Rates:
@@ -87,15 +96,19 @@ def gpu_datasheet_rates(macs: int, cpu: Rates) -> Rates:
     the forward, an assumption as rough as the efficiency."""
     forward = 2 * macs / (GPU_PEAK_FLOPS * GPU_EFFICIENCY)
     ratio = forward / cpu.score if cpu.score > 0 else 0.0
-    return Rates(score=forward, select=cpu.select * ratio, train=3 * forward, optimizer=cpu.optimizer * ratio,
-                 macs=macs, source=f"modelled: H100 SXM FP32 peak {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at "
-                                   f"{GPU_EFFICIENCY:.0%}")
+    return Rates(
+        score=forward,
+        select=cpu.select * ratio,
+        train=3 * forward,
+        optimizer=cpu.optimizer * ratio,
+        macs=macs,
+        source=f"modelled: H100 SXM FP32 peak {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at {GPU_EFFICIENCY:.0%}",
+    )
 
 
 def _link(world: int, net: dict) -> tuple[float, float]:
     inside = world <= net["gpus_per_node"]
-    return ((net["intra_latency"], net["intra_bandwidth"]) if inside
-            else (net["inter_latency"], net["inter_bandwidth"]))
+    return (net["intra_latency"], net["intra_bandwidth"]) if inside else (net["inter_latency"], net["inter_bandwidth"])
 
 
 def allreduce_seconds(nbytes: float, world: int, net: dict) -> float:
@@ -122,8 +135,17 @@ def alltoall_seconds(per_rank_bytes: float, world: int, net: dict) -> float:
     return (world - 1) * alpha + per_rank_bytes / bandwidth
 
 
-def step_seconds(rates: Rates, world: int, points: int, params: int, ratio: float, refresh: int, topk: str,
-                 imbalance: float, net: dict) -> dict[str, float]:
+def step_seconds(
+    rates: Rates,
+    world: int,
+    points: int,
+    params: int,
+    ratio: float,
+    refresh: int,
+    topk: str,
+    imbalance: float,
+    net: dict,
+) -> dict[str, float]:
     """The modelled step on `world` ranks, by part (seconds)."""
     local = points / world
     k_local = ratio * local
@@ -143,8 +165,16 @@ def step_seconds(rates: Rates, world: int, points: int, params: int, ratio: floa
     }
 
 
-def predict(rates: Rates, points: int, params: int, ratio: float, refresh: int, imbalance: float,
-            worlds=GPU_COUNTS, net: dict | None = None) -> list[dict]:
+def predict(
+    rates: Rates,
+    points: int,
+    params: int,
+    ratio: float,
+    refresh: int,
+    imbalance: float,
+    worlds=GPU_COUNTS,
+    net: dict | None = None,
+) -> list[dict]:
     """Step time and efficiency at each world size, with each top-k method. Efficiency is the
     ideal step (compute only, divided evenly, no communication) over the modelled one."""
     net = net or INTERCONNECT
@@ -152,16 +182,26 @@ def predict(rates: Rates, points: int, params: int, ratio: float, refresh: int, 
     for world in worlds:
         for topk in ("gather", "threshold"):
             parts = step_seconds(rates, world, points, params, ratio, refresh, topk, imbalance, net)
-            ideal = (rates.score * points / refresh + rates.select * points + rates.train * ratio * points) / world \
-                + rates.optimizer * params
+            ideal = (
+                rates.score * points / refresh + rates.select * points + rates.train * ratio * points
+            ) / world + rates.optimizer * params
             total = sum(parts.values())
-            rows.append({"world": world, "topk": topk, "step_seconds": total, "parts": parts,
-                         "efficiency": ideal / total, "points_per_second": ratio * points / total})
+            rows.append(
+                {
+                    "world": world,
+                    "topk": topk,
+                    "step_seconds": total,
+                    "parts": parts,
+                    "efficiency": ideal / total,
+                    "points_per_second": ratio * points / total,
+                }
+            )
     return rows
 
 
-def prediction_table(record: dict, config_model: tuple[int, int], in_features: int, out_features: int,
-                     ratio: float, refresh: int) -> tuple[str, list[dict]]:
+def prediction_table(
+    record: dict, config_model: tuple[int, int], in_features: int, out_features: int, ratio: float, refresh: int
+) -> tuple[str, list[dict]]:
     """README-ready tables: the named workloads at the paper's SIREN on 8-1024 GPUs."""
     measured_macs = siren_macs(in_features, out_features, *config_model)
     measured = rates_from_record(record, measured_macs)
@@ -170,14 +210,19 @@ def prediction_table(record: dict, config_model: tuple[int, int], in_features: i
     def gpu_rates(macs: int) -> Rates:  # a GPU measured, or the datasheet's from this CPU's proportions
         return measured.scaled_to(macs) if on_gpu else gpu_datasheet_rates(macs, measured.scaled_to(macs))
 
-    lines = ["Modelled, not measured (dint.commands.cost_model). Compute rates: "
-             f"{measured.source}, scaled to the paper's SIREN {PAPER_SIREN[0]}x{PAPER_SIREN[1]} by multiply-adds"
-             + ("" if on_gpu else f"; GPU: {gpu_datasheet_rates(measured_macs, measured).source}") + ". Interconnect: NVLink "
-             f"{INTERCONNECT['intra_bandwidth'] / 1e9:.0f} GB/s and {INTERCONNECT['intra_latency'] * 1e6:.0f} us inside "
-             f"a node of {INTERCONNECT['gpus_per_node']}, InfiniBand {INTERCONNECT['inter_bandwidth'] / 1e9:.0f} GB/s "
-             f"and {INTERCONNECT['inter_latency'] * 1e6:.0f} us between nodes. Mean trained share {ratio:.2f}, "
-             f"scoring every {refresh} steps, imbalance 1 (balanced ranks).", "",
-             "| workload | GPUs | top-k | step (ms) | points trained/s | efficiency |", "|---|---|---|---|---|---|"]
+    lines = [
+        "Modelled, not measured (dint.commands.cost_model). Compute rates: "
+        f"{measured.source}, scaled to the paper's SIREN {PAPER_SIREN[0]}x{PAPER_SIREN[1]} by multiply-adds"
+        + ("" if on_gpu else f"; GPU: {gpu_datasheet_rates(measured_macs, measured).source}")
+        + ". Interconnect: NVLink "
+        f"{INTERCONNECT['intra_bandwidth'] / 1e9:.0f} GB/s and {INTERCONNECT['intra_latency'] * 1e6:.0f} us inside "
+        f"a node of {INTERCONNECT['gpus_per_node']}, InfiniBand {INTERCONNECT['inter_bandwidth'] / 1e9:.0f} GB/s "
+        f"and {INTERCONNECT['inter_latency'] * 1e6:.0f} us between nodes. Mean trained share {ratio:.2f}, "
+        f"scoring every {refresh} steps, imbalance 1 (balanced ranks).",
+        "",
+        "| workload | GPUs | top-k | step (ms) | points trained/s | efficiency |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = []
     for name, (points, channels) in WORKLOADS.items():
         ndim = 2 if "image" in name else 3
@@ -185,13 +230,16 @@ def prediction_table(record: dict, config_model: tuple[int, int], in_features: i
         params = siren_params(ndim, channels, *PAPER_SIREN)
         for row in predict(gpu_rates(macs), points, params, ratio, refresh, 1.0):
             rows.append({"workload": name, **row})
-            lines.append(f"| {name} | {row['world']} | {row['topk']} | {row['step_seconds'] * 1000:,.1f} | "
-                         f"{row['points_per_second']:,.3g} | {row['efficiency']:.0%} |")
+            lines.append(
+                f"| {name} | {row['world']} | {row['topk']} | {row['step_seconds'] * 1000:,.1f} | "
+                f"{row['points_per_second']:,.3g} | {row['efficiency']:.0%} |"
+            )
     return "\n".join(lines), rows
 
 
-def validate(records: list[dict], in_features: int, out_features: int, config_model: tuple[int, int],
-             net: dict) -> list[dict]:
+def validate(
+    records: list[dict], in_features: int, out_features: int, config_model: tuple[int, int], net: dict
+) -> list[dict]:
     """The model fitted on the smallest measured size, predicting every measured size."""
     base = min(records, key=lambda r: r["ranks"])
     macs = siren_macs(in_features, out_features, *config_model)
@@ -202,8 +250,17 @@ def validate(records: list[dict], in_features: int, out_features: int, config_mo
         scored = sum(r["points_scored_per_rank"]) / r["steps"]
         refresh = max(1, round(r["points"] / scored)) if scored else 10**9
         topk = topk_method(r["topk"], round(ratio * r["points"]), r["ranks"])
-        parts = step_seconds(rates, r["ranks"], r["points"], r["params"], ratio, refresh, topk,
-                             max(1.0, r["imbalance_before_balance"]) if r["balance"] == "alltoall" else 1.0, net)
+        parts = step_seconds(
+            rates,
+            r["ranks"],
+            r["points"],
+            r["params"],
+            ratio,
+            refresh,
+            topk,
+            max(1.0, r["imbalance_before_balance"]) if r["balance"] == "alltoall" else 1.0,
+            net,
+        )
         out.append({"ranks": r["ranks"], "measured": r["seconds_per_step"], "modelled": sum(parts.values())})
     return out
 
@@ -213,5 +270,10 @@ def fit_latency(records: list[dict]) -> dict:
     all-reduce, whose few kilobytes make it latency-bound; bandwidth taken as unlimited."""
     multi = [r for r in records if r["ranks"] > 1]
     alpha = min((r["step_split"]["allreduce"] / (2 * (r["ranks"] - 1)) for r in multi), default=0.0)
-    return {"gpus_per_node": 10**9, "intra_bandwidth": math.inf, "inter_bandwidth": math.inf,
-            "intra_latency": alpha, "inter_latency": alpha}
+    return {
+        "gpus_per_node": 10**9,
+        "intra_bandwidth": math.inf,
+        "inter_bandwidth": math.inf,
+        "intra_latency": alpha,
+        "inter_latency": alpha,
+    }

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from pathlib import Path
 
-from dint.train.metrics import quality_curve, time_to_reach
-from dint.observe.plots import quality_vs_time
+import tomllib
+
 from dint.core.errors import DintError
 from dint.core.files import RUN_LOCK, check_input, held_by, is_dint_png, shown, staged
+from dint.observe.plots import quality_vs_time
+from dint.train.metrics import quality_curve, time_to_reach
 
 
 @dataclasses.dataclass
@@ -53,10 +54,21 @@ def read_run(folder: Path) -> Run:
         state = "training" if held_by(folder / RUN_LOCK) else "stopped"
         quality = curve[-1][1] if curve else None
     try:
-        return Run(folder, str(config["teacher"]["strategy"]), int(config["train"]["steps"]), int(lines[-1]["step"]),
-                   key, quality, float(lines[-1]["train_seconds"]), curve, state)
+        return Run(
+            folder,
+            str(config["teacher"]["strategy"]),
+            int(config["train"]["steps"]),
+            int(lines[-1]["step"]),
+            key,
+            quality,
+            float(lines[-1]["train_seconds"]),
+            curve,
+            state,
+        )
     except (KeyError, TypeError, ValueError) as e:
-        raise DintError(f"{shown(folder)}: config.toml or metrics.jsonl lacks {e} (written by an older dint?)") from None
+        raise DintError(
+            f"{shown(folder)}: config.toml or metrics.jsonl lacks {e} (written by an older dint?)"
+        ) from None
 
 
 def _read_text(path: Path, missing: str) -> str:
@@ -114,8 +126,10 @@ def report_table(runs: list[Run], target: float | None) -> str:
     for run in runs:
         reached = time_to_reach(run.curve, target) if target is not None else None
         quality = f"{run.quality:.4g}" if run.quality is not None else "—"
-        lines.append(f"| {run.label} | {run.state} | {run.teacher} | {run.step} of {run.steps} | {quality} | "
-                     f"{run.train_seconds:.1f} | {f'{reached:.1f}' if reached is not None else 'not reached'} |")
+        lines.append(
+            f"| {run.label} | {run.state} | {run.teacher} | {run.step} of {run.steps} | {quality} | "
+            f"{run.train_seconds:.1f} | {f'{reached:.1f}' if reached is not None else 'not reached'} |"
+        )
     return "\n".join(lines)
 
 

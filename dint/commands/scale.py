@@ -32,20 +32,25 @@ from pathlib import Path
 
 from dint.commands.bench import time_to_reach
 from dint.core.config import load_config
-from dint.distributed.launch import torchrun_command
 from dint.core.errors import DintError
 from dint.core.files import claim_folder, write_outputs
+from dint.distributed.launch import torchrun_command
 
 # The step's parts, as dint.train's timers measure them on rank 0 (seconds per step).
 PARTS = ("score", "topk_merge", "balance", "forward_backward", "allreduce", "optimizer")
 
 
-def run_size(config: str | None, overrides: dict[str, str], ranks: int, nodes: int, run_dir: Path,
-             threads: int, timeout: float) -> None:
+def run_size(
+    config: str | None, overrides: dict[str, str], ranks: int, nodes: int, run_dir: Path, threads: int, timeout: float
+) -> None:
     """Train once on `ranks` processes over `nodes` local agents; the run's folder holds the results."""
     args = ["-m", "dint.train", *(["--config", config] if config else [])]
-    for key, value in {**overrides, "run.dir": str(run_dir), "checkpoint.resume": "never",
-                       "eval.reconstruction": "false"}.items():
+    for key, value in {
+        **overrides,
+        "run.dir": str(run_dir),
+        "checkpoint.resume": "never",
+        "eval.reconstruction": "false",
+    }.items():
         args += [f"--{key}", value]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     endpoint = f"127.0.0.1:{_free_port()}" if nodes > 1 else None
@@ -53,22 +58,27 @@ def run_size(config: str | None, overrides: dict[str, str], ranks: int, nodes: i
     started = time.monotonic()
     # Each agent in a session of its own, so that whatever stops this command (a timeout,
     # Ctrl-C, SIGTERM) stops the agents and their ranks too, not leave them running.
-    agents = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True) for c in commands]
+    agents = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for c in commands
+    ]
     try:
         outputs = [agent.communicate(timeout=max(1.0, timeout - (time.monotonic() - started))) for agent in agents]
     except subprocess.TimeoutExpired:
         _stop(agents)
-        raise DintError(f"the run on {ranks} rank(s), {nodes} node(s) took over --timeout {timeout:g} s; stopped "
-                        f"(see {run_dir})") from None
+        raise DintError(
+            f"the run on {ranks} rank(s), {nodes} node(s) took over --timeout {timeout:g} s; stopped (see {run_dir})"
+        ) from None
     except BaseException:
         _stop(agents)
         raise
     failed = [(agent.returncode, err) for agent, (_, err) in zip(agents, outputs) if agent.returncode]
     if failed:
         errors = [line for _, err in failed for line in err.splitlines() if "error:" in line]
-        raise DintError(f"the run on {ranks} rank(s), {nodes} node(s) failed (exit {failed[0][0]}): "
-                        + (errors[0].strip() if errors else f"see {run_dir}"))
+        raise DintError(
+            f"the run on {ranks} rank(s), {nodes} node(s) failed (exit {failed[0][0]}): "
+            + (errors[0].strip() if errors else f"see {run_dir}")
+        )
 
 
 def _stop(agents: list[subprocess.Popen]) -> None:
@@ -110,10 +120,17 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
         "allreduce": per_step("allreduce_seconds"),
         "optimizer": per_step("optimizer_seconds"),
     }
-    curve = [(l["select_seconds"] + l.get("balance_seconds", 0.0) + l["update_seconds"], l["psnr"])
-             for l in lines if l.get("psnr") is not None]
+    curve = [
+        (line["select_seconds"] + line.get("balance_seconds", 0.0) + line["update_seconds"], line["psnr"])
+        for line in lines
+        if line.get("psnr") is not None
+    ]
     return {
-        "ranks": ranks, "nodes": nodes, "run_dir": str(run_dir), "points": summary["points"], "steps": steps,
+        "ranks": ranks,
+        "nodes": nodes,
+        "run_dir": str(run_dir),
+        "points": summary["points"],
+        "steps": steps,
         "final_psnr": summary["final_psnr"],
         "train_seconds": summary["train_seconds"],
         "seconds_per_step": summary["train_seconds"] / steps,
@@ -122,15 +139,20 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
         # Each rank's own contribution to the collectives, mean over ranks and steps.
         "select_bytes_per_step": statistics.fmean(summary["select_bytes_per_rank"]) / steps,
         "balance_bytes_per_step": statistics.fmean(summary["balance_bytes_per_rank"]) / steps,
-        "imbalance": statistics.fmean(l["imbalance"] for l in lines),
-        "imbalance_before_balance": statistics.fmean(max(l["selected_per_rank"]) * ranks / max(1, l["selected"])
-                                                     for l in lines),
+        "imbalance": statistics.fmean(line["imbalance"] for line in lines),
+        "imbalance_before_balance": statistics.fmean(
+            max(line["selected_per_rank"]) * ranks / max(1, line["selected"]) for line in lines
+        ),
         # What the cost model needs (dint.commands.cost_model).
-        "device": summary["device"], "params": summary["params"], "points_trained": summary["points_trained"],
+        "device": summary["device"],
+        "params": summary["params"],
+        "points_trained": summary["points_trained"],
         "points_scored_per_rank": summary["points_scored_per_rank"],
         "model": [config.model.hidden_layers, config.model.width],
-        "in_features": summary["ndim"], "out_features": summary["channels"],
-        "topk": config.teacher.topk, "balance": config.teacher.balance,
+        "in_features": summary["ndim"],
+        "out_features": summary["channels"],
+        "topk": config.teacher.topk,
+        "balance": config.teacher.balance,
         "time_to_target": time_to_reach(curve, target) if target is not None else None,
     }
 
@@ -143,8 +165,16 @@ def add_relative(records: list[dict]) -> None:
         r["efficiency"] = r["speedup"] * base["ranks"] / r["ranks"]
 
 
-def scale(config: str | None, overrides: dict[str, str], sizes: list[tuple[int, int]], mode: str, out: Path,
-          threads: int, target: float | None, timeout: float) -> dict:
+def scale(
+    config: str | None,
+    overrides: dict[str, str],
+    sizes: list[tuple[int, int]],
+    mode: str,
+    out: Path,
+    threads: int,
+    target: float | None,
+    timeout: float,
+) -> dict:
     store = overrides.get("data.store")
     if mode == "weak" and (store is None or "{ranks}" not in store):
         raise DintError("--mode weak needs --data.store with {ranks} in it: one store per size (docs/scaling.md)")
@@ -168,14 +198,17 @@ def scaling_report(records: list[dict], mode: str, out: Path, target: float | No
     result = {"mode": mode, "target_psnr": target, "records": sorted(records, key=lambda r: (r["ranks"], r["nodes"]))}
     model = modelled(result["records"])
     claim_folder(out, "dint scale's outputs")
-    write_outputs(out, {
-        "scaling.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
-        "scaling.md": lambda tmp: tmp.write_text(scaling_table(result) + "\n"),
-        "scaling.png": lambda tmp: plot_scaling(result, tmp),
-        "step_split.png": lambda tmp: plot_split(result, tmp),
-        "cost_model.json": lambda tmp: tmp.write_text(json.dumps(model, indent=2) + "\n"),
-        "cost_model.md": lambda tmp: tmp.write_text(model["markdown"] + "\n"),
-    })
+    write_outputs(
+        out,
+        {
+            "scaling.json": lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"),
+            "scaling.md": lambda tmp: tmp.write_text(scaling_table(result) + "\n"),
+            "scaling.png": lambda tmp: plot_scaling(result, tmp),
+            "step_split.png": lambda tmp: plot_split(result, tmp),
+            "cost_model.json": lambda tmp: tmp.write_text(json.dumps(model, indent=2) + "\n"),
+            "cost_model.md": lambda tmp: tmp.write_text(model["markdown"] + "\n"),
+        },
+    )
     result["cost_model"] = model
     return result
 
@@ -193,9 +226,13 @@ def modelled(records: list[dict]) -> dict:
     scored = sum(base["points_scored_per_rank"]) / base["steps"]
     refresh = max(1, round(base["points"] / scored)) if scored else 10**9
     table, rows = cost_model.prediction_table(base, tuple(base["model"]), *io, ratio, refresh)
-    lines = ["Fitted on the smallest size; its figures for every measured size (this machine, latency "
-             f"{here['intra_latency'] * 1e6:.0f} us per ring step from the measured all-reduce):", "",
-             "| ranks | measured s/step | modelled s/step |", "|---|---|---|"]
+    lines = [
+        "Fitted on the smallest size; its figures for every measured size (this machine, latency "
+        f"{here['intra_latency'] * 1e6:.0f} us per ring step from the measured all-reduce):",
+        "",
+        "| ranks | measured s/step | modelled s/step |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c['ranks']} | {c['measured']:.4f} | {c['modelled']:.4f} |" for c in check]
     return {"validation": check, "predictions": rows, "markdown": "\n".join(lines) + "\n\n" + table}
 
@@ -214,18 +251,24 @@ def from_runs(run_dirs: list[Path], mode: str, out: Path, target: float | None) 
 
 def scaling_table(result: dict) -> str:
     ms = lambda s: f"{s * 1000:.2f}"  # noqa: E731
-    lines = [f"Scaling ({result['mode']}), target PSNR {result['target_psnr']:.2f} dB; the step's parts in ms "
-             "(rank 0), bytes a rank sends per step", "",
-             "| ranks | nodes | points | points/s | speed-up | efficiency | s/step | " + " | ".join(PARTS)
-             + " | select B/step | balance B/step | imbalance | final PSNR | time to target (s) |",
-             "|" + "---|" * (12 + len(PARTS))]
+    lines = [
+        f"Scaling ({result['mode']}), target PSNR {result['target_psnr']:.2f} dB; the step's parts in ms "
+        "(rank 0), bytes a rank sends per step",
+        "",
+        "| ranks | nodes | points | points/s | speed-up | efficiency | s/step | "
+        + " | ".join(PARTS)
+        + " | select B/step | balance B/step | imbalance | final PSNR | time to target (s) |",
+        "|" + "---|" * (12 + len(PARTS)),
+    ]
     for r in result["records"]:
         split = " | ".join(ms(r["step_split"][p]) for p in PARTS)
         reached = f"{r['time_to_target']:.1f}" if r["time_to_target"] is not None else "not reached"
-        lines.append(f"| {r['ranks']} | {r['nodes']} | {r['points']:,} | {r['points_per_second']:,.0f} | "
-                     f"{r['speedup']:.2f} | {r['efficiency']:.0%} | {r['seconds_per_step']:.4f} | {split} | "
-                     f"{r['select_bytes_per_step']:,.0f} | {r['balance_bytes_per_step']:,.0f} | {r['imbalance']:.3f} | "
-                     f"{r['final_psnr']:.2f} | {reached} |")
+        lines.append(
+            f"| {r['ranks']} | {r['nodes']} | {r['points']:,} | {r['points_per_second']:,.0f} | "
+            f"{r['speedup']:.2f} | {r['efficiency']:.0%} | {r['seconds_per_step']:.4f} | {split} | "
+            f"{r['select_bytes_per_step']:,.0f} | {r['balance_bytes_per_step']:,.0f} | {r['imbalance']:.3f} | "
+            f"{r['final_psnr']:.2f} | {reached} |"
+        )
     return "\n".join(lines)
 
 

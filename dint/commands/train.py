@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dint.train: {line}", file=sys.stderr)
         return code
     except RuntimeError as e:  # a collective broke: say which rank saw it, and where, in one line
-        message = collective_failure(e, trainer.phase if trainer is not None else "start-up",
-                                     config.run.collective_timeout if config else None)
+        message = collective_failure(
+            e, trainer.phase if trainer is not None else "start-up", config.run.collective_timeout if config else None
+        )
         if message is None:
             raise
         print(f"dint.train: error: {message}", file=sys.stderr)
@@ -72,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         quality = f"final PSNR {summary['final_psnr']:.2f} dB"
         quality += f", SSIM {summary['ssim']:.4f}" if "ssim" in summary else ""
         quality += f", IoU {summary['iou']:.4f}" if "iou" in summary else ""
-        print(f"dint.train: {quality} after {summary['steps']} steps on {summary['world_size']} rank(s), "
-              f"{summary['train_seconds']:.1f} s training")
-        print(f"dint.train: outputs in {Path(summary['outputs']['summary']).parent}/: "
-              + ", ".join(Path(p).name for p in summary["outputs"].values()))
+        print(
+            f"dint.train: {quality} after {summary['steps']} steps on {summary['world_size']} rank(s), "
+            f"{summary['train_seconds']:.1f} s training"
+        )
+        print(
+            f"dint.train: outputs in {Path(summary['outputs']['summary']).parent}/: "
+            + ", ".join(Path(p).name for p in summary["outputs"].values())
+        )
     return 0

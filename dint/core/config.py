@@ -9,12 +9,13 @@ import json
 import math
 import os
 import re
-import tomllib
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tomli_w
+import tomllib
 
 from dint.core.errors import DintError
 from dint.core.files import check_input
@@ -23,27 +24,45 @@ from dint.core.files import check_input
 Fail = Callable[[str, str], typing.NoReturn]
 
 
-def key(default: Any, meaning: str, *, choices: tuple = (), positive: bool = False, non_negative: bool = False,
-        allowed: str = "") -> Any:
+def key(
+    default: Any,
+    meaning: str,
+    *,
+    choices: tuple = (),
+    positive: bool = False,
+    non_negative: bool = False,
+    allowed: str = "",
+) -> Any:
     """A config key: its default, one line of meaning, and the checks every value gets (choices,
     > 0, >= 0); `allowed` describes the values a section's own `validate` checks. The same
     metadata makes docs/configuration.md and `dint train --help` (configuration_reference)."""
     factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return dataclasses.field(**factory, metadata={"meaning": meaning, "choices": choices, "positive": positive,
-                                                   "non_negative": non_negative, "allowed": allowed})
+    return dataclasses.field(
+        **factory,
+        metadata={
+            "meaning": meaning,
+            "choices": choices,
+            "positive": positive,
+            "non_negative": non_negative,
+            "allowed": allowed,
+        },
+    )
 
 
 @dataclasses.dataclass
 class RunConfig:
     """Where the run writes and on what it runs."""
 
-    dir: str = key("runs/default", "the run folder: config.toml, metrics.jsonl, summary.json, model.pt, checkpoints, "
-                   "pictures")
+    dir: str = key(
+        "runs/default", "the run folder: config.toml, metrics.jsonl, summary.json, model.pt, checkpoints, pictures"
+    )
     device: str = key("auto", "auto: CUDA whenever it is there", choices=("auto", "cpu", "cuda"))
-    collective_timeout: float = key(600.0, "seconds a collective may wait for a rank before the run fails",
-                                    positive=True)
-    keep_freed_memory: bool = key(True, "glibc keeps memory a step frees for the next "
-                                  "(dint.core.resources.keep_freed_memory)")
+    collective_timeout: float = key(
+        600.0, "seconds a collective may wait for a rank before the run fails", positive=True
+    )
+    keep_freed_memory: bool = key(
+        True, "glibc keeps memory a step frees for the next (dint.core.resources.keep_freed_memory)"
+    )
 
     def validate(self, fail: Fail) -> None:
         if not self.dir.strip():
@@ -63,21 +82,31 @@ class DataConfig:
     """The signal: a store made by `dint shard`, and how much of it a rank holds at once."""
 
     store: str = key("", "the store (made by dint shard); required")
-    block_points: int = key(16384, "points per forward block in no-grad passes (selection, evaluation)",
-                            positive=True)
-    domain: list = key([], "[[lo, hi], ...] per axis: the coordinates training sees; empty: the store's",
-                       allowed="finite lo < hi for each axis")
-    memory_budget: str = key("", 'per rank, e.g. "512MB": a larger shard is streamed chunk group by group; '
-                             "empty: no budget", allowed="a size: bytes, or a number with KB, MB, GB, KiB, MiB, GiB")
-    point_cache: str = key("1GiB", "per rank: keep every point's global index and coordinates when they fit "
-                           '("0": never)', allowed="a size")
+    block_points: int = key(16384, "points per forward block in no-grad passes (selection, evaluation)", positive=True)
+    domain: list = key(
+        [],
+        "[[lo, hi], ...] per axis: the coordinates training sees; empty: the store's",
+        allowed="finite lo < hi for each axis",
+    )
+    memory_budget: str = key(
+        "",
+        'per rank, e.g. "512MB": a larger shard is streamed chunk group by group; empty: no budget',
+        allowed="a size: bytes, or a number with KB, MB, GB, KiB, MiB, GiB",
+    )
+    point_cache: str = key(
+        "1GiB",
+        'per rank: keep every point\'s global index and coordinates when they fit ("0": never)',
+        allowed="a size",
+    )
 
     def validate(self, fail: Fail) -> None:
         for interval in self.domain:
-            if not (isinstance(interval, list) and len(interval) == 2
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                            for v in interval)
-                    and interval[0] < interval[1]):
+            if not (
+                isinstance(interval, list)
+                and len(interval) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)
+                and interval[0] < interval[1]
+            ):
                 fail("domain", "must list [lo, hi] with finite lo < hi for each axis")
         for name in ("memory_budget", "point_cache"):
             try:
@@ -99,23 +128,29 @@ class ModelConfig:
     """The field: a SIREN (an MLP with sine activations)."""
 
     width: int = key(256, "neurons per hidden layer", positive=True)
-    hidden_layers: int = key(5, "sine layers; a linear output layer follows (5: the paper's 6 layers in all)",
-                             positive=True)
+    hidden_layers: int = key(
+        5, "sine layers; a linear output layer follows (5: the paper's 6 layers in all)", positive=True
+    )
     w0: float = key(30.0, "frequency factor of the hidden sine layers", positive=True)
     w0_first: float = key(30.0, "frequency factor of the first sine layer", positive=True)
-    init_scale: float = key(1.0, "weight scaling (Yeom et al. 2025): every weight but the last layer's times this",
-                            positive=True)
-    compile: str = key("auto", "torch.compile the model: on, off, or auto: on CUDA only",
-                       choices=("auto", "on", "off"))
-    compile_backend: str = key("inductor", "torch.compile's backend; aot_eager traces without generating code",
-                               choices=("inductor", "aot_eager", "cudagraphs", "eager"),
-                               allowed='only with model.compile other than "off"')
+    init_scale: float = key(
+        1.0, "weight scaling (Yeom et al. 2025): every weight but the last layer's times this", positive=True
+    )
+    compile: str = key("auto", "torch.compile the model: on, off, or auto: on CUDA only", choices=("auto", "on", "off"))
+    compile_backend: str = key(
+        "inductor",
+        "torch.compile's backend; aot_eager traces without generating code",
+        choices=("inductor", "aot_eager", "cudagraphs", "eager"),
+        allowed='only with model.compile other than "off"',
+    )
 
     def validate(self, fail: Fail) -> None:
         # A default backend is harmless (a run's resolved config.toml lists every key); another one
         # would be ignored with compilation off.
         if self.compile == "off" and self.compile_backend != ModelConfig.compile_backend:
-            fail("compile_backend", 'has no effect with model.compile = "off": set model.compile = "on" or drop the key')
+            fail(
+                "compile_backend", 'has no effect with model.compile = "off": set model.compile = "on" or drop the key'
+            )
 
 
 @dataclasses.dataclass
@@ -123,35 +158,64 @@ class TeacherConfig:
     """Which points each step trains on. The defaults are dint's default teacher, the fastest
     measured (benchmarks/); configs/paper/ set the paper's INT."""
 
-    strategy: str = key("importance", "int: top-k by error; importance: drawn by error, the loss reweighted; "
-                        "uniform: random k; full: every point", choices=("int", "full", "uniform", "importance"),
-                        allowed="importance only with teacher.minibatch = 0")
-    ratio: float = key(0.1, "fraction of the points selected (at the start, with a rising ratio_schedule)",
-                       allowed="in (0, 1]")
-    ratio_schedule: str = key("constant", "how the ratio changes over training",
-                              choices=("constant", "linear", "step", "cosine", "reverse-cosine"))
-    interval_schedule: str = key("dense", "how often the teacher selects: every step (dense), ever more rarely "
-                                 "(incremental), or every teacher.interval steps (fixed)",
-                                 choices=("dense", "incremental", "fixed"))
-    interval: int = key(1, 'steps between selections with interval_schedule = "fixed"', positive=True,
-                        allowed='only with interval_schedule = "fixed"')
+    strategy: str = key(
+        "importance",
+        "int: top-k by error; importance: drawn by error, the loss reweighted; uniform: random k; full: every point",
+        choices=("int", "full", "uniform", "importance"),
+        allowed="importance only with teacher.minibatch = 0",
+    )
+    ratio: float = key(
+        0.1, "fraction of the points selected (at the start, with a rising ratio_schedule)", allowed="in (0, 1]"
+    )
+    ratio_schedule: str = key(
+        "constant",
+        "how the ratio changes over training",
+        choices=("constant", "linear", "step", "cosine", "reverse-cosine"),
+    )
+    interval_schedule: str = key(
+        "dense",
+        "how often the teacher selects: every step (dense), ever more rarely "
+        "(incremental), or every teacher.interval steps (fixed)",
+        choices=("dense", "incremental", "fixed"),
+    )
+    interval: int = key(
+        1,
+        'steps between selections with interval_schedule = "fixed"',
+        positive=True,
+        allowed='only with interval_schedule = "fixed"',
+    )
     error: str = key("l1", "per-point error summed over channels: l1 |f - y| or l2 (f - y)^2", choices=("l1", "l2"))
-    minibatch: int = key(0, "points per mini-batch (mini-batch INT, one optimizer step each); 0: the whole signal",
-                         non_negative=True)
-    random_share: float = key(0.2, "share of each selection drawn at random (int: from the points the ranking "
-                              "left)", allowed="in [0, 1)")
-    error_refresh: int = key(80, "steps between scoring forwards over every point; between them the errors the "
-                             "training forwards saw are reused (int, importance; whole signal in memory)",
-                             positive=True, allowed="only 1 or the default with teacher.minibatch > 0")
-    topk: str = key("auto", "how ranks agree on the global top-k: gather candidates, histograms (threshold), or "
-                    "auto: gather while its traffic is under 64 MiB a rank", choices=("auto", "gather", "threshold"))
-    balance: str = key("none", "alltoall: selected points move so every rank trains as many",
-                       choices=("none", "alltoall"))
-    importance_correction: float = key(1.0, "importance: loss weights 1 / p^this; 1 unbiased, 0 none (hard "
-                                       "mining), between: soft mining (Kheradmand et al. 2024)",
-                                       allowed='in [0, 1]; only with strategy = "importance"')
-    score_precision: str = key("float32", "float16: the no-grad scoring forward under autocast",
-                               choices=("float32", "float16"))
+    minibatch: int = key(
+        0, "points per mini-batch (mini-batch INT, one optimizer step each); 0: the whole signal", non_negative=True
+    )
+    random_share: float = key(
+        0.2, "share of each selection drawn at random (int: from the points the ranking left)", allowed="in [0, 1)"
+    )
+    error_refresh: int = key(
+        80,
+        "steps between scoring forwards over every point; between them the errors the "
+        "training forwards saw are reused (int, importance; whole signal in memory)",
+        positive=True,
+        allowed="only 1 or the default with teacher.minibatch > 0",
+    )
+    topk: str = key(
+        "auto",
+        "how ranks agree on the global top-k: gather candidates, histograms (threshold), or "
+        "auto: gather while its traffic is under 64 MiB a rank",
+        choices=("auto", "gather", "threshold"),
+    )
+    balance: str = key(
+        "none", "alltoall: selected points move so every rank trains as many", choices=("none", "alltoall")
+    )
+    importance_correction: float = key(
+        1.0,
+        "importance: loss weights 1 / p^this; 1 unbiased, 0 none (hard "
+        "mining), between: soft mining (Kheradmand et al. 2024)",
+        allowed='in [0, 1]; only with strategy = "importance"',
+    )
+    score_precision: str = key(
+        "float32", "float16: the no-grad scoring forward under autocast", choices=("float32", "float16")
+    )
 
     def validate(self, fail: Fail) -> None:
         if not 0.0 < self.ratio <= 1.0:
@@ -161,21 +225,33 @@ class TeacherConfig:
         if not 0.0 <= self.importance_correction <= 1.0:
             fail("importance_correction", "must be in [0, 1]")
         if self.importance_correction != TeacherConfig.importance_correction and self.strategy != "importance":
-            fail("importance_correction", f"has no effect with teacher.strategy = \"{self.strategy}\": set "
-                 "teacher.strategy = \"importance\" or drop the key")
+            fail(
+                "importance_correction",
+                f'has no effect with teacher.strategy = "{self.strategy}": set '
+                'teacher.strategy = "importance" or drop the key',
+            )
         # Mini-batches score every selection afresh: the default error_refresh is harmless there,
         # another value would be ignored.
         if self.error_refresh not in (1, TeacherConfig.error_refresh) and self.minibatch:
-            fail("error_refresh", "has no effect with teacher.minibatch > 0 (mini-batches score every selection "
-                 "afresh): drop the key or set teacher.minibatch = 0")
+            fail(
+                "error_refresh",
+                "has no effect with teacher.minibatch > 0 (mini-batches score every selection "
+                "afresh): drop the key or set teacher.minibatch = 0",
+            )
         if self.strategy == "importance" and self.minibatch:
-            fail("strategy", "selects over the whole signal: with teacher.minibatch > 0 set teacher.strategy = "
-                 "\"int\", \"uniform\" or \"full\"")
+            fail(
+                "strategy",
+                "selects over the whole signal: with teacher.minibatch > 0 set teacher.strategy = "
+                '"int", "uniform" or "full"',
+            )
         # A default interval is harmless (a run's resolved config.toml lists every key); another
         # value would be ignored by every schedule but "fixed".
         if self.interval != TeacherConfig.interval and self.interval_schedule != "fixed":
-            fail("interval", f"has no effect with teacher.interval_schedule = \"{self.interval_schedule}\": "
-                 "set teacher.interval_schedule = \"fixed\" or drop the key")
+            fail(
+                "interval",
+                f'has no effect with teacher.interval_schedule = "{self.interval_schedule}": '
+                'set teacher.interval_schedule = "fixed" or drop the key',
+            )
 
 
 @dataclasses.dataclass
@@ -187,10 +263,12 @@ class TrainConfig:
     lr_schedule: str = key("cosine", "the learning rate over training", choices=("constant", "cosine"))
     seed: int = key(0, "the initial model and every random draw")
     engine: str = key("ddp", "how gradients are synchronised and the optimizer stepped", choices=("ddp", "deepspeed"))
-    micro_batch: int = key(16384, "points per forward/backward, gradients accumulated; 0: a selection at once",
-                           non_negative=True)
-    max_rollbacks: int = key(3, "on a non-finite loss: back to the last checkpoint with half the lr, this often",
-                             non_negative=True)
+    micro_batch: int = key(
+        16384, "points per forward/backward, gradients accumulated; 0: a selection at once", non_negative=True
+    )
+    max_rollbacks: int = key(
+        3, "on a non-finite loss: back to the last checkpoint with half the lr, this often", non_negative=True
+    )
 
 
 @dataclasses.dataclass
@@ -208,8 +286,9 @@ class CheckpointConfig:
 
     every: int = key(0, "steps between checkpoints; 0: only at the end", non_negative=True)
     keep: int = key(3, "newest complete checkpoints kept", positive=True)
-    resume: str = key("auto", "auto: from the newest complete checkpoint in run.dir, if any; never; or a "
-                      "checkpoint folder")
+    resume: str = key(
+        "auto", "auto: from the newest complete checkpoint in run.dir, if any; never; or a checkpoint folder"
+    )
 
 
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
@@ -217,8 +296,10 @@ _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
 
 def map_steps(entries: list, steps: int) -> list[int]:
     """metrics.selection_maps as steps: an int is a step, "P%" the step P% of the way through."""
-    resolved = {entry if isinstance(entry, int) else max(1, round(float(_PERCENT.fullmatch(entry).group(1)) / 100 * steps))
-                for entry in entries}
+    resolved = {
+        entry if isinstance(entry, int) else max(1, round(float(_PERCENT.fullmatch(entry).group(1)) / 100 * steps))
+        for entry in entries
+    }
     return sorted(resolved)
 
 
@@ -228,11 +309,14 @@ class MetricsConfig:
 
     log_every: int = key(10, "steps between metrics.jsonl lines (the last step is always logged)", positive=True)
     tensorboard: bool = key(True, "run.dir/tensorboard/: scalars at logged steps, pictures at evaluations")
-    selection_maps: list = key([1, "25%", "50%", "100%"], "steps whose selection run.dir/selection.png shows "
-                               '(steps, or "P%" of the run); []: no maps',
-                               allowed='steps >= 1 up to train.steps, or shares such as "25%"')
-    map_size: int = key(512, "longest side of a map or picture, in bins of points (huge signals are binned)",
-                        positive=True)
+    selection_maps: list = key(
+        [1, "25%", "50%", "100%"],
+        'steps whose selection run.dir/selection.png shows (steps, or "P%" of the run); []: no maps',
+        allowed='steps >= 1 up to train.steps, or shares such as "25%"',
+    )
+    map_size: int = key(
+        512, "longest side of a map or picture, in bins of points (huge signals are binned)", positive=True
+    )
     plots: bool = key(True, "run.dir/quality.png at the end: quality and loss against steps and seconds")
 
     def validate(self, fail: Fail) -> None:
@@ -240,8 +324,10 @@ class MetricsConfig:
             is_step = isinstance(entry, int) and not isinstance(entry, bool) and entry >= 1
             is_share = isinstance(entry, str) and (m := _PERCENT.fullmatch(entry)) and 0 < float(m.group(1)) <= 100
             if not (is_step or is_share):
-                fail("selection_maps", f"has {entry!r}: each entry is a step (an integer >= 1) or a share of the "
-                     "run such as \"25%\"")
+                fail(
+                    "selection_maps",
+                    f'has {entry!r}: each entry is a step (an integer >= 1) or a share of the run such as "25%"',
+                )
 
 
 # Keys that moved: the old name gets one line naming the new one.
@@ -287,31 +373,49 @@ class Config:
         if late:
             fail("metrics.selection_maps", f"has step {late[0]}, past train.steps = {self.train.steps}")
         if self.data.memory_budget_bytes and self.teacher.minibatch == 0 and self.teacher.strategy != "full":
-            fail("data.memory_budget", "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
-                 "unless teacher.strategy = \"full\"")
+            fail(
+                "data.memory_budget",
+                "needs teacher.minibatch > 0 (streaming selects inside each chunk group) "
+                'unless teacher.strategy = "full"',
+            )
 
 
 def configuration_reference() -> str:
     """Every key of every section: type, default, allowed values and meaning, as Markdown
     (docs/configuration.md is this text; `dint train --help` prints it after the usage)."""
-    lines = ["# Configuration", "",
-             "Generated from `dint/core/config.py` (`python -m dint.core.config > docs/configuration.md`); a test",
-             "fails when this file is stale, and `dint train --help` prints the same text after its usage.",
-             "Every key has a default; a TOML file (`--config C.toml`, one `[section]` table each) overrides",
-             "the defaults, and `--section.key value` on the command line overrides both. A run writes the",
-             "resolved config to `run.dir/config.toml`.", ""]
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from `dint/core/config.py` (`python -m dint.core.config > docs/configuration.md`); a test",
+        "fails when this file is stale, and `dint train --help` prints the same text after its usage.",
+        "Every key has a default; a TOML file (`--config C.toml`, one `[section]` table each) overrides",
+        "the defaults, and `--section.key value` on the command line overrides both. A run writes the",
+        "resolved config to `run.dir/config.toml`.",
+        "",
+    ]
     for section in _sections():
         kind = type(getattr(Config(), section))
-        lines += [f"## [{section}]", "", (kind.__doc__ or "").strip().replace("\n    ", " "), "",
-                  "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        lines += [
+            f"## [{section}]",
+            "",
+            (kind.__doc__ or "").strip().replace("\n    ", " "),
+            "",
+            "| key | type | default | allowed | meaning |",
+            "|---|---|---|---|---|",
+        ]
         for field in dataclasses.fields(kind):
             meta, default = field.metadata, getattr(kind(), field.name)
             allowed = [" ".join(f"`{c}`" for c in meta["choices"])] if meta["choices"] else []
             allowed += ["> 0"] if meta["positive"] else [">= 0"] if meta["non_negative"] else []
             allowed += [meta["allowed"]] if meta["allowed"] else []
             shown = json.dumps(default) if not isinstance(default, bool) else str(default).lower()
-            cells = ["`" + section + "." + field.name + "`", typing.get_type_hints(kind)[field.name].__name__,
-                     f"`{shown}`", "; ".join(allowed) or "any", meta["meaning"]]
+            cells = [
+                "`" + section + "." + field.name + "`",
+                typing.get_type_hints(kind)[field.name].__name__,
+                f"`{shown}`",
+                "; ".join(allowed) or "any",
+                meta["meaning"],
+            ]
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         lines.append("")
     moved = ", ".join(f"`{old}` is now `{new}`" for old, new in MOVED.items())
@@ -319,8 +423,18 @@ def configuration_reference() -> str:
     return "\n".join(lines)
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -339,8 +453,10 @@ def _set(config: Config, key: str, value: Any, origin: str, from_text: bool, ori
     if section is None:
         raise DintError(f"{origin}: unknown section {section_name!r} (known: {', '.join(_sections())})")
     if not field_name:
-        raise DintError(f"{origin}: {section_name!r} is a section: name a key in it, e.g. --{section_name}."
-                        f"{dataclasses.fields(section)[0].name} VALUE")
+        raise DintError(
+            f"{origin}: {section_name!r} is a section: name a key in it, e.g. --{section_name}."
+            f"{dataclasses.fields(section)[0].name} VALUE"
+        )
     types = typing.get_type_hints(type(section))
     if key in MOVED:
         raise DintError(f"{origin}: {key} is now {MOVED[key]}: rename the key")
@@ -386,8 +502,10 @@ def validate(config: Config, origins: dict[str, str], source: str | None = None)
 
     config.validate(fail)
     if not config.data.store:
-        raise DintError(f"{origins.get('data.store') or source or '--data.store'}: data.store is not set "
-                        "(a store made by dint-shard)")
+        raise DintError(
+            f"{origins.get('data.store') or source or '--data.store'}: data.store is not set "
+            "(a store made by dint-shard)"
+        )
 
 
 def check_against_store(config: Config, info: Any) -> Any:
@@ -397,8 +515,10 @@ def check_against_store(config: Config, info: Any) -> Any:
     if not config.data.domain:
         return info
     if len(config.data.domain) != info.ndim:
-        raise DintError(f"{origins.get('data.domain', 'default')}: data.domain = {config.data.domain!r} gives "
-                        f"{len(config.data.domain)} intervals, the store has {info.ndim} axes")
+        raise DintError(
+            f"{origins.get('data.domain', 'default')}: data.domain = {config.data.domain!r} gives "
+            f"{len(config.data.domain)} intervals, the store has {info.ndim} axes"
+        )
     replaced = dataclasses.replace(info, domain=tuple((float(lo), float(hi)) for lo, hi in config.data.domain))
     problem = replaced.float32_problem()
     if problem is not None and problem[0] == "domain":
@@ -408,9 +528,11 @@ def check_against_store(config: Config, info: Any) -> Any:
 
 def _key_types(config: Config) -> dict[str, type]:
     """Every "section.key" and its type."""
-    return {f"{section}.{name}": kind
-            for section in _sections()
-            for name, kind in typing.get_type_hints(type(getattr(config, section))).items()}
+    return {
+        f"{section}.{name}": kind
+        for section in _sections()
+        for name, kind in typing.get_type_hints(type(getattr(config, section))).items()
+    }
 
 
 def _get(config: Config, key: str) -> Any:

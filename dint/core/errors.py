@@ -24,8 +24,9 @@ def escaped(text: str) -> str:
 def warn(message: str) -> None:
     """One warning line on stderr; in a multi-rank run it says which rank."""
     rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None
-    print(f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{escaped(message)}", file=sys.stderr,
-          flush=True)
+    print(
+        f"dint: warning: {f'rank {rank}: ' if rank is not None else ''}{escaped(message)}", file=sys.stderr, flush=True
+    )
 
 
 class Stopped(KeyboardInterrupt):

@@ -32,8 +32,8 @@ import stat
 import time
 import uuid
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from dint.core.errors import DintError, escaped
 
@@ -86,8 +86,10 @@ def publish(tmp: Path, dest: Path, may_replace: Callable[[Path], bool] | None = 
         _rename_noreplace(tmp, dest)
         return dest
     if may_replace is None or not may_replace(dest):
-        raise DintError(f"{shown(dest)}: exists and was not made by dint (or appeared while dint was writing "
-                        "it); left as it is, nothing written there")
+        raise DintError(
+            f"{shown(dest)}: exists and was not made by dint (or appeared while dint was writing "
+            "it); left as it is, nothing written there"
+        )
     old = dest.with_name(f".{dest.name}.old-{new_token()}")
     os.replace(dest, old)
     try:
@@ -217,8 +219,10 @@ def check_claimable(path: Path, what: str) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise DintError(f"{shown(path)}: exists and is not a folder; {what} needs a folder")
     if path.is_dir() and not (path / MARK).is_file() and any(path.iterdir()):
-        raise DintError(f"{shown(path)}: a folder with files dint did not make (no {MARK} mark in it); {what} "
-                        "writes only into a new or empty folder, or one dint made: choose another")
+        raise DintError(
+            f"{shown(path)}: a folder with files dint did not make (no {MARK} mark in it); {what} "
+            "writes only into a new or empty folder, or one dint made: choose another"
+        )
 
 
 def claim_folder(path: Path, what: str) -> Path:
@@ -247,8 +251,9 @@ def exclusive(lock_file: Path, what: str, remove_after: bool = False) -> Iterato
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise DintError(f"{shown(lock_file)}: held by {shown(holder)} (the {what}); one at a time, so this one "
-                            "stops") from None
+            raise DintError(
+                f"{shown(lock_file)}: held by {shown(holder)} (the {what}); one at a time, so this one stops"
+            ) from None
         try:  # the holder before us may have removed the file: then lock the new one
             same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
         except FileNotFoundError:
@@ -278,8 +283,12 @@ def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
 
 # --- What dint reads -------------------------------------------------------------------------
 
-_SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-            (stat.S_ISSOCK, "a socket"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def check_input(path: Path, what: str = "input") -> None:
@@ -293,8 +302,10 @@ def check_input(path: Path, what: str = "input") -> None:
         raise DintError(f"{shown(path)}: cannot read the {what} ({e.strerror})") from None
     for test, kind in _SPECIAL:
         if test(mode):
-            raise DintError(f"{shown(path)}: is {kind}, not a file or folder; dint reads only regular files "
-                            "(a pipe or device could block it or never end)")
+            raise DintError(
+                f"{shown(path)}: is {kind}, not a file or folder; dint reads only regular files "
+                "(a pipe or device could block it or never end)"
+            )
 
 
 def real_path(path: Path) -> Path:

@@ -58,8 +58,9 @@ def local_ranks() -> int:
 def require_memory(nbytes: float, what: str, share: int = 1, device=None) -> None:
     """Refuse `what` when it needs more than the memory available (of `device`, or the host's
     split over `share` processes of this machine)."""
-    have = available_memory(device) // (1 if device is not None and getattr(device, "type", None) == "cuda"
-                                        else max(1, share))
+    have = available_memory(device) // (
+        1 if device is not None and getattr(device, "type", None) == "cuda" else max(1, share)
+    )
     if nbytes > have:
         per = f" to each of {share} ranks on this machine" if share > 1 else " on this machine"
         raise DintError(f"{what} needs {human(nbytes)} of memory; {human(have)} is available{per}")
@@ -88,9 +89,11 @@ def check_decoded_size(path: object, shape: tuple[int, ...], itemsize: int) -> N
         nbytes *= int(n)
     limit = decode_limit()
     if nbytes > limit:
-        raise DintError(f"{path}: declares {' x '.join(map(str, shape))} samples ({human(nbytes)} decoded), over the "
-                        f"{human(limit)} this machine allows for decoding one input ({DECODE_LIMIT_ENV} raises the "
-                        "limit up to the memory available)")
+        raise DintError(
+            f"{path}: declares {' x '.join(map(str, shape))} samples ({human(nbytes)} decoded), over the "
+            f"{human(limit)} this machine allows for decoding one input ({DECODE_LIMIT_ENV} raises the "
+            "limit up to the memory available)"
+        )
 
 
 # glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit.
@@ -114,9 +117,11 @@ def keep_freed_memory(keep: bool) -> bool:
     global _kept_freed_memory
     if not keep:
         if _kept_freed_memory:
-            raise DintError("run.keep_freed_memory = false: an earlier run in this process already keeps freed "
-                            "memory, which cannot be undone; set it for every run of the process (dint bench: "
-                            "--run.keep_freed_memory false)")
+            raise DintError(
+                "run.keep_freed_memory = false: an earlier run in this process already keeps freed "
+                "memory, which cannot be undone; set it for every run of the process (dint bench: "
+                "--run.keep_freed_memory false)"
+            )
         return False
     if _kept_freed_memory:
         return True
@@ -127,5 +132,6 @@ def keep_freed_memory(keep: bool) -> bool:
     except (OSError, AttributeError):  # not glibc: nothing to set
         return False
     _kept_freed_memory = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
     return _kept_freed_memory

@@ -55,7 +55,7 @@ class Level:
     chunks: tuple[int, ...]  # spatial
     factor: tuple[int, ...]  # level-0 samples per sample of this level, per spatial axis
 
-    def halves(self, above: "Level") -> tuple[bool, ...]:
+    def halves(self, above: Level) -> tuple[bool, ...]:
         """Per spatial axis: whether this level halved `above` (the level before it)."""
         return tuple(f > g for f, g in zip(self.factor, above.factor))
 
@@ -89,8 +89,14 @@ def create_pyramid(path: Path, info: SignalInfo, levels: list[Level]) -> zarr.Gr
     "ome" attribute not yet: `write_ome_metadata` adds it once every level is written."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     for level in levels:
-        group.create_array(level.path, shape=(info.channels, *level.shape), chunks=(info.channels, *level.chunks),
-                           dtype=info.dtype, fill_value=0, dimension_names=dimension_names(info.ndim))
+        group.create_array(
+            level.path,
+            shape=(info.channels, *level.shape),
+            chunks=(info.channels, *level.chunks),
+            dtype=info.dtype,
+            fill_value=0,
+            dimension_names=dimension_names(info.ndim),
+        )
     group.attrs["dint"] = info.to_attrs()
     return group
 
@@ -102,43 +108,66 @@ def level_transforms(level: Level, base_scale: tuple[float, ...], base_translati
     return [{"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]
 
 
-CHANNEL_COLOURS = {1: ["FFFFFF"], 2: ["FFFFFF", "808080"], 3: ["FF0000", "00FF00", "0000FF"],
-                   4: ["FF0000", "00FF00", "0000FF", "808080"]}
+CHANNEL_COLOURS = {
+    1: ["FFFFFF"],
+    2: ["FFFFFF", "808080"],
+    3: ["FF0000", "00FF00", "0000FF"],
+    4: ["FF0000", "00FF00", "0000FF", "808080"],
+}
 CHANNEL_LABELS = {3: ["red", "green", "blue"], 4: ["red", "green", "blue", "alpha"], 2: ["grey", "alpha"]}
 
 
-def ome_metadata(info: SignalInfo, levels: list[Level], base_scale: tuple[float, ...],
-                 base_translation: tuple[float, ...], name: str, unit: str | None = None) -> dict[str, Any]:
+def ome_metadata(
+    info: SignalInfo,
+    levels: list[Level],
+    base_scale: tuple[float, ...],
+    base_translation: tuple[float, ...],
+    name: str,
+    unit: str | None = None,
+) -> dict[str, Any]:
     """The value of the group attribute "ome" (OME-Zarr 0.5) for a pyramid of `info`."""
     if not is_ome(info.ndim):
         raise ValueError(f"OME-Zarr images have 2 or 3 space axes, not {info.ndim}")
     space = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in axis_names(info.ndim)]
     axes = [{"name": CHANNEL_AXIS, "type": "channel"}, *space]
-    datasets = [{"path": level.path, "coordinateTransformations": level_transforms(level, base_scale, base_translation)}
-                for level in levels]
+    datasets = [
+        {"path": level.path, "coordinateTransformations": level_transforms(level, base_scale, base_translation)}
+        for level in levels
+    ]
     lo, hi = info.value_range
     colours = CHANNEL_COLOURS.get(info.channels, ["FFFFFF"] * info.channels)
     labels = CHANNEL_LABELS.get(info.channels, [f"channel {i}" for i in range(info.channels)])
-    channels = [{"label": label, "color": colour, "active": True, "coefficient": 1.0, "family": "linear",
-                 "inverted": False, "window": {"min": float(lo), "max": float(hi), "start": float(lo), "end": float(hi)}}
-                for label, colour in zip(labels, colours)]
+    channels = [
+        {
+            "label": label,
+            "color": colour,
+            "active": True,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+            "window": {"min": float(lo), "max": float(hi), "start": float(lo), "end": float(hi)},
+        }
+        for label, colour in zip(labels, colours)
+    ]
     rdefs: dict[str, Any] = {"model": "color" if info.channels >= 3 else "greyscale", "defaultT": 0}
     if info.ndim == 3:
         rdefs["defaultZ"] = levels[0].shape[0] // 2
     return {
         "version": OME_VERSION,
-        "multiscales": [{
-            "name": name,
-            "axes": axes,
-            "datasets": datasets,
-            "type": METHOD,
-            "metadata": {
-                "description": "level 0: the trained model evaluated on the grid; level l+1: the mean of each "
-                               "2-sample block (per halved axis) of level l, rounded to the storage dtype",
-                "method": "dint.data.pyramid.block_mean",
-                "version": _dint_version(),
-            },
-        }],
+        "multiscales": [
+            {
+                "name": name,
+                "axes": axes,
+                "datasets": datasets,
+                "type": METHOD,
+                "metadata": {
+                    "description": "level 0: the trained model evaluated on the grid; level l+1: the mean of each "
+                    "2-sample block (per halved axis) of level l, rounded to the storage dtype",
+                    "method": "dint.data.pyramid.block_mean",
+                    "version": _dint_version(),
+                },
+            }
+        ],
         "omero": {"name": name, "channels": channels, "rdefs": rdefs},
     }
 
@@ -177,12 +206,19 @@ def block_mean(block: np.ndarray, halve: tuple[bool, ...]) -> np.ndarray:
     return x
 
 
-def downsample_chunk(source: zarr.Array, target: zarr.Array, level: Level, origin: tuple[int, ...],
-                     shape: tuple[int, ...], halve: tuple[bool, ...]) -> None:
+def downsample_chunk(
+    source: zarr.Array,
+    target: zarr.Array,
+    level: Level,
+    origin: tuple[int, ...],
+    shape: tuple[int, ...],
+    halve: tuple[bool, ...],
+) -> None:
     """Write one chunk (origin, shape) of `level` into `target` from the level above in `source`."""
     above = source.shape[1:]
-    box = tuple(slice(2 * o, min(2 * (o + s), n)) if h else slice(o, o + s)
-                for o, s, n, h in zip(origin, shape, above, halve))
+    box = tuple(
+        slice(2 * o, min(2 * (o + s), n)) if h else slice(o, o + s) for o, s, n, h in zip(origin, shape, above, halve)
+    )
     block = np.asarray(source[(slice(None), *box)])
     mean = block_mean(block, halve)
     target[(slice(None), *(slice(o, o + s) for o, s in zip(origin, shape)))] = to_dtype(mean, str(target.dtype))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -97,12 +97,20 @@ class MiniBatches:
     (seed, chunk), so a mini-batch holds the same points whatever the number of ranks.
     """
 
-    def __init__(self, shard: "Shard", count: int, seed: int):
+    def __init__(self, shard: Shard, count: int, seed: int):
         self.shard, self.count = shard, count
         device = shard.device
         sizes = [math.prod(shape) for _, shape in shard.chunks]
-        draws = hashed_uniform(torch.tensor(shard.chunk_ids, dtype=torch.int64).repeat_interleave(3) * 3
-                               + torch.arange(3).repeat(len(sizes)), seed, -1).reshape(-1, 3).tolist()
+        draws = (
+            hashed_uniform(
+                torch.tensor(shard.chunk_ids, dtype=torch.int64).repeat_interleave(3) * 3
+                + torch.arange(3).repeat(len(sizes)),
+                seed,
+                -1,
+            )
+            .reshape(-1, 3)
+            .tolist()
+        )
         multipliers, shifts, rotations = [], [], []
         for n, (u_a, u_s, u_r) in zip(sizes, draws):
             a = max(1, int(n * (0.5 + 0.3 * u_a))) | 1
@@ -140,8 +148,14 @@ class Shard:
     when streaming (`ShardStream`).
     """
 
-    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo | None = None,
-                 read: bool = True):
+    def __init__(
+        self,
+        store: Store,
+        chunk_ids: list[int],
+        device: torch.device,
+        info: SignalInfo | None = None,
+        read: bool = True,
+    ):
         info = info or store.info  # the trainer may override the coordinate domain
         self.info = info
         self.device = device
@@ -158,8 +172,9 @@ class Shard:
         if read:
             # Filled chunk by chunk, so loading never holds the shard twice.
             flat = np.empty((self._count, info.channels), dtype=info.dtype)
-            for (origin, shape), start, stop in zip(self.chunks, self._offsets[:-1].tolist(),
-                                                    self._offsets[1:].tolist()):
+            for (origin, shape), start, stop in zip(
+                self.chunks, self._offsets[:-1].tolist(), self._offsets[1:].tolist()
+            ):
                 flat[start:stop] = store.read_region(origin, shape).reshape(-1, info.channels)
             self.values = torch.from_numpy(flat).to(device)
         self._strides = torch.tensor(
@@ -173,7 +188,8 @@ class Shard:
         # chunk grid position -> this shard's chunk number (or -1), for global-to-local lookups
         self._slot_of_chunk = torch.full((math.prod(grid_shape),), -1, dtype=torch.int64, device=device)
         self._slot_of_chunk[torch.tensor(self.chunk_ids, dtype=torch.int64, device=device)] = torch.arange(
-            len(self.chunk_ids), device=device)
+            len(self.chunk_ids), device=device
+        )
         self.coordinates = CoordinateMap(info, device)
         self._ids: torch.Tensor | None = None  # every point's global index and coordinates, when cached
         self._coords: torch.Tensor | None = None
@@ -209,8 +225,9 @@ class Shard:
 
     def local_index(self, global_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(held, local): which of these global indices this shard holds, and where."""
-        multi = torch.stack([(global_index // stride) % size for stride, size in
-                             zip(self._strides.tolist(), self.info.shape)], dim=1)
+        multi = torch.stack(
+            [(global_index // stride) % size for stride, size in zip(self._strides.tolist(), self.info.shape)], dim=1
+        )
         chunk_pos = multi // self._chunk_side
         slot = self._slot_of_chunk[(chunk_pos * self._grid_strides).sum(dim=1)]
         held = slot >= 0
@@ -258,12 +275,11 @@ class ShardStream:
     """A rank's share read one group of chunks at a time, the next read in the background.
 
     At most three groups are in memory at once (the one the caller just let go, the one in
-    use and the one being read), so the trainer sizes a group at a third of its budget. Iterating gives every group once, in order: a
-    pass over the rank's points.
+    use and the one being read), so the trainer sizes a group at a third of its budget.
+    Iterating gives every group once, in order: a pass over the rank's points.
     """
 
-    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo,
-                 group_bytes: int):
+    def __init__(self, store: Store, chunk_ids: list[int], device: torch.device, info: SignalInfo, group_bytes: int):
         self.store, self.device, self.info = store, device, info
         self.groups = group_chunks(chunk_ids, info, max(1, group_bytes))
         grid = chunk_grid(info)

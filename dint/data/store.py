@@ -83,11 +83,16 @@ class SignalInfo:
                     lo32, hi32 = np.float32(lo), np.float32(hi)
                     span = np.float32(hi32 - lo32)
                 if not (np.isfinite(lo32) and np.isfinite(hi32) and np.isfinite(span)):
-                    return key, f"overflows float32{where} (training computes in float32: |values| and their span " \
-                                f"must stay below {float(np.finfo(np.float32).max):.3g})"
+                    return (
+                        key,
+                        f"overflows float32{where} (training computes in float32: |values| and their span "
+                        f"must stay below {float(np.finfo(np.float32).max):.3g})",
+                    )
                 if not span >= np.finfo(np.float32).tiny:
-                    return key, f"is too narrow for float32{where} ([{lo:g}, {hi:g}] rounds to an empty or " \
-                                "subnormal interval)"
+                    return (
+                        key,
+                        f"is too narrow for float32{where} ([{lo:g}, {hi:g}] rounds to an empty or subnormal interval)",
+                    )
         return None
 
     def to_attrs(self) -> dict[str, Any]:
@@ -105,7 +110,7 @@ class SignalInfo:
         }
 
     @classmethod
-    def from_attrs(cls, attrs: Any, where: str) -> "SignalInfo":
+    def from_attrs(cls, attrs: Any, where: str) -> SignalInfo:
         """Parse and check the "dint" attribute; any problem is a DintError naming `where` and the key."""
         if not isinstance(attrs, dict):
             raise DintError(f"{where}: store attribute 'dint' = {_short(attrs)} must be a JSON object")
@@ -120,8 +125,10 @@ class SignalInfo:
         if not _is_int(version) or version < 1:
             raise bad("format_version", "is malformed (expected a positive integer)")
         if version > FORMAT_VERSION:
-            raise DintError(f"{where}: store format version {version} is newer than this dint reads "
-                            f"({FORMAT_VERSION}); upgrade dint")
+            raise DintError(
+                f"{where}: store format version {version} is newer than this dint reads "
+                f"({FORMAT_VERSION}); upgrade dint"
+            )
         for key in ("modality", "shape", "channels", "dtype", "value_range", "domain", "chunks", "source"):
             if key not in attrs:
                 raise DintError(f"{where}: store attribute '{key}' is missing")
@@ -135,7 +142,7 @@ class SignalInfo:
         if not (_is_int(attrs["channels"]) and attrs["channels"] > 0):
             raise bad("channels", "is malformed (expected a positive integer)")
         if not isinstance(attrs["dtype"], str):
-            raise bad("dtype", "is malformed (expected a dtype name such as \"uint8\")")
+            raise bad("dtype", 'is malformed (expected a dtype name such as "uint8")')
         value_range = attrs["value_range"]
         if not (isinstance(value_range, (list, tuple)) and len(value_range) == 2 and all(map(_is_finite, value_range))):
             raise bad("value_range", "is malformed (expected [lo, hi], two finite numbers)")
@@ -145,8 +152,12 @@ class SignalInfo:
         if not (isinstance(domain, (list, tuple)) and len(domain) == ndim):
             raise bad("domain", f"must have one entry per axis of 'shape' ({ndim})")
         for axis, interval in enumerate(domain):
-            if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(map(_is_finite, interval))
-                    and interval[0] < interval[1]):
+            if not (
+                isinstance(interval, (list, tuple))
+                and len(interval) == 2
+                and all(map(_is_finite, interval))
+                and interval[0] < interval[1]
+            ):
                 raise bad("domain", f"is malformed at axis {axis} (expected [lo, hi], finite numbers with lo < hi)")
         chunks = attrs["chunks"]
         if not (isinstance(chunks, (list, tuple)) and len(chunks) == ndim):
@@ -154,9 +165,10 @@ class SignalInfo:
         if not all(_is_int(c) and c > 0 for c in chunks):
             raise bad("chunks", "is malformed (expected positive integers)")
         source = attrs["source"]
-        if not (isinstance(source, dict) and isinstance(source.get("name"), str)
-                and isinstance(source.get("sha256"), str)):
-            raise bad("source", "is malformed (expected {\"name\": ..., \"sha256\": ...})")
+        if not (
+            isinstance(source, dict) and isinstance(source.get("name"), str) and isinstance(source.get("sha256"), str)
+        ):
+            raise bad("source", 'is malformed (expected {"name": ..., "sha256": ...})')
         extra = attrs.get("extra", {})
         if not isinstance(extra, dict):
             raise bad("extra", "is malformed (expected a JSON object)")
@@ -222,9 +234,11 @@ def check_chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
     """The number of chunks of `shape`, refused (DintError) beyond MAX_CHUNKS."""
     count = math.prod(-(-n // c) for n, c in zip(shape, chunks))
     if count > MAX_CHUNKS:
-        raise DintError(f"{'x'.join(map(str, shape))} points in chunks of {'x'.join(map(str, chunks))} make "
-                        f"{count:,} chunks, over the {MAX_CHUNKS:,} dask can plan on one machine; pass a larger "
-                        "--chunk (or, for a mesh, a smaller --resolution)")
+        raise DintError(
+            f"{'x'.join(map(str, shape))} points in chunks of {'x'.join(map(str, chunks))} make "
+            f"{count:,} chunks, over the {MAX_CHUNKS:,} dask can plan on one machine; pass a larger "
+            "--chunk (or, for a mesh, a smaller --resolution)"
+        )
     return count
 
 
@@ -234,15 +248,29 @@ def check_destination(dest: Path, overwrite: bool) -> None:
     if os.path.lexists(dest) and not overwrite:
         raise DintError(f"{shown(dest)}: already exists (pass --overwrite to replace it)")
     if os.path.lexists(dest) and not is_dint_store(dest):
-        raise DintError(f"{shown(dest)}: exists and is not a dint store; --overwrite replaces only a dint store, "
-                        "so it is left as it is")
+        raise DintError(
+            f"{shown(dest)}: exists and is not a dint store; --overwrite replaces only a dint store, "
+            "so it is left as it is"
+        )
     if not dest.parent.is_dir():
-        raise DintError(f"{shown(dest.parent)}: " + ("not a folder, so nothing can be written inside it"
-                                                      if os.path.lexists(dest.parent) else "output folder does not exist"))
+        raise DintError(
+            f"{shown(dest.parent)}: "
+            + (
+                "not a folder, so nothing can be written inside it"
+                if os.path.lexists(dest.parent)
+                else "output folder does not exist"
+            )
+        )
 
 
-def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, scheduler: str | None = None,
-                scheduler_timeout: float = 10.0) -> Path:
+def write_store(
+    values,
+    info: SignalInfo,
+    dest: Path,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    scheduler_timeout: float = 10.0,
+) -> Path:
     """Write `values` (a dask array shaped (*info.shape, C)) as a store at `dest`, atomically.
 
     The store is built under a hidden temporary name and renamed into place, so a failure
@@ -258,8 +286,10 @@ def write_store(values, info: SignalInfo, dest: Path, overwrite: bool = False, s
     expected = (*info.shape, info.channels)
     if tuple(values.shape) != expected:
         raise ValueError(f"values shape {values.shape} does not match the signal info {expected}")
-    with exclusive(dest.with_name(f".{dest.name}.lock"), "writer of this store", remove_after=True), \
-            staged(dest, may_replace=is_dint_store if overwrite else None) as tmp:
+    with (
+        exclusive(dest.with_name(f".{dest.name}.lock"), "writer of this store", remove_after=True),
+        staged(dest, may_replace=is_dint_store if overwrite else None) as tmp,
+    ):
         check_destination(dest, overwrite)  # again, under the lock: another writer may have finished meanwhile
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         array = create_values_array(group, info)
@@ -292,9 +322,11 @@ def _whole_blocks(values, info: SignalInfo):
         if not isinstance(block, np.ndarray) or block.shape != expected:
             shape = getattr(block, "shape", None)
             origin = tuple(start for start, _ in where["array-location"])
-            raise DintError(f"{info.source_name}: the reader gave {type(block).__name__} of shape {shape} for the "
-                            f"block at {origin} of shape {expected}; stopping rather than write values it did not "
-                            "define")
+            raise DintError(
+                f"{info.source_name}: the reader gave {type(block).__name__} of shape {shape} for the "
+                f"block at {origin} of shape {expected}; stopping rather than write values it did not "
+                "define"
+            )
         return block
 
     return values.map_blocks(check, dtype=values.dtype, meta=np.empty((0,) * values.ndim, values.dtype))
@@ -409,8 +441,11 @@ class Store:
     def read_region(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
         """Values of the box at `origin` (spatial) of `shape`, all channels: (*shape, C)."""
         origin, shape = tuple(int(o) for o in origin), tuple(int(s) for s in shape)
-        if len(origin) != self.info.ndim or len(shape) != self.info.ndim or any(
-                o < 0 or s < 0 or o + s > size for o, s, size in zip(origin, shape, self.info.shape)):
+        if (
+            len(origin) != self.info.ndim
+            or len(shape) != self.info.ndim
+            or any(o < 0 or s < 0 or o + s > size for o, s, size in zip(origin, shape, self.info.shape))
+        ):
             raise ValueError(f"region at {origin} of shape {shape} is outside the signal of shape {self.info.shape}")
         index = tuple(slice(o, o + s) for o, s in zip(origin, shape))
         if 0 in shape:
@@ -427,8 +462,10 @@ class Store:
             if attempt == READ_TRIES:
                 raise DintError(f"{self.path}: {chunk} cannot be read ({reason}); gave up after {READ_TRIES} tries")
             delay = READ_BACKOFF_S * 2 ** (attempt - 1)
-            warn(f"{self.path}: {chunk} cannot be read ({reason}); retrying in {delay:g} s "
-                  f"(try {attempt + 1} of {READ_TRIES})")
+            warn(
+                f"{self.path}: {chunk} cannot be read ({reason}); retrying in {delay:g} s "
+                f"(try {attempt + 1} of {READ_TRIES})"
+            )
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -450,8 +487,9 @@ class Store:
         grid = self.chunk_grid_shape()
         for index in itertools.product(*map(range, grid)):
             origin = tuple(i * c for i, c in zip(index, self.info.chunks))
-            self.read_region(origin, tuple(min(c, size - o) for o, c, size in zip(origin, self.info.chunks,
-                                                                                   self.info.shape)))
+            self.read_region(
+                origin, tuple(min(c, size - o) for o, c, size in zip(origin, self.info.chunks, self.info.shape))
+            )
         return math.prod(grid)
 
     def _chunks_of(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -523,13 +561,19 @@ def open_store(path: str | os.PathLike) -> Store:
     if str(values.dtype) != info.dtype:
         raise DintError(f"{path}: array '{VALUES}' has dtype {values.dtype}, attributes say {info.dtype}")
     if tuple(values.chunks) != (*info.chunks, info.channels):
-        raise DintError(f"{path}: array '{VALUES}' has chunks {tuple(values.chunks)}, attributes say "
-                        f"{info.chunks} (and all {info.channels} channels in each)")
+        raise DintError(
+            f"{path}: array '{VALUES}' has chunks {tuple(values.chunks)}, attributes say "
+            f"{info.chunks} (and all {info.channels} channels in each)"
+        )
     if values.shards is not None:
         raise DintError(f"{path}: array '{VALUES}' is sharded (shards {values.shards}); dint stores are not")
     marker = values.attrs.get("dint")
-    store = Store(path=path, info=info, values=values,
-                  chunk_files=isinstance(marker, dict) and marker.get(EVERY_CHUNK_STORED) is True)
+    store = Store(
+        path=path,
+        info=info,
+        values=values,
+        chunk_files=isinstance(marker, dict) and marker.get(EVERY_CHUNK_STORED) is True,
+    )
     if store.chunk_files:
         _check_chunk_files(store)
     return store
@@ -552,17 +596,22 @@ def _check_chunk_files(store: Store) -> None:
     found = sum(1 for key in present if _grid_index(key, grid, prefix, encoding.separator) is not None)
     if found == total:
         return
-    first = next(index for index in itertools.islice(itertools.product(*map(range, grid)), found + 1)
-                 if store.chunk_key(index) not in present)
-    raise DintError(f"{store.path}: {store.describe_chunk(first)} is missing ({total - found} of {total} "
-                    "chunk files missing; the store is damaged: make it again with dint-shard)")
+    first = next(
+        index
+        for index in itertools.islice(itertools.product(*map(range, grid)), found + 1)
+        if store.chunk_key(index) not in present
+    )
+    raise DintError(
+        f"{store.path}: {store.describe_chunk(first)} is missing ({total - found} of {total} "
+        "chunk files missing; the store is damaged: make it again with dint-shard)"
+    )
 
 
 def _grid_index(key: str, grid: tuple[int, ...], prefix: str, separator: str) -> tuple[int, ...] | None:
     """The chunk index of a key such as "values/c/i/j/0" inside `grid`, or None for any other file."""
     if not key.startswith(prefix):
         return None
-    parts = key[len(prefix):].split(separator)
+    parts = key[len(prefix) :].split(separator)
     if len(parts) != len(grid) + 1 or parts[-1] != "0":
         return None
     try:

@@ -14,10 +14,11 @@ import gc
 import os
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
+
 # Imported before any group exists: this module binds `group=group.WORLD` as default
 # arguments when first imported (DDP imports it), and bound to a live group those
 # defaults would keep it from ever being freed (see destroy_distributed).
@@ -80,8 +81,9 @@ def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> d
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=False, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
     return {"store": dist.PrefixStore(f"dint/attempt-{restart}", store), "rank": rank, "world_size": world_size}
 
 
@@ -236,8 +238,9 @@ def broadcast_text(text: str, device: torch.device) -> str:
     data = torch.tensor(list(text.encode()), dtype=torch.uint8) if dist.get_rank() == 0 else torch.zeros(0)
     size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
     dist.broadcast(size, src=0)
-    buffer = data.to(device) if dist.get_rank() == 0 else torch.zeros(int(size.item()), dtype=torch.uint8,
-                                                                       device=device)
+    buffer = (
+        data.to(device) if dist.get_rank() == 0 else torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    )
     dist.broadcast(buffer, src=0)
     return bytes(buffer.cpu().tolist()).decode()
 
@@ -267,8 +270,7 @@ def collective_failure(error: RuntimeError, phase: str, timeout_s: float | None)
     rank = os.environ.get("RANK", "0")
     text = str(error).lower()
     if "timed out" in text or "timeout" in text:
-        return (f"rank {rank}: {phase} timed out after {timeout_s} s waiting for another rank "
-                "(run.collective_timeout)")
+        return f"rank {rank}: {phase} timed out after {timeout_s} s waiting for another rank (run.collective_timeout)"
     if "connection" in text or "peer" in text:
         return f"rank {rank}: another rank went away during {phase}"
     return None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 
-def torchrun_command(nproc: int, *args, nnodes: int = 1, rdzv_endpoint: str | None = None,
-                     python: str = sys.executable) -> list[str]:
+def torchrun_command(
+    nproc: int, *args, nnodes: int = 1, rdzv_endpoint: str | None = None, python: str = sys.executable
+) -> list[str]:
     """`python -m torch.distributed.run` starting `nproc` processes running `args` (a script, or
     "-m" and a module, and its arguments): one node standalone, or a node of `nnodes` meeting
     at `rdzv_endpoint` (c10d)."""

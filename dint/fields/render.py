@@ -18,40 +18,64 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import zarr
 
-from dint.data.sharding import CoordinateMap, chunk_grid, partition_chunks
 from dint.core.errors import DintError
-from dint.fields.quality import inside_threshold
 from dint.core.files import anything, discard, is_dint_store, publish, remove_stale, staging_path
-from dint.data.store import (SignalInfo, create_values_array, default_chunks, from_training, open_store, to_dtype, to_unit,
-                        writable_values)
+from dint.data.sharding import CoordinateMap, chunk_grid, partition_chunks
+from dint.data.store import (
+    SignalInfo,
+    create_values_array,
+    default_chunks,
+    from_training,
+    open_store,
+    to_dtype,
+    to_unit,
+    writable_values,
+)
+from dint.distributed.collectives import DistInfo
+from dint.fields.quality import inside_threshold
 
 PREVIEW_MAX_POINTS = 1 << 26  # previews (PNG, WAV, PLY) are made on one process up to this size
 PREVIEW_MAX_SIDE = 1024  # pyramid previews (image PNG, volume slices) come from the finest level this small
 PYRAMID_TOP_SIDE = 512  # pyramids get levels until the largest side is at most this
 
 
-def reconstruction_info(info: SignalInfo, shape: tuple[int, ...] | None = None, model_name: str = "model.pt") -> SignalInfo:
+def reconstruction_info(
+    info: SignalInfo, shape: tuple[int, ...] | None = None, model_name: str = "model.pt"
+) -> SignalInfo:
     """The description of a reconstruction of `info`, optionally on another grid shape."""
     shape = tuple(shape or info.shape)
     chunks = info.chunks if shape == info.shape else default_chunks(shape)
     # A shape's field is kept as floats: its surface lies between the stored 0 and 1.
     dtype = "float32" if info.modality == "shape" else info.dtype
-    return dataclasses.replace(info, shape=shape, chunks=chunks, dtype=dtype, source_name=model_name,
-                               source_sha256="", extra={**info.extra, "reconstruction_of": info.source_name})
+    return dataclasses.replace(
+        info,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        source_name=model_name,
+        source_sha256="",
+        extra={**info.extra, "reconstruction_of": info.source_name},
+    )
 
 
 @torch.no_grad()
-def predict_box(model: torch.nn.Module, channels: int, device: torch.device, block_points: int,
-                shape: tuple[int, ...], coordinates_of: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+def predict_box(
+    model: torch.nn.Module,
+    channels: int,
+    device: torch.device,
+    block_points: int,
+    shape: tuple[int, ...],
+    coordinates_of: Callable[[torch.Tensor], torch.Tensor],
+) -> np.ndarray:
     """Model output in [-1, 1] space over a box, shaped (*shape, channels).
 
     `coordinates_of` maps box-local integer positions (n, ndim) to model coordinates; the box is
@@ -66,8 +90,14 @@ def predict_box(model: torch.nn.Module, channels: int, device: torch.device, blo
     return out.reshape(*shape, channels)
 
 
-def predict_region(model: torch.nn.Module, info: SignalInfo, device: torch.device, block_points: int,
-                   origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+def predict_region(
+    model: torch.nn.Module,
+    info: SignalInfo,
+    device: torch.device,
+    block_points: int,
+    origin: tuple[int, ...],
+    shape: tuple[int, ...],
+) -> np.ndarray:
     """Model output in [-1, 1] space over a box of `info`'s grid, shaped (*shape, channels)."""
     coordinates = CoordinateMap(info, device)
     offset = torch.tensor(origin, dtype=torch.int64, device=device)
@@ -79,9 +109,16 @@ def to_storage(values: np.ndarray, info: SignalInfo) -> np.ndarray:
     return to_dtype(from_training(values.astype(np.float64), info.value_range), info.dtype, info.value_range)
 
 
-def build_together(dest: Path, rank: int, device: torch.device, create: Callable[[Path], None],
-                   fill: Callable[[Path], None], finish: Callable[[Path], dict[str, Path]],
-                   name: str = "store", previews_replaceable: bool = True) -> dict[str, str]:
+def build_together(
+    dest: Path,
+    rank: int,
+    device: torch.device,
+    create: Callable[[Path], None],
+    fill: Callable[[Path], None],
+    finish: Callable[[Path], dict[str, Path]],
+    name: str = "store",
+    previews_replaceable: bool = True,
+) -> dict[str, str]:
     """How every store that ranks write together is made: rank 0 creates it under a staging
     name (the same on every rank), every rank fills in its own chunks, rank 0 finishes it
     (metadata, previews staged beside `dest`: {kind: staged file}) and publishes it, then the
@@ -116,8 +153,9 @@ def build_together(dest: Path, rank: int, device: torch.device, create: Callable
         raise
 
 
-def render_reconstruction(model: torch.nn.Module, info: SignalInfo, dest: Path, dist: DistInfo,
-                          block_points: int = 65536) -> dict[str, str]:
+def render_reconstruction(
+    model: torch.nn.Module, info: SignalInfo, dest: Path, dist: DistInfo, block_points: int = 65536
+) -> dict[str, str]:
     """The model on the training grid as a plain dint store at `dest` (same modality, value range,
     dtype and domain as `info`), each rank of `dist` rendering its own chunks (training's
     partition), with the previews a person opens. Every rank calls this."""
@@ -165,8 +203,12 @@ def preview_names(store_path: Path) -> dict[str, Path]:
     name = store_path.name
     for suffix in (".zarr", ".ome"):
         name = name.removesuffix(suffix) or name
-    return {"png": store_path.with_name(name + ".png"), "wav": store_path.with_name(name + ".wav"),
-            "slices_png": store_path.with_name(name + "_slices.png"), "mesh": store_path.with_name(name + ".ply")}
+    return {
+        "png": store_path.with_name(name + ".png"),
+        "wav": store_path.with_name(name + ".wav"),
+        "slices_png": store_path.with_name(name + "_slices.png"),
+        "mesh": store_path.with_name(name + ".ply"),
+    }
 
 
 def save_preview_png(unit_image: np.ndarray, path: Path) -> Path:
@@ -243,9 +285,12 @@ class RenderGrid:
         return tuple(1.0 / s if s else 0.0 for s in self.step)
 
 
-def plan_grid(info: SignalInfo, scale: Sequence[Fraction | float] | None = None,
-              resolution: Sequence[int] | None = None,
-              region: Sequence[tuple[int, int]] | None = None) -> RenderGrid:
+def plan_grid(
+    info: SignalInfo,
+    scale: Sequence[Fraction | float] | None = None,
+    resolution: Sequence[int] | None = None,
+    region: Sequence[tuple[int, int]] | None = None,
+) -> RenderGrid:
     """The grid to render for `info` (the store the model was trained on).
 
     region: [start, stop) per axis in the store's sample indices (default: the whole store).
@@ -295,8 +340,15 @@ def render_axis_coordinates(info: SignalInfo, grid: RenderGrid, device: torch.de
     return axes
 
 
-def predict_grid_box(model: torch.nn.Module, channels: int, axes: list[torch.Tensor], device: torch.device,
-                     block_points: int, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+def predict_grid_box(
+    model: torch.nn.Module,
+    channels: int,
+    axes: list[torch.Tensor],
+    device: torch.device,
+    block_points: int,
+    origin: tuple[int, ...],
+    shape: tuple[int, ...],
+) -> np.ndarray:
     """Model output in [-1, 1] space over a box of a render grid, shaped (*shape, channels)."""
     offset = torch.tensor(origin, dtype=torch.int64, device=device)
 
@@ -313,12 +365,21 @@ def pyramid_info(info: SignalInfo, grid: RenderGrid, levels) -> SignalInfo:
     last = [o + (m - 1) * s for o, m, s in zip(grid.origin, grid.shape, grid.step)]
     coordinates = CoordinateMap(info, torch.device("cpu"))
     domain = tuple((float(lo), float(hi)) for lo, hi in zip(coordinates.exact(grid.origin), coordinates.exact(last)))
-    render = {"store_shape": list(info.shape), "region": [list(r) for r in grid.region],
-              "origin": list(grid.origin), "step": list(grid.step), "scale": list(grid.scale)}
-    pyramid = {"paths": [level.path for level in levels], "shapes": [list(level.shape) for level in levels],
-               "method": "mean"}
-    return dataclasses.replace(base, chunks=levels[0].chunks, domain=domain,
-                               extra={**base.extra, "render": render, "pyramid": pyramid})
+    render = {
+        "store_shape": list(info.shape),
+        "region": [list(r) for r in grid.region],
+        "origin": list(grid.origin),
+        "step": list(grid.step),
+        "scale": list(grid.scale),
+    }
+    pyramid = {
+        "paths": [level.path for level in levels],
+        "shapes": [list(level.shape) for level in levels],
+        "method": "mean",
+    }
+    return dataclasses.replace(
+        base, chunks=levels[0].chunks, domain=domain, extra={**base.extra, "render": render, "pyramid": pyramid}
+    )
 
 
 def physical_transform(info: SignalInfo, grid: RenderGrid) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -326,8 +387,11 @@ def physical_transform(info: SignalInfo, grid: RenderGrid) -> tuple[tuple[float,
     extra["spacing"] where it has one, offset by a --crop's start: renders at any scale and region
     of one store (and of its crops) overlay each other."""
     spacing = info.extra.get("spacing")
-    if not (isinstance(spacing, (list, tuple)) and len(spacing) == info.ndim
-            and all(isinstance(v, (int, float)) and v > 0 for v in spacing)):
+    if not (
+        isinstance(spacing, (list, tuple))
+        and len(spacing) == info.ndim
+        and all(isinstance(v, (int, float)) and v > 0 for v in spacing)
+    ):
         spacing = [1.0] * info.ndim
     crop = info.extra.get("crop")
     starts = [c[0] for c in crop] if isinstance(crop, list) and len(crop) == info.ndim else [0] * info.ndim
@@ -344,10 +408,21 @@ def _my_chunks(level, rank: int, world_size: int) -> list[tuple[tuple[int, ...],
     return [grid[i] for i in share]
 
 
-def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, dest: Path, *,
-                   device: torch.device, rank: int = 0, world_size: int = 1, block_points: int = 65536,
-                   chunks: tuple[int, ...] | None = None, top_side: int = PYRAMID_TOP_SIDE,
-                   name: str | None = None, previews_replaceable: bool = True) -> dict[str, str]:
+def render_pyramid(
+    model: torch.nn.Module,
+    info: SignalInfo,
+    grid: RenderGrid,
+    dest: Path,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    block_points: int = 65536,
+    chunks: tuple[int, ...] | None = None,
+    top_side: int = PYRAMID_TOP_SIDE,
+    name: str | None = None,
+    previews_replaceable: bool = True,
+) -> dict[str, str]:
     """Render `model` (trained on `info`) on `grid` into an OME-Zarr pyramid at `dest`.
 
     Every rank calls this (in a process group, or alone): rank 0 creates the group under a
@@ -356,8 +431,15 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
     rank 0 writes the OME metadata last, makes the previews and renames everything into place.
     A failure leaves `dest` as it was. Returns {kind: path} of what was written (rank 0).
     """
+    from dint.data.pyramid import (
+        create_pyramid,
+        downsample_chunk,
+        is_ome,
+        ome_metadata,
+        plan_levels,
+        write_ome_metadata,
+    )
     from dint.distributed.collectives import barrier
-    from dint.data.pyramid import create_pyramid, downsample_chunk, is_ome, ome_metadata, plan_levels, write_ome_metadata
 
     chunks = chunks or reconstruction_info(info, grid.shape).chunks
     levels = plan_levels(grid.shape, chunks, top_side)
@@ -370,8 +452,9 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dint-render-write") as writer:
             pending = None
             for origin, shape in _my_chunks(levels[0], rank, world_size):
-                values = to_storage(predict_grid_box(model, info.channels, axes, device, block_points, origin, shape),
-                                    target)
+                values = to_storage(
+                    predict_grid_box(model, info.channels, axes, device, block_points, origin, shape), target
+                )
                 box = (slice(None), *(slice(o, o + s) for o, s in zip(origin, shape)))
                 if pending is not None:
                     pending.result()
@@ -392,8 +475,15 @@ def render_pyramid(model: torch.nn.Module, info: SignalInfo, grid: RenderGrid, d
             write_ome_metadata(tmp, ome_metadata(target, levels, scale, translation, name or _stem(dest)))
         return _pyramid_previews(tmp, dest, target, levels)
 
-    return build_together(dest, rank, device, lambda tmp: create_pyramid(tmp, target, levels), fill, finish,
-                          previews_replaceable=previews_replaceable)
+    return build_together(
+        dest,
+        rank,
+        device,
+        lambda tmp: create_pyramid(tmp, target, levels),
+        fill,
+        finish,
+        previews_replaceable=previews_replaceable,
+    )
 
 
 def _stem(path: Path) -> str:

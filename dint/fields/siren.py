@@ -67,7 +67,7 @@ def siren_params(in_features: int, out_features: int, hidden_layers: int, width:
     return siren_macs(in_features, out_features, hidden_layers, width) + hidden_layers * width + out_features
 
 
-def training_bytes(config: "ModelConfig", info: "SignalInfo", micro_batch: int) -> int:
+def training_bytes(config: ModelConfig, info: SignalInfo, micro_batch: int) -> int:
     """Memory a training step needs for the model: weights, gradients and Adam's two moments
     (4 floats a parameter), and the activations of one micro-batch kept for the backward
     (about 3 floats per neuron and point)."""
@@ -75,19 +75,24 @@ def training_bytes(config: "ModelConfig", info: "SignalInfo", micro_batch: int) 
     return 16 * params + 12 * micro_batch * config.width * config.hidden_layers
 
 
-def check_training_memory(config: "ModelConfig", info: "SignalInfo", micro_batch: int, device: torch.device) -> None:
+def check_training_memory(config: ModelConfig, info: SignalInfo, micro_batch: int, device: torch.device) -> None:
     """Refuse, before anything is loaded, a model whose training cannot fit (model.width = 1e6, say)."""
     from dint.core.resources import local_ranks, require_memory
 
-    require_memory(training_bytes(config, info, micro_batch),
-                   f"model.width = {config.width}, model.hidden_layers = {config.hidden_layers} (weights, gradients, "
-                   "Adam's state and a micro-batch's activations)", local_ranks(), device)
+    require_memory(
+        training_bytes(config, info, micro_batch),
+        f"model.width = {config.width}, model.hidden_layers = {config.hidden_layers} (weights, gradients, "
+        "Adam's state and a micro-batch's activations)",
+        local_ranks(),
+        device,
+    )
 
 
-def build_model(config: "ModelConfig", info: "SignalInfo") -> Siren:
+def build_model(config: ModelConfig, info: SignalInfo) -> Siren:
     """The SIREN of `config` for `info`'s coordinates in and channels out (training and dint render)."""
-    return Siren(info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first,
-                 config.init_scale)
+    return Siren(
+        info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first, config.init_scale
+    )
 
 
 def compile_wanted(setting: str, device: torch.device) -> bool:
@@ -96,7 +101,7 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def compile_model(model: nn.Module, config: "ModelConfig", device: torch.device) -> bool:
+def compile_model(model: nn.Module, config: ModelConfig, device: torch.device) -> bool:
     """Compile `model`'s forward in place when `config.compile` asks for it on `device`, and say
     whether it did. Shapes are dynamic (selections vary in size from step to step), and the
     parameters and state_dict keys stay those of the eager model, so checkpoints, DDP and

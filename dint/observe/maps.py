@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dint.distributed.collectives import all_reduce_max, all_reduce_sum
 from dint.core.files import write_outputs
 from dint.data.store import SignalInfo
+from dint.distributed.collectives import all_reduce_max, all_reduce_sum
 
 AUDIO_LENGTH = 4  # an audio map is a strip AUDIO_LENGTH x map_size bins long
 
@@ -35,12 +35,17 @@ class SignalView:
         self.shape = tuple(math.ceil(size / self.factor) for size in plane)
         self.size = math.prod(self.shape)
         # Points of the signal in each bin (edge bins hold fewer).
-        per_axis = [np.minimum(self.factor, size - np.arange(bins) * self.factor) for size, bins in zip(plane, self.shape)]
+        per_axis = [
+            np.minimum(self.factor, size - np.arange(bins) * self.factor) for size, bins in zip(plane, self.shape)
+        ]
         self.area = per_axis[0] if len(per_axis) == 1 else np.outer(per_axis[0], per_axis[1])
 
     def described(self) -> dict:
-        return {"slice": {f"axis {axis}": index for axis, index in enumerate(self.fixed)},
-                "points_per_bin": self.factor ** len(self.shape), "bins": list(self.shape)}
+        return {
+            "slice": {f"axis {axis}": index for axis, index in enumerate(self.fixed)},
+            "points_per_bin": self.factor ** len(self.shape),
+            "bins": list(self.shape),
+        }
 
     def bins(self, multi_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(in_view, bin): which of these points (integer positions, (n, ndim)) lie in the
@@ -48,7 +53,7 @@ class SignalView:
         in_view = torch.ones(multi_index.shape[0], dtype=torch.bool, device=multi_index.device)
         for axis, index in enumerate(self.fixed):
             in_view &= multi_index[:, axis] == index
-        position = multi_index[in_view][:, len(self.fixed):] // self.factor
+        position = multi_index[in_view][:, len(self.fixed) :] // self.factor
         flat = position[:, 0]
         for axis in range(1, position.shape[1]):
             flat = flat * self.shape[axis] + position[:, axis]
@@ -79,8 +84,9 @@ class FieldMaps:
         c = view.channels
         # [points, target (c), prediction (c), |error|], float64 so huge bins sum exactly enough
         self.sums = torch.zeros(view.size, 2 * c + 2, dtype=torch.float64, device=device)
-        self.highs = torch.full((view.size, 4), -math.inf, dtype=torch.float64, device=device) \
-            if view.ndim == 1 else None  # max target, max prediction, -min target, -min prediction
+        self.highs = (
+            torch.full((view.size, 4), -math.inf, dtype=torch.float64, device=device) if view.ndim == 1 else None
+        )  # max target, max prediction, -min target, -min prediction
 
     def add(self, multi_index: torch.Tensor, prediction: torch.Tensor, target: torch.Tensor) -> None:
         in_view, flat = self.view.bins(multi_index)
@@ -101,12 +107,20 @@ class FieldMaps:
         c, shape = self.view.channels, self.view.shape
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = sums[:, 1:] / sums[:, :1]
-        maps = {"points": sums[:, 0].reshape(shape), "target": mean[:, :c].reshape(*shape, c),
-                "prediction": mean[:, c:2 * c].reshape(*shape, c), "error": mean[:, 2 * c].reshape(shape)}
+        maps = {
+            "points": sums[:, 0].reshape(shape),
+            "target": mean[:, :c].reshape(*shape, c),
+            "prediction": mean[:, c : 2 * c].reshape(*shape, c),
+            "error": mean[:, 2 * c].reshape(shape),
+        }
         if self.highs is not None:
             highs = all_reduce_max(self.highs).cpu().numpy()
-            maps.update(target_high=highs[:, 0], prediction_high=highs[:, 1], target_low=-highs[:, 2],
-                        prediction_low=-highs[:, 3])
+            maps.update(
+                target_high=highs[:, 0],
+                prediction_high=highs[:, 1],
+                target_low=-highs[:, 2],
+                prediction_low=-highs[:, 3],
+            )
         return maps
 
 
@@ -123,8 +137,9 @@ class SelectionMaps:
         self.captured: dict[int, tuple[float, int, np.ndarray]] = {}
         if is_main and resume_after and path.exists():
             with np.load(path) as saved:
-                for step, ratio, selected, counts in zip(saved["steps"].tolist(), saved["ratios"].tolist(),
-                                                         saved["selected"].tolist(), saved["counts"]):
+                for step, ratio, selected, counts in zip(
+                    saved["steps"].tolist(), saved["ratios"].tolist(), saved["selected"].tolist(), saved["counts"]
+                ):
                     if step <= resume_after and counts.shape == view.shape:
                         self.captured[step] = (ratio, selected, counts)
 
@@ -138,11 +153,13 @@ class SelectionMaps:
             return
         self.captured[step] = (selection.ratio, selection.global_count, counts)
         steps = sorted(self.captured)
-        arrays = {"steps": np.array(steps, dtype=np.int64),
-                  "ratios": np.array([self.captured[s][0] for s in steps], dtype=np.float64),
-                  "selected": np.array([self.captured[s][1] for s in steps], dtype=np.int64),
-                  "counts": np.stack([self.captured[s][2] for s in steps]).astype(np.int32),
-                  "points_per_bin": self.view.area.astype(np.int32)}
+        arrays = {
+            "steps": np.array(steps, dtype=np.int64),
+            "ratios": np.array([self.captured[s][0] for s in steps], dtype=np.float64),
+            "selected": np.array([self.captured[s][1] for s in steps], dtype=np.int64),
+            "counts": np.stack([self.captured[s][2] for s in steps]).astype(np.int32),
+            "points_per_bin": self.view.area.astype(np.int32),
+        }
         write_outputs(self.path.parent, {self.path.name: lambda tmp: _save_npz(tmp, arrays)})
 
 

@@ -56,8 +56,10 @@ def waveform_picture(maps: dict, view: SignalView) -> np.ndarray:
     each column joined to the one before it so a finely sampled wave reads as a line."""
     width = view.shape[0]
     image = np.full((WAVEFORM_HEIGHT, width, 3), 255, dtype=np.uint8)
-    row = lambda value: np.clip(np.round((1.0 - value) / 2 * (WAVEFORM_HEIGHT - 1)), 0,  # noqa: E731
-                                WAVEFORM_HEIGHT - 1).astype(int)
+
+    def row(value):
+        return np.clip(np.round((1.0 - value) / 2 * (WAVEFORM_HEIGHT - 1)), 0, WAVEFORM_HEIGHT - 1).astype(int)
+
     for name, colour in (("target", (150, 150, 150)), ("prediction", (40, 80, 200))):
         low, high = maps[f"{name}_low"], maps[f"{name}_high"]
         seen = np.isfinite(high)
@@ -67,7 +69,7 @@ def waveform_picture(maps: dict, view: SignalView) -> np.ndarray:
         top = row(np.nan_to_num(np.maximum(high, before_low)))
         bottom = row(np.nan_to_num(np.minimum(low, before_high)))
         for x in np.flatnonzero(seen):
-            image[top[x]:bottom[x] + 1, x] = colour
+            image[top[x] : bottom[x] + 1, x] = colour
     return image
 
 
@@ -80,8 +82,9 @@ def _rgb(grey_or_rgb: np.ndarray) -> np.ndarray:
     return np.repeat(grey_or_rgb[..., None], 3, axis=-1) if grey_or_rgb.ndim == 2 else grey_or_rgb
 
 
-def selection_panels(captured: dict[int, tuple[float, int, np.ndarray]], view: SignalView, maps: dict | None,
-                     step: int | None) -> list[dict]:
+def selection_panels(
+    captured: dict[int, tuple[float, int, np.ndarray]], view: SignalView, maps: dict | None, step: int | None
+) -> list[dict]:
     """selection.png's panels: the selection at each captured step ({step: (ratio, points
     selected in the whole signal, counts per bin of the picture)}),
     then, from `maps` (an evaluation at `step`), the reconstruction and its error. Audio's
@@ -94,16 +97,33 @@ def selection_panels(captured: dict[int, tuple[float, int, np.ndarray]], view: S
         above = 0
         if waveform is not None:
             picture, above = np.concatenate([waveform, picture]), waveform.shape[0]
-        panels.append({"title": f"step {at}: ratio {ratio:.3g}\n{selected:,} points selected",
-                       "kind": "selection", "step": at, "ratio": ratio, "selected": selected, "shown": int(counts.sum()),
-                       "mask_top": above, "picture": picture})
+        panels.append(
+            {
+                "title": f"step {at}: ratio {ratio:.3g}\n{selected:,} points selected",
+                "kind": "selection",
+                "step": at,
+                "ratio": ratio,
+                "selected": selected,
+                "shown": int(counts.sum()),
+                "mask_top": above,
+                "picture": picture,
+            }
+        )
     if maps is not None:
         reconstruction = waveform if waveform is not None else value_picture(maps["prediction"], view)
-        panels.append({"title": f"reconstruction\nstep {step}", "kind": "reconstruction", "step": step,
-                       "picture": reconstruction})
+        panels.append(
+            {"title": f"reconstruction\nstep {step}", "kind": "reconstruction", "step": step, "picture": reconstruction}
+        )
         error, top = error_picture(maps["error"], view)
-        panels.append({"title": f"|error|, black 0 to {top:.3g}\nstep {step}", "kind": "error", "step": step,
-                       "largest_error": top, "picture": error})
+        panels.append(
+            {
+                "title": f"|error|, black 0 to {top:.3g}\nstep {step}",
+                "kind": "error",
+                "step": step,
+                "largest_error": top,
+                "picture": error,
+            }
+        )
     return panels
 
 
@@ -129,8 +149,9 @@ def compose(panels: list[dict], per_row: int = PER_ROW) -> tuple[Image.Image, li
             draw.rectangle([x - 1, y - 1, x + w, y + h], outline=(200, 200, 200))
             for line, text in enumerate(panel["title"].split("\n")[:2]):
                 draw.text((x, y + h + 3 + (FONT_SIZE + 2) * line), text, fill="black", font=font)
-            records.append({**{k: v for k, v in panel.items() if k != "picture"},
-                            "box": [x, y, x + w, y + h], "scale": scales[i]})
+            records.append(
+                {**{k: v for k, v in panel.items() if k != "picture"}, "box": [x, y, x + w, y + h], "scale": scales[i]}
+            )
             x += w + MARGIN
         y += height
     return figure, records

@@ -26,12 +26,19 @@ def quality_figure(lines: list[dict], selection_runs: list[list[int]], key: str)
     figure = Figure(figsize=(13, 8))
     (by_step, by_time), (loss_by_step, loss_by_time) = figure.subplots(2, 2)
     evaluated = [line for line in lines if line.get(key) is not None]
-    for axes, x, lines_of, y, colour in ((by_step, "step", evaluated, key, "C0"),
-                                         (by_time, "train_seconds", evaluated, key, "C0"),
-                                         (loss_by_step, "step", lines, "loss", "C2"),
-                                         (loss_by_time, "train_seconds", lines, "loss", "C2")):
-        axes.plot([line[x] for line in lines_of], [line[y] for line in lines_of], "o-" if y == key else "-",
-                  color=colour, markersize=3)
+    for axes, x, lines_of, y, colour in (
+        (by_step, "step", evaluated, key, "C0"),
+        (by_time, "train_seconds", evaluated, key, "C0"),
+        (loss_by_step, "step", lines, "loss", "C2"),
+        (loss_by_time, "train_seconds", lines, "loss", "C2"),
+    ):
+        axes.plot(
+            [line[x] for line in lines_of],
+            [line[y] for line in lines_of],
+            "o-" if y == key else "-",
+            color=colour,
+            markersize=3,
+        )
         axes.set_xlabel("step" if x == "step" else TIME_AXIS)
         axes.set_ylabel(UNITS[key] if y == key else "loss (mean squared error)")
         what = key.upper() if y == key else "loss"
@@ -40,8 +47,14 @@ def quality_figure(lines: list[dict], selection_runs: list[list[int]], key: str)
             axes.set_yscale("log")
         axes.grid(alpha=0.3)
     ratio = by_step.twinx()
-    ratio.step([line["step"] for line in lines], [line["ratio"] for line in lines], where="post", color="C1",
-               alpha=0.7, linewidth=1)
+    ratio.step(
+        [line["step"] for line in lines],
+        [line["ratio"] for line in lines],
+        where="post",
+        color="C1",
+        alpha=0.7,
+        linewidth=1,
+    )
     ratio.set_ylabel("ratio selected", color="C1")
     ratio.set_ylim(0, 1.05)
     _mark_selections(by_step, selection_runs)
@@ -56,12 +69,26 @@ def _mark_selections(axes, runs: list[list[int]]) -> None:
     for first, last, every in runs:
         if (last - first) // every + 1 > DENSE_RUN:
             label = "selection at every step" if every == 1 else f"selection every {every} steps"
-            axes.axvspan(first, last, ymin=0, ymax=0.04, color="black", alpha=0.3 if every > 1 else 0.5,
-                         label=None if label in labels else label)
+            axes.axvspan(
+                first,
+                last,
+                ymin=0,
+                ymax=0.04,
+                color="black",
+                alpha=0.3 if every > 1 else 0.5,
+                label=None if label in labels else label,
+            )
         else:
             label = "selection steps"
-            axes.vlines(range(first, last + 1, every), 0, 0.04, transform=transform, color="black", linewidth=0.6,
-                        label=None if label in labels else label)
+            axes.vlines(
+                range(first, last + 1, every),
+                0,
+                0.04,
+                transform=transform,
+                color="black",
+                linewidth=0.6,
+                label=None if label in labels else label,
+            )
         labels.add(label)
     if labels:
         axes.legend(loc="lower right", fontsize="small")
@@ -79,8 +106,13 @@ def quality_vs_time(curves: list[dict], path: Path, key: str, line: tuple[float,
     for entry in curves:
         curve = entry["curve"]
         label = entry.get("label")
-        axes.plot([t for t, _ in curve], [q for _, q in curve], color=entry.get("colour"),
-                  alpha=entry.get("alpha", 0.9), label=textwrap.fill(label, 90) if label else None)
+        axes.plot(
+            [t for t, _ in curve],
+            [q for _, q in curve],
+            color=entry.get("colour"),
+            alpha=entry.get("alpha", 0.9),
+            label=textwrap.fill(label, 90) if label else None,
+        )
     if line is not None:
         axes.axhline(line[0], color="grey", linestyle=":", linewidth=1, label=line[1])
     axes.set_xlabel(TIME_AXIS)

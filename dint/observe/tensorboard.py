@@ -16,10 +16,17 @@ import numpy as np
 
 # metrics.jsonl key -> TensorBoard tag
 SCALARS = {
-    "loss": "train/loss", "lr": "train/lr", "psnr": "quality/psnr", "iou": "quality/iou",
-    "ratio": "teacher/ratio", "selected": "teacher/selected", "imbalance": "teacher/imbalance",
-    "train_seconds": "time/train_seconds", "select_seconds": "time/select_seconds",
-    "balance_seconds": "time/balance_seconds", "update_seconds": "time/update_seconds",
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "psnr": "quality/psnr",
+    "iou": "quality/iou",
+    "ratio": "teacher/ratio",
+    "selected": "teacher/selected",
+    "imbalance": "teacher/imbalance",
+    "train_seconds": "time/train_seconds",
+    "select_seconds": "time/select_seconds",
+    "balance_seconds": "time/balance_seconds",
+    "update_seconds": "time/update_seconds",
 }
 
 
@@ -36,8 +43,9 @@ class TensorBoardLog:
                 for old in Path(folder).glob("events.out.tfevents.*"):
                     old.unlink()
 
-            self.writer = SummaryWriter(str(folder), purge_step=resume_after + 1 if resume_after else None,
-                                        flush_secs=30)
+            self.writer = SummaryWriter(
+                str(folder), purge_step=resume_after + 1 if resume_after else None, flush_secs=30
+            )
 
     def rewind(self, step: int) -> None:
         """A rollback to `step`: hide what was logged after it (as a resume does), it comes again."""

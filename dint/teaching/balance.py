@@ -80,12 +80,13 @@ class BalancedSelection:
         moved = all_to_all_rows(torch.cat(rows, dim=1), sent, received)
         ndim, channels = rows[0].shape[1], rows[1].shape[1]
         self.received_coords = moved[:, :ndim]
-        self.received_targets = moved[:, ndim:ndim + channels]
+        self.received_targets = moved[:, ndim : ndim + channels]
         self.received_weights = moved[:, ndim + channels] if selection.weights is not None else None
         self.memory = selection.memory
         # The errors the training forward sees at the received points, to send back (error reuse).
-        self.returned = torch.zeros(moved.shape[0], dtype=torch.float32, device=moved.device) \
-            if self.memory is not None else None
+        self.returned = (
+            torch.zeros(moved.shape[0], dtype=torch.float32, device=moved.device) if self.memory is not None else None
+        )
 
     # Selection's interface, as the trainer and the metrics use it.
     def __getattr__(self, name: str):
@@ -101,8 +102,10 @@ class BalancedSelection:
         for start, stop in _spans(kept + self.received_coords.shape[0], micro_batch):
             own, received = slice(start, min(stop, kept)), slice(max(start - kept, 0), max(stop - kept, 0))
             local = self.kept[own]
-            part = {"coords": _joined(shard.coords(local), self.received_coords[received]),
-                    "targets": _joined(shard.targets(local), self.received_targets[received])}
+            part = {
+                "coords": _joined(shard.coords(local), self.received_coords[received]),
+                "targets": _joined(shard.targets(local), self.received_targets[received]),
+            }
             if self.kept_weights is not None:
                 part["weights"] = _joined(self.kept_weights[own], self.received_weights[received])
             if self.memory is not None:
@@ -121,10 +124,11 @@ class BalancedSelection:
         kept = self.kept.shape[0]
         split = min(max(kept - span.start, 0), diff.shape[0])  # the part's kept points come first
         if split:
-            self.memory.remember(self.kept[span.start:span.start + split], diff[:split])
+            self.memory.remember(self.kept[span.start : span.start + split], diff[:split])
         if split < diff.shape[0]:
-            self.returned[span.start + split - kept:span.stop - kept] = per_point_error(diff[split:].detach(),
-                                                                                       self.memory.kind)
+            self.returned[span.start + split - kept : span.stop - kept] = per_point_error(
+                diff[split:].detach(), self.memory.kind
+            )
 
     def settle(self) -> None:
         """The received points' errors back to the ranks that hold them (collective)."""

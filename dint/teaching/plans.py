@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Iterator, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from dint.core.config import Config
-from dint.data.sharding import MiniBatches, Shard, ShardStream, chunk_grid
-from dint.distributed.collectives import all_reduce_max, all_reduce_sum, gather_counts
 from dint.core.errors import DintError, warn
 from dint.core.resources import available_memory, human, local_ranks
+from dint.data.sharding import MiniBatches, Shard, ShardStream, chunk_grid
 from dint.data.store import SignalInfo, Store
+from dint.distributed.collectives import all_reduce_max, all_reduce_sum, gather_counts
 from dint.teaching.teacher import Selection, Teacher
 
 
@@ -53,8 +54,15 @@ class BatchPlan(Protocol):
         """Forget every selection made, then restore those of `state` (may be {})."""
 
 
-def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: list[int], teacher: Teacher,
-                     device: torch.device, rank: int = 0) -> BatchPlan:
+def build_batch_plan(
+    config: Config,
+    info: SignalInfo,
+    store: Store,
+    chunk_ids: list[int],
+    teacher: Teacher,
+    device: torch.device,
+    rank: int = 0,
+) -> BatchPlan:
     """The plan for the rank's chunks: in memory, or streamed when any rank's share is over
     data.memory_budget; over the whole signal, or in mini-batches (teacher.minibatch)."""
     steps, minibatch, budget = config.train.steps, config.teacher.minibatch, config.data.memory_budget_bytes
@@ -65,8 +73,10 @@ def build_batch_plan(config: Config, info: SignalInfo, store: Store, chunk_ids: 
     counts = gather_counts(points, device)
     idle = [r for r, count in enumerate(counts) if count == 0]
     if idle and idle[0] == rank:  # said once, by the first idle rank
-        warn(f"rank(s) {', '.join(map(str, idle))} hold no point and train nothing: the store has {len(grid)} "
-             f"chunk(s) for {len(counts)} ranks (shard it with a smaller --chunk)")
+        warn(
+            f"rank(s) {', '.join(map(str, idle))} hold no point and train nothing: the store has {len(grid)} "
+            f"chunk(s) for {len(counts)} ranks (shard it with a smaller --chunk)"
+        )
     if budget == 0:  # no budget set: the machine's memory is the budget
         budget = _budget_from_memory(config, share, device)
     # Every rank must take the same branch: stream if any rank's share is over budget.
@@ -97,13 +107,17 @@ def _budget_from_memory(config: Config, share: int, device: torch.device) -> int
         return 0
     if config.teacher.minibatch or config.teacher.strategy == "full":
         if int(os.environ.get("RANK", 0)) == 0:
-            warn(f"a rank's share of the store is over half the {human(have)} of memory available to each rank: "
-                 f"streamed within data.memory_budget = {human(have // 2)}")
+            warn(
+                f"a rank's share of the store is over half the {human(have)} of memory available to each rank: "
+                f"streamed within data.memory_budget = {human(have // 2)}"
+            )
         return have // 2
-    raise DintError(f"{config.data.store}: a rank's share of the store ({human(share)} here) does not fit in half the "
-                    f"{human(have)} of memory available to each of the {local_ranks()} rank(s) on this machine; set "
-                    "teacher.minibatch (mini-batch INT streams its groups), use more ranks, or set data.memory_budget",
-                    shared=True)
+    raise DintError(
+        f"{config.data.store}: a rank's share of the store ({human(share)} here) does not fit in half the "
+        f"{human(have)} of memory available to each of the {local_ranks()} rank(s) on this machine; set "
+        "teacher.minibatch (mini-batch INT streams its groups), use more ranks, or set data.memory_budget",
+        shared=True,
+    )
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -155,8 +169,7 @@ class WholeSignal:
 
     def at(self, step: int, model: torch.nn.Module) -> Iterable[Selection]:
         if self.teacher.must_select(self.current and self.current.step, step, self.total_steps):
-            self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps,
-                                               self.memory)
+            self.current = self.teacher.select(model, self.shard, self.everything, step, self.total_steps, self.memory)
         return [self.current]
 
     def shards(self) -> Iterable[Shard]:
@@ -167,11 +180,14 @@ class WholeSignal:
             return {}
         every_id = self.shard.global_index(self.everything)
         bits = global_bits(every_id[self.current.local], self.shard.info.num_points)
-        state = {"bits": bits.cpu(), "selections": {0: (self.current.global_count, self.current.ratio,
-                                                        self.current.step)}}
+        state = {
+            "bits": bits.cpu(),
+            "selections": {0: (self.current.global_count, self.current.ratio, self.current.step)},
+        }
         if self.current.weights is not None:  # importance weights, by global index (N floats)
-            state["weights"] = global_values(every_id[self.current.local], self.current.weights,
-                                             self.shard.info.num_points).cpu()
+            state["weights"] = global_values(
+                every_id[self.current.local], self.current.weights, self.shard.info.num_points
+            ).cpu()
             state["normalizer"] = float(self.current.normalizer)  # a plain number in the checkpoint
         if self.memory is not None:  # the errors seen so far, by global index (N floats)
             state["errors"] = global_values(every_id, self.memory.errors, self.shard.info.num_points).cpu()
@@ -190,8 +206,17 @@ class WholeSignal:
         if self.memory is not None and "errors" in state:
             self.memory.errors = state["errors"].to(self.shard.device)[every_id]
             self.memory.refreshed_at = state["refreshed_at"]
-        self.current = Selection(self.shard, local, global_count, gather_counts(local.shape[0], local.device), ratio,
-                                 made, weights=weights, normalizer=state.get("normalizer"), memory=self.memory)
+        self.current = Selection(
+            self.shard,
+            local,
+            global_count,
+            gather_counts(local.shape[0], local.device),
+            ratio,
+            made,
+            weights=weights,
+            normalizer=state.get("normalizer"),
+            memory=self.memory,
+        )
 
 
 class _ReusedSelections:
@@ -210,8 +235,13 @@ class _ReusedSelections:
             if self.teacher.chooses:
                 mask = torch.zeros(candidates.shape[0], dtype=torch.bool, device=candidates.device)
                 mask[selection.positions] = True
-                self.saved[index] = (pack_mask(mask), selection.global_count,
-                                     selection.rank_counts, selection.ratio, pass_index)
+                self.saved[index] = (
+                    pack_mask(mask),
+                    selection.global_count,
+                    selection.rank_counts,
+                    selection.ratio,
+                    pass_index,
+                )
         else:
             packed, global_count, rank_counts, ratio, made = saved
             local = candidates[unpack_mask(packed, candidates.shape[0])]
@@ -234,8 +264,10 @@ class _ReusedSelections:
             candidates = ids_of(index)
             ids.append(candidates[unpack_mask(packed, candidates.shape[0])])
         bits = global_bits(torch.cat(ids), num_points)
-        return {"bits": bits.cpu(), "selections": {index: (count, ratio, made) for index, (_, count, _, ratio, made)
-                                                   in self.saved.items()}}
+        return {
+            "bits": bits.cpu(),
+            "selections": {index: (count, ratio, made) for index, (_, count, _, ratio, made) in self.saved.items()},
+        }
 
     def load_state_dict(self, state: dict, shard: Shard, points_of) -> None:
         self.clear()
@@ -245,8 +277,9 @@ class _ReusedSelections:
         for index, (_, ratio, made) in sorted(state["selections"].items()):
             self.restore(index, bits, shard, points_of(index), ratio, made)
 
-    def restore(self, index: int, bits: torch.Tensor, shard: Shard, candidates: torch.Tensor, ratio: float,
-                made: int) -> None:
+    def restore(
+        self, index: int, bits: torch.Tensor, shard: Shard, candidates: torch.Tensor, ratio: float, made: int
+    ) -> None:
         """Mini-batch `index`'s selection from the global bit mask (collective: counts per rank)."""
         mask = bits_at(bits, shard.global_index(candidates))
         counts = gather_counts(int(mask.sum()), mask.device)
@@ -274,8 +307,9 @@ class MiniBatchesInMemory:
         return [self.shard]
 
     def state_dict(self) -> dict:
-        return self.reused.state_dict(lambda index: self.shard.global_index(self.plan.points(index)),
-                                      self.shard.info.num_points)
+        return self.reused.state_dict(
+            lambda index: self.shard.global_index(self.plan.points(index)), self.shard.info.num_points
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.reused.load_state_dict(state, self.shard, self.plan.points)
@@ -314,8 +348,10 @@ class MiniBatchesStreamed:
     def state_dict(self) -> dict:
         """The groups' last selections as one global bit mask (the points of a group found by
         index arithmetic alone, without reading it)."""
-        layouts = [Shard(self.stream.store, ids, self.stream.device, self.stream.info, read=False)
-                   for ids in self.stream.groups]
+        layouts = [
+            Shard(self.stream.store, ids, self.stream.device, self.stream.info, read=False)
+            for ids in self.stream.groups
+        ]
         return self.reused.state_dict(lambda index: self._points_of(layouts, index), self.stream.info.num_points)
 
     def load_state_dict(self, state: dict) -> None:
@@ -349,14 +385,16 @@ class WholeSignalStreamed:
     def at(self, step: int, model: torch.nn.Module) -> Iterator[Selection]:
         total, yielded = sum(self.rank_counts), False
         for group in self.stream:
-            self.current = Selection(group, torch.arange(len(group), device=group.device), total,
-                                     self.rank_counts, 1.0, step)
+            self.current = Selection(
+                group, torch.arange(len(group), device=group.device), total, self.rank_counts, 1.0, step
+            )
             yielded = True
             yield self.current
         if not yielded:  # a rank with no chunk still joins the update, with nothing
             empty = Shard(self.stream.store, [], self.stream.device, self.stream.info)
-            self.current = Selection(empty, torch.zeros(0, dtype=torch.int64, device=empty.device), total,
-                                     self.rank_counts, 1.0, step)
+            self.current = Selection(
+                empty, torch.zeros(0, dtype=torch.int64, device=empty.device), total, self.rank_counts, 1.0, step
+            )
             yield self.current
 
     def shards(self) -> Iterable[Shard]:

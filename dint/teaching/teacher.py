@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -242,10 +242,20 @@ class Selection:
     importance_correction below 1 the drawn weights' sum: dint.teaching.teacher.importance_weights).
     """
 
-    def __init__(self, shard: Shard, local: torch.Tensor, global_count: int, rank_counts: list[int],
-                 ratio: float, step: int, positions: torch.Tensor | None = None, *,
-                 weights: torch.Tensor | None = None, normalizer: int | float | torch.Tensor | None = None,
-                 memory: ErrorMemory | None = None):
+    def __init__(
+        self,
+        shard: Shard,
+        local: torch.Tensor,
+        global_count: int,
+        rank_counts: list[int],
+        ratio: float,
+        step: int,
+        positions: torch.Tensor | None = None,
+        *,
+        weights: torch.Tensor | None = None,
+        normalizer: int | float | torch.Tensor | None = None,
+        memory: ErrorMemory | None = None,
+    ):
         self.shard = shard
         self.local = local
         self.positions = positions  # where the chosen points stand among the candidates offered
@@ -275,8 +285,11 @@ class Selection:
             if self._whole is None:
                 self._whole = self._part(self.local, self.weights)
             return [self._whole]
-        weights = self.weights.split(micro_batch) if self.weights is not None else [None] * math.ceil(
-            self.local.shape[0] / micro_batch)
+        weights = (
+            self.weights.split(micro_batch)
+            if self.weights is not None
+            else [None] * math.ceil(self.local.shape[0] / micro_batch)
+        )
         return [self._part(local, w) for local, w in zip(self.local.split(micro_batch), weights)]
 
     def _part(self, local: torch.Tensor, weights: torch.Tensor | None) -> dict:
@@ -289,8 +302,14 @@ class Selection:
 
 
 @torch.no_grad()
-def point_errors(model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, block_points: int,
-                 kind: str = "l1", precision: torch.dtype | None = None) -> torch.Tensor:
+def point_errors(
+    model: torch.nn.Module,
+    shard: Shard,
+    candidates: torch.Tensor,
+    block_points: int,
+    kind: str = "l1",
+    precision: torch.dtype | None = None,
+) -> torch.Tensor:
     """Per-point error of `model` at the candidate points, one bounded block at a time; with
     `precision`, the forward runs under autocast to that dtype (errors are float32 either way)."""
     errors = torch.empty(candidates.shape[0], dtype=torch.float32, device=shard.device)
@@ -303,8 +322,13 @@ def point_errors(model: torch.nn.Module, shard: Shard, candidates: torch.Tensor,
     return errors
 
 
-def top_draws(draws: torch.Tensor, count: int, available: int, select_top: Callable,
-              ids_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def top_draws(
+    draws: torch.Tensor,
+    count: int,
+    available: int,
+    select_top: Callable,
+    ids_of: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """The points `select_top(draws, count, ids_of)` picks, without ranking every draw (collective).
 
     `available` of the draws over all ranks are uniform in [0, 1) (the others are -1). Only
@@ -345,13 +369,15 @@ class Offered:
     def everything(self) -> bool:
         """Whether the candidates are every point of the shard, in order (no gathering needed)."""
         n = len(self.shard)
-        return self.candidates.shape[0] == n and torch.equal(self.candidates,
-                                                             torch.arange(n, device=self.candidates.device))
+        return self.candidates.shape[0] == n and torch.equal(
+            self.candidates, torch.arange(n, device=self.candidates.device)
+        )
 
     @functools.cached_property
     def base(self) -> torch.Tensor:
         return (hashed_uniform(self.shard.global_index(self.candidates), self.seed, -1) * 2.0**self._BITS).to(
-            torch.int64)
+            torch.int64
+        )
 
     def draws(self, step: int) -> torch.Tensor:
         """Every candidate's uniform [0, 1) draw at `step` (a new float64 tensor)."""
@@ -399,8 +425,15 @@ class Teacher:
         c = self.config
         return self.chooses and last != progress and is_selection_step(progress, total, c.interval_schedule, c.interval)
 
-    def select(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
-               total: int, memory: ErrorMemory | None = None) -> Selection:
+    def select(
+        self,
+        model: torch.nn.Module,
+        shard: Shard,
+        candidates: torch.Tensor,
+        progress: int,
+        total: int,
+        memory: ErrorMemory | None = None,
+    ) -> Selection:
         """The points every rank trains on, chosen among the candidates of every rank together.
 
         `candidates` are local indices into `shard`; every rank calls this together, each
@@ -437,19 +470,31 @@ class Teacher:
                 if drawn:  # the rest at random among the points the ranking left
                     random = offered.draws(progress)
                     random[positions] = -1.0  # below every draw
-                    positions = torch.cat([positions, top_draws(random, drawn, total_candidates - (k - drawn),
-                                                                select_top, ids_of)])
+                    positions = torch.cat(
+                        [positions, top_draws(random, drawn, total_candidates - (k - drawn), select_top, ids_of)]
+                    )
             else:
                 errors = self._errors(model, shard, candidates, progress, memory)
                 probability = inclusion_probability(errors, k, total_candidates, c.random_share)
                 positions = torch.nonzero(offered.draws(progress) < probability).squeeze(1)
-                weights, normalizer = importance_weights(probability, positions, total_candidates,
-                                                         c.importance_correction)
+                weights, normalizer = importance_weights(
+                    probability, positions, total_candidates, c.importance_correction
+                )
             if c.strategy == "int":  # in the candidates' own order (the others already are): what a resume rebuilds
                 positions = positions.sort().values
         counts = gather_counts(positions.shape[0], device)
-        return Selection(shard, candidates[positions], sum(counts), counts, ratio, progress, positions,
-                         weights=weights, normalizer=normalizer, memory=memory)
+        return Selection(
+            shard,
+            candidates[positions],
+            sum(counts),
+            counts,
+            ratio,
+            progress,
+            positions,
+            weights=weights,
+            normalizer=normalizer,
+            memory=memory,
+        )
 
     def _offered(self, shard: Shard, candidates: torch.Tensor) -> Offered:
         """What a selection needs to know of its candidates besides their errors, kept while
@@ -458,11 +503,15 @@ class Teacher:
             self._last_offered = Offered(shard, candidates, self.seed)
         return self._last_offered
 
-    def _errors(self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int,
-                memory: ErrorMemory | None) -> torch.Tensor:
+    def _errors(
+        self, model: torch.nn.Module, shard: Shard, candidates: torch.Tensor, progress: int, memory: ErrorMemory | None
+    ) -> torch.Tensor:
         """The candidates' errors: a scoring forward at refresh steps, else what memory holds."""
-        if memory is not None and memory.refreshed_at is not None \
-                and progress - memory.refreshed_at < self.config.error_refresh:
+        if (
+            memory is not None
+            and memory.refreshed_at is not None
+            and progress - memory.refreshed_at < self.config.error_refresh
+        ):
             return memory.errors if self._offered(shard, candidates).everything else memory.errors[candidates]
         with self.score_timer():
             low = torch.float16 if self.config.score_precision == "float16" else None
@@ -474,8 +523,9 @@ class Teacher:
         return errors
 
 
-def importance_weights(probability: torch.Tensor, positions: torch.Tensor, total: int,
-                       correction: float) -> tuple[torch.Tensor, int | torch.Tensor]:
+def importance_weights(
+    probability: torch.Tensor, positions: torch.Tensor, total: int, correction: float
+) -> tuple[torch.Tensor, int | torch.Tensor]:
     """The drawn points' loss weights 1 / p^correction, and what the weighted sum of their
     losses is divided by (collective).
 

@@ -18,17 +18,18 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from dint.core.config import Config
-from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
 from dint.core.errors import DintError, warn
 from dint.core.files import anything, fsync, new_token, sha256_of, shown, staged
 from dint.data.store import SignalInfo
+from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
@@ -67,8 +68,14 @@ class CheckpointManager:
     resume can refuse another signal or another model shape.
     """
 
-    def __init__(self, run_config: Config, info: SignalInfo, dist: DistInfo, parts: dict[str, Stateful],
-                 before_manifest: Callable[[int], None] = lambda step: None):
+    def __init__(
+        self,
+        run_config: Config,
+        info: SignalInfo,
+        dist: DistInfo,
+        parts: dict[str, Stateful],
+        before_manifest: Callable[[int], None] = lambda step: None,
+    ):
         """Checkpoints of the run of `run_config` (its [checkpoint] section, in run.dir/checkpoints)."""
         self.config, self.run_dir, self.dist, self.parts = run_config.checkpoint, Path(run_config.run.dir), dist, parts
         self.run_config, self.info = run_config, info
@@ -80,9 +87,14 @@ class CheckpointManager:
 
     def state_dict(self, step: int) -> dict:
         """The whole state, the same whatever the number of ranks (collective)."""
-        return {"format": FORMAT, "step": step, "parts": {name: part.state_dict() for name, part in self.parts.items()},
-                "config": self.run_config.to_dict(), "signal": self.info.to_attrs(),
-                "world_size": self.dist.world_size}
+        return {
+            "format": FORMAT,
+            "step": step,
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+            "config": self.run_config.to_dict(),
+            "signal": self.info.to_attrs(),
+            "world_size": self.dist.world_size,
+        }
 
     def load_state_dict(self, state: dict) -> int:
         """Load every part; the step to run next."""
@@ -130,15 +142,22 @@ class CheckpointManager:
 
     def _check_compatible(self, path: Path, state: dict) -> None:
         saved, info = state["signal"], self.info
-        if saved["source"]["sha256"] != info.source_sha256 or tuple(saved["shape"]) != info.shape \
-                or saved["channels"] != info.channels:
-            raise DintError(f"{path}: checkpoint is of another signal ({saved['source']['name']}, shape "
-                            f"{tuple(saved['shape'])}), not of {self.run_config.data.store}; use another run.dir or "
-                            "--checkpoint.resume never")
+        if (
+            saved["source"]["sha256"] != info.source_sha256
+            or tuple(saved["shape"]) != info.shape
+            or saved["channels"] != info.channels
+        ):
+            raise DintError(
+                f"{path}: checkpoint is of another signal ({saved['source']['name']}, shape "
+                f"{tuple(saved['shape'])}), not of {self.run_config.data.store}; use another run.dir or "
+                "--checkpoint.resume never"
+            )
         for key in ("width", "hidden_layers"):
             if state["config"]["model"][key] != getattr(self.run_config.model, key):
-                raise DintError(f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
-                                f"says {getattr(self.run_config.model, key)}: the model's shape cannot change on resume")
+                raise DintError(
+                    f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
+                    f"says {getattr(self.run_config.model, key)}: the model's shape cannot change on resume"
+                )
 
     def _warn(self, message: str) -> None:
         if self.dist.is_main:
@@ -179,8 +198,9 @@ def dest_of(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"step-{step:08d}"
 
 
-def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int,
-                    before_manifest: Callable[[], None] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, state: dict, keep: int, before_manifest: Callable[[], None] | None = None
+) -> Path:
     """Write `state` as the checkpoint of `step` (the next step to run); keep the newest `keep`.
 
     Any OSError (a full disk, a read-only folder) becomes a DintError naming the folder;

@@ -10,15 +10,15 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from dint.train.schedule import build_lr_scheduler
 from dint.core.config import TrainConfig
 from dint.distributed.collectives import DistInfo, pick_device
+from dint.train.schedule import build_lr_scheduler
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
@@ -145,7 +145,10 @@ class DeepSpeedEngine(_Engine):
             "dump_state": False,
         }
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=settings,
+            model=model,
+            optimizer=self.optimizer,
+            lr_scheduler=self.scheduler,
+            config=settings,
             dist_init_required=False,
         )
         self.module = self.model.module
@@ -200,8 +203,9 @@ def needs_process_group(name: str) -> bool:
     return name == "deepspeed"
 
 
-def build_engine(config: TrainConfig, model: nn.Module, dist_info: DistInfo,
-                 timers: dict | None = None) -> DDPEngine | DeepSpeedEngine:
+def build_engine(
+    config: TrainConfig, model: nn.Module, dist_info: DistInfo, timers: dict | None = None
+) -> DDPEngine | DeepSpeedEngine:
     """`timers` (optional): DDP times its gradient all-reduce in timers["allreduce"] and the
     optimizer step in timers["optimizer"]; DeepSpeed's steps are not split."""
     if config.engine == "deepspeed":

@@ -8,16 +8,16 @@ occupancy, at or below 0 for a signed distance.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from dint.observe.maps import FieldMaps
 from dint.core.config import EvalConfig
 from dint.data.sharding import Shard
+from dint.data.store import SignalInfo, Store, to_training, to_unit
 from dint.distributed.collectives import all_reduce_sum
 from dint.fields.quality import inside_threshold, iou, psnr, ssim
-from dint.data.store import SignalInfo, Store, to_training, to_unit
+from dint.observe.maps import FieldMaps
 
 TRAINING_RANGE = 2.0  # targets live in [-1, 1]; PSNR is taken over that range
 
@@ -27,8 +27,16 @@ class Evaluator:
     random sample of eval.sample points; each rank evaluates its own, the sums are all-reduced.
     It owns the evaluation cadence ([eval] every) of a run of `steps` steps."""
 
-    def __init__(self, config: EvalConfig, info: SignalInfo, shards: Iterable[Shard], device: torch.device,
-                 block_points: int, seed: int, steps: int = 0):
+    def __init__(
+        self,
+        config: EvalConfig,
+        info: SignalInfo,
+        shards: Iterable[Shard],
+        device: torch.device,
+        block_points: int,
+        seed: int,
+        steps: int = 0,
+    ):
         self.info, self.shards, self.device, self.block_points = info, shards, device, block_points
         self.every, self.steps = config.every, steps
         self.sample = self._sample(config.sample, seed) if config.sample else None
@@ -94,5 +102,6 @@ class Evaluator:
 def reconstruction_ssim(store: Store, reconstruction: Store, info: SignalInfo) -> float:
     """SSIM of a whole image's reconstruction against its store (an image small enough to preview)."""
     whole = ((0,) * info.ndim, info.shape)  # read_region: retries, and one line if it fails
-    return ssim(to_unit(store.read_region(*whole), info), to_unit(reconstruction.read_region(*whole), info),
-                data_range=1.0)
+    return ssim(
+        to_unit(store.read_region(*whole), info), to_unit(reconstruction.read_region(*whole), info), data_range=1.0
+    )

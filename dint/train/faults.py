@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 
 class Faults:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def selection_loss(model: torch.nn.Module, *, coords: torch.Tensor, targets: torch.Tensor,
-                   global_count: int | float | torch.Tensor,
-                   world_size: int, weights: torch.Tensor | None = None, local: torch.Tensor | slice | None = None,
-                   remember=None) -> torch.Tensor:
+def selection_loss(
+    model: torch.nn.Module,
+    *,
+    coords: torch.Tensor,
+    targets: torch.Tensor,
+    global_count: int | float | torch.Tensor,
+    world_size: int,
+    weights: torch.Tensor | None = None,
+    local: torch.Tensor | slice | None = None,
+    remember=None,
+) -> torch.Tensor:
     """Mean squared error over the *global* selection, as this rank's share of it.
 
     Engines average gradients over ranks, so each rank's sum is scaled by

@@ -11,8 +11,9 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -80,15 +81,26 @@ class Timers(dict):
         """The run summary's seconds: train_seconds is selection and update steps only (no store
         reading, no evaluation); score is part of select, allreduce and optimizer of update."""
         seconds = self.state_dict()
-        return {"train_seconds": seconds["select"] + seconds["balance"] + seconds["update"],
-                **{f"{name}_seconds": seconds[name] for name in self.NAMES}}
+        return {
+            "train_seconds": seconds["select"] + seconds["balance"] + seconds["update"],
+            **{f"{name}_seconds": seconds[name] for name in self.NAMES},
+        }
 
 
 class MetricsLogger:
     """Decides which steps are logged ([metrics] log_every), and writes their lines (rank 0)."""
 
-    def __init__(self, config: MetricsConfig, steps: int, run_dir: Path, enabled: bool, timers: Timers,
-                 steps_per_pass: int = 1, resume_after: int | None = None, shape: bool = False):
+    def __init__(
+        self,
+        config: MetricsConfig,
+        steps: int,
+        run_dir: Path,
+        enabled: bool,
+        timers: Timers,
+        steps_per_pass: int = 1,
+        resume_after: int | None = None,
+        shape: bool = False,
+    ):
         """A fresh run_dir/metrics.jsonl for a run of `steps` steps, or (`resume_after` = the step
         resumed from) the lines up to that step kept. Lines show `timers`, and with mini-batches
         (`steps_per_pass` > 1) the pass and mini-batch of each step; `shape`: an IoU too."""
@@ -96,19 +108,16 @@ class MetricsLogger:
         self.timers, self.steps_per_pass = timers, steps_per_pass
         self.enabled, self.shape = enabled, shape
         self.history: list[dict[str, Any]] = []  # this run's lines, on every rank (dint bench reads them)
-        path = self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / "metrics.jsonl"
         self._file = None
         if enabled:
-            kept = []
-            if resume_after and path.exists():
-                kept = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= resume_after]
-            self._file = open(path, "w")
-            self._file.write("".join(line + "\n" for line in kept))
-            self._file.flush()
+            self._rewrite(resume_after or 0)
         show_bar = enabled and sys.stderr.isatty()
-        self._bar = tqdm(total=self.total_steps, initial=resume_after or 0, unit="step", dynamic_ncols=True) \
-            if show_bar else None
+        self._bar = (
+            tqdm(total=self.total_steps, initial=resume_after or 0, unit="step", dynamic_ncols=True)
+            if show_bar
+            else None
+        )
 
     def due(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.total_steps
@@ -134,8 +143,11 @@ class MetricsLogger:
             # Bytes each rank handed to the step's collectives (dint.distributed.collectives.Traffic).
             **bytes_per_rank(TRAFFIC.step, loss.device),
             "selected_at": selection.step + 1,  # step, or pass with mini-batches
-            **({"pass": (step - 1) // self.steps_per_pass + 1, "minibatch": (step - 1) % self.steps_per_pass + 1}
-               if self.steps_per_pass > 1 else {}),
+            **(
+                {"pass": (step - 1) // self.steps_per_pass + 1, "minibatch": (step - 1) % self.steps_per_pass + 1}
+                if self.steps_per_pass > 1
+                else {}
+            ),
             "select_seconds": round(self.timers["select"].seconds, 4),
             "balance_seconds": round(self.timers["balance"].seconds, 4),
             "update_seconds": round(self.timers["update"].seconds, 4),
@@ -149,10 +161,21 @@ class MetricsLogger:
         self.history = [record for record in self.history if record["step"] <= step]
         if self._file is not None:
             self._file.close()
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self._file = open(self.path, "w")
-            self._file.write("".join(line + "\n" for line in kept))
-            self._file.flush()
+            self._rewrite(step)
+
+    def _rewrite(self, up_to: int) -> None:
+        """Open metrics.jsonl afresh with its lines up to step `up_to` kept (none for 0), and keep
+        it open for the lines to come (closed by `close`)."""
+        kept = []
+        if up_to and self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= up_to
+            ]
+        self._file = open(self.path, "w")  # noqa: SIM115 (open for the whole run)
+        self._file.write("".join(line + "\n" for line in kept))
+        self._file.flush()
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -180,21 +203,30 @@ def run_summary(trainer, quality: dict, wall_seconds: float) -> dict:
     time went (collective: per-rank counts)."""
     c, dist = trainer.config, trainer.dist
     return {
-        "final_psnr": quality["psnr"], **({"iou": quality["iou"]} if "iou" in quality else {}),
-        "steps": c.train.steps, "world_size": dist.world_size,
-        "nodes": dist.world_size // local_ranks(), "teacher": c.teacher.strategy,
-        "engine": c.train.engine, "device": str(dist.device),
-        "compiled_with": c.model.compile_backend if trainer.compiled else None, "store": str(trainer.store.path),
-        "modality": trainer.info.modality, "points": trainer.info.num_points,
-        "ndim": trainer.info.ndim, "channels": trainer.info.channels,
+        "final_psnr": quality["psnr"],
+        **({"iou": quality["iou"]} if "iou" in quality else {}),
+        "steps": c.train.steps,
+        "world_size": dist.world_size,
+        "nodes": dist.world_size // local_ranks(),
+        "teacher": c.teacher.strategy,
+        "engine": c.train.engine,
+        "device": str(dist.device),
+        "compiled_with": c.model.compile_backend if trainer.compiled else None,
+        "store": str(trainer.store.path),
+        "modality": trainer.info.modality,
+        "points": trainer.info.num_points,
+        "ndim": trainer.info.ndim,
+        "channels": trainer.info.channels,
         "params": sum(p.numel() for p in trainer.engine.module.parameters()),
         "evaluation": trainer.evaluator.described,
         "streamed": trainer.plan.streamed,
-        **trainer.timers.summary(), "points_trained": trainer.points_trained,
+        **trainer.timers.summary(),
+        "points_trained": trainer.points_trained,
         # Points through each rank's scoring forwards since this process started (not saved in checkpoints).
         "points_scored_per_rank": gather_counts(trainer.teacher.points_scored, dist.device),
         **bytes_per_rank(TRAFFIC.total, dist.device),
-        "load_seconds": trainer.load_seconds, "wall_seconds": wall_seconds,
+        "load_seconds": trainer.load_seconds,
+        "wall_seconds": wall_seconds,
         "peak_rss_mb_per_rank": peak_rss_mb_per_rank(dist.device),
         "outputs": {},
     }

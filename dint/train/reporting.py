@@ -18,22 +18,45 @@ from dint.core.config import Config, map_steps
 from dint.core.files import write_outputs
 from dint.data.store import SignalInfo
 from dint.observe.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
-from dint.observe.pictures import (PER_ROW, compose, error_picture, save_dint_png, selection_panels, selection_picture,
-                                   value_picture)
+from dint.observe.pictures import (
+    PER_ROW,
+    compose,
+    error_picture,
+    save_dint_png,
+    selection_panels,
+    selection_picture,
+    value_picture,
+)
 from dint.observe.plots import quality_figure, save_figure
 from dint.observe.tensorboard import TensorBoardLog
 
 
 class RunReporting:
-    def __init__(self, config: Config, info: SignalInfo, run_dir: Path, device: torch.device, is_main: bool,
-                 resume_after: int, teacher_chooses: bool):
+    def __init__(
+        self,
+        config: Config,
+        info: SignalInfo,
+        run_dir: Path,
+        device: torch.device,
+        is_main: bool,
+        resume_after: int,
+        teacher_chooses: bool,
+    ):
         c = config.metrics
         self.info, self.run_dir, self.device, self.is_main = info, run_dir, device, is_main
         self.plots, self.tensorboard_folder = c.plots, run_dir / "tensorboard" if c.tensorboard else None
         self.view = SignalView(info, c.map_size)
-        self.selection_maps = SelectionMaps(self.view, map_steps(c.selection_maps, config.train.steps),
-                                            run_dir / "selection.npz", is_main, resume_after) \
-            if teacher_chooses and c.selection_maps else None
+        self.selection_maps = (
+            SelectionMaps(
+                self.view,
+                map_steps(c.selection_maps, config.train.steps),
+                run_dir / "selection.npz",
+                is_main,
+                resume_after,
+            )
+            if teacher_chooses and c.selection_maps
+            else None
+        )
         self.tensorboard = TensorBoardLog(self.tensorboard_folder if is_main else None, resume_after)
         # TensorBoard shows pictures of images, volumes and shapes (their middle slice); audio has selection.png.
         self.tensorboard_pictures = c.tensorboard and info.modality != "audio"
@@ -62,8 +85,10 @@ class RunReporting:
         if not self.is_main:
             return
         fitted = self.field_maps[1]
-        shown = {"reconstruction": value_picture(fitted["prediction"], self.view),
-                 "error": error_picture(fitted["error"], self.view)[0]}
+        shown = {
+            "reconstruction": value_picture(fitted["prediction"], self.view),
+            "error": error_picture(fitted["error"], self.view)[0],
+        }
         if counts is not None:
             shown["selection"] = selection_picture(counts, self.view)
         if not self.tensorboard.shown_signal:

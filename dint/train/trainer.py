@@ -56,14 +56,16 @@ class Trainer:
         score_timer = self.timers["score"]
         self.teacher = Teacher(c.teacher, block_points=c.data.block_points, seed=c.train.seed, score_timer=score_timer)
         chunk_ids = rank_chunk_ids(self.info, self.dist.rank, self.dist.world_size)
-        self.plan = build_batch_plan(config, self.info, self.store, chunk_ids, self.teacher, self.dist.device,
-                                     self.dist.rank)
+        self.plan = build_batch_plan(
+            config, self.info, self.store, chunk_ids, self.teacher, self.dist.device, self.dist.rank
+        )
         self.balancer = Balancer(c.teacher.balance if self.plan.eager else "none", self.dist.rank)
         self.trained = None  # what the last step trained, balanced or not (its metrics)
         self.points_trained = 0  # over every rank and step (dint scale's throughput), saved like the timers
         self.load_seconds = time.perf_counter() - started
-        self.evaluator = Evaluator(c.eval, self.info, self.plan.shards(), self.dist.device, c.data.block_points,
-                                   c.train.seed, c.train.steps)
+        self.evaluator = Evaluator(
+            c.eval, self.info, self.plan.shards(), self.dist.device, c.data.block_points, c.train.seed, c.train.steps
+        )
         # The run folder is dint's (made, adopted empty, or made by dint before) and this run's
         # alone until it ends: rank 0 holds its lock. Made only now, once the data has loaded.
         self.run_folder = on_rank0(lambda: hold_run_folder(self.run_dir), self.dist.device)
@@ -83,10 +85,19 @@ class Trainer:
             (self.run_dir / "config.toml").write_text(config.to_toml())
         barrier()
         shape = self.info.modality == "shape"  # its lines carry an IoU too
-        self.metrics = MetricsLogger(c.metrics, c.train.steps, self.run_dir, self.dist.is_main, self.timers,
-                                     self.plan.steps_per_pass, self.step, shape)
-        self.reporting = RunReporting(config, self.info, self.run_dir, self.dist.device, self.dist.is_main,
-                                      self.step, self.teacher.chooses)
+        self.metrics = MetricsLogger(
+            c.metrics,
+            c.train.steps,
+            self.run_dir,
+            self.dist.is_main,
+            self.timers,
+            self.plan.steps_per_pass,
+            self.step,
+            shape,
+        )
+        self.reporting = RunReporting(
+            config, self.info, self.run_dir, self.dist.device, self.dist.is_main, self.step, self.teacher.chooses
+        )
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -108,7 +119,9 @@ class Trainer:
                     continue
                 record = None
                 if logging:
-                    record = self.metrics.record(step, loss, self.trained, self.engine.lr, time.perf_counter() - wall_start)
+                    record = self.metrics.record(
+                        step, loss, self.trained, self.engine.lr, time.perf_counter() - wall_start
+                    )
                     if self.evaluator.due(step):
                         record.update(self.evaluate(step))
                 if saving:
@@ -147,8 +160,11 @@ class Trainer:
             selections = self.plan.at(step - 1, model)
         self.phase = f"step {step}: gradient all-reduce"
         micro, ranks = self.config.train.micro_batch, self.dist.world_size
-        parts = (functools.partial(selection_loss, world_size=ranks, global_count=selection.normalizer, **part)
-                 for selection in selections for part in selection.parts(micro))
+        parts = (
+            functools.partial(selection_loss, world_size=ranks, global_count=selection.normalizer, **part)
+            for selection in selections
+            for part in selection.parts(micro)
+        )
         with self.timers["update"]():
             loss = self.engine.step(self.faults.poison(step, parts))
         self.trained = selections[-1] if self.plan.eager else self.plan.current
@@ -182,8 +198,10 @@ class Trainer:
         """Back to the newest checkpoint of this run (or its start) with the learning rate halved."""
         self.rollbacks, limit = self.rollbacks + 1, self.config.train.max_rollbacks
         if self.rollbacks > limit:
-            raise DintError(f"the loss is not finite at step {step} after {limit} rollbacks with the learning "
-                            "rate halved each time; stopping (lower train.lr, or check the data)")
+            raise DintError(
+                f"the loss is not finite at step {step} after {limit} rollbacks with the learning "
+                "rate halved each time; stopping (lower train.lr, or check the data)"
+            )
         rollbacks = self.rollbacks
         restored = self.checkpoint.roll_back()
         self.rollbacks = rollbacks  # the count survives the rollback it caused
@@ -191,12 +209,17 @@ class Trainer:
         self.reporting.on_rollback(restored)
         self.engine.scale_lr(0.5**rollbacks)
         if self.dist.is_main:
-            print(f"dint.train: warning: the loss is not finite at step {step}: rolled back to step {restored} with "
-                  f"the learning rate x{0.5**rollbacks:g} (rollback {rollbacks} of {limit})", file=sys.stderr)
+            print(
+                f"dint.train: warning: the loss is not finite at step {step}: rolled back to step {restored} with "
+                f"the learning rate x{0.5**rollbacks:g} (rollback {rollbacks} of {limit})",
+                file=sys.stderr,
+            )
         return restored
 
     def state_dict(self) -> dict:
-        return dict(rollbacks=self.rollbacks, points_trained=self.points_trained, selection_steps=self.selection_steps.runs)
+        return dict(
+            rollbacks=self.rollbacks, points_trained=self.points_trained, selection_steps=self.selection_steps.runs
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.rollbacks, self.points_trained = state["rollbacks"], state.get("points_trained", 0)

@@ -10,8 +10,8 @@ DintError naming the file for anything they cannot read, so the CLI prints one l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,8 +51,8 @@ def integer_range(dtype: np.dtype) -> tuple[float, float] | None:
     return None
 
 
-def read_source(path: Path, options: ReadOptions = ReadOptions()) -> Source:
-    path = Path(path)
+def read_source(path: Path, options: ReadOptions | None = None) -> Source:
+    path, options = Path(path), options or ReadOptions()
     check_input(path, "file")
     readers = _readers()
     reader = readers.get(extension_of(path))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -94,8 +95,9 @@ def lazy_array(path: Path, source, chunks, kind: str):
     if isinstance(source, np.ndarray):
         source = Regions(path, source.shape, source.dtype, source.__getitem__, base=source)
     stat = os.stat(path) if path.is_file() else None
-    name = f"dint-{kind}-" + tokenize(str(path.resolve()), stat and (stat.st_mtime_ns, stat.st_size),
-                                      source.shape, str(source.dtype), chunks)
+    name = f"dint-{kind}-" + tokenize(
+        str(path.resolve()), stat and (stat.st_mtime_ns, stat.st_size), source.shape, str(source.dtype), chunks
+    )
     return da.from_array(source, chunks=chunks, name=name, meta=np.empty((0,) * source.ndim, source.dtype))
 
 
@@ -103,7 +105,7 @@ def store_chunks(shape: tuple[int, ...], has_channels: bool, options: ReadOption
     from dint.data.store import default_chunks
 
     spatial = shape[:-1] if has_channels else shape
-    return (*default_chunks(spatial, options.chunk), *shape[len(spatial):])
+    return (*default_chunks(spatial, options.chunk), *shape[len(spatial) :])
 
 
 def aligned_blocks(shape, source_chunks, store_chunks) -> tuple[int, ...]:
@@ -186,8 +188,9 @@ def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
         # pixel count, which spares 16-bit images and refuses gigapixel images that fit.
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as image:
-            check_decoded_size(path, (image.height, image.width, max(3 if image.mode == "P" else 1,
-                                                                     len(image.getbands()))), 1)
+            check_decoded_size(
+                path, (image.height, image.width, max(3 if image.mode == "P" else 1, len(image.getbands()))), 1
+            )
             image.load()
             mode = image.mode
             if mode == "P":

@@ -15,8 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from dint.core.errors import DintError
-from dint.data.readers.common import (IMAGE_EXTENSIONS, ReadOptions, Regions, Source, aligned_blocks, check_dtype,
-                                 error_message, image_array, lazy_array, native_order, store_chunks)
+from dint.data.readers.common import (
+    IMAGE_EXTENSIONS,
+    ReadOptions,
+    Regions,
+    Source,
+    aligned_blocks,
+    check_dtype,
+    error_message,
+    image_array,
+    lazy_array,
+    native_order,
+    store_chunks,
+)
 
 EXTENSIONS = IMAGE_EXTENSIONS
 
@@ -58,8 +69,9 @@ def _read_tiff_image(path: Path, options: ReadOptions) -> Source:
     kept = "".join(axes[i] for i in keep)
     channel = [a for a in kept if a in "SC"]
     if sorted(kept) != sorted("YX" + "".join(channel)) or len(channel) > 1:
-        raise DintError(f"{path}: TIFF series with axes {axes} {shape}: dint reads 2D images (Y, X) "
-                        f"with at most one channel axis")
+        raise DintError(
+            f"{path}: TIFF series with axes {axes} {shape}: dint reads 2D images (Y, X) with at most one channel axis"
+        )
     order = [kept.index("Y"), kept.index("X"), *(kept.index(c) for c in channel)]  # to (Y, X[, C])
     final = tuple(shape[keep[i]] for i in order)
     store = store_chunks(final, bool(channel), options)
@@ -74,7 +86,7 @@ def _read_tiff_image(path: Path, options: ReadOptions) -> Source:
         if isinstance(node, zarr.Group):  # defensive: a multiscale group, its full-resolution level
             node = node[sorted(node.array_keys())[0]]
         if tuple(node.shape) != shape:
-            raise DintError(f"{path}: TIFF series reads as {tuple(node.shape)}, its pages say {shape}")
+            raise DintError(f"{path}: TIFF series reads as {tuple(node.shape)}, its pages say {shape}") from None
         source = Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
         source_chunks = node.chunks
     # Blocks in the series' own axis order (whole TIFF tiles or strips), unit axes dropped, then (Y, X[, C]).

@@ -122,8 +122,10 @@ def _check_stl(path: Path, size: int) -> None:
     if head.lstrip()[:5].lower() == b"solid":
         return  # ASCII STL: trimesh parses it
     expected = f"{84 + 50 * int.from_bytes(head[80:84], 'little')} bytes" if len(head) == 84 else "at least 84 bytes"
-    raise DintError(f"{path}: not a valid STL (neither ASCII nor a binary STL: a binary STL of this "
-                    f"header would be {expected}, the file has {size}); truncated?")
+    raise DintError(
+        f"{path}: not a valid STL (neither ASCII nor a binary STL: a binary STL of this "
+        f"header would be {expected}, the file has {size}); truncated?"
+    )
 
 
 def load_mesh(path: Path):
@@ -156,22 +158,26 @@ def load_mesh(path: Path):
         logger.setLevel(level)
     counts = _header_counts(path, kind)
     if counts.get("face", 0) > len(faces):
-        raise DintError(f"{path}: truncated or corrupt: the header promises {counts['face']} faces, "
-                        f"{len(faces)} were read")
+        raise DintError(
+            f"{path}: truncated or corrupt: the header promises {counts['face']} faces, {len(faces)} were read"
+        )
     if len(faces) == 0:
         points = counts.get("vertex", len(vertices))
         what = f"{points} points and no faces (a point cloud?)" if points else "no vertices and no faces"
         raise DintError(f"{path}: holds {what}; a mesh with triangles is needed")
     if "vertex" in counts and len(vertices) != counts["vertex"]:
-        raise DintError(f"{path}: truncated or corrupt: the header promises {counts['vertex']} vertices, "
-                        f"{len(vertices)} were read")
+        raise DintError(
+            f"{path}: truncated or corrupt: the header promises {counts['vertex']} vertices, {len(vertices)} were read"
+        )
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise DintError(f"{path}: faces refer to vertices that do not exist (indices up to {faces.max()}, "
-                        f"{len(vertices)} vertices)")
+        raise DintError(
+            f"{path}: faces refer to vertices that do not exist (indices up to {faces.max()}, {len(vertices)} vertices)"
+        )
     used = np.unique(faces)
     if not np.isfinite(vertices[used]).all():
-        raise DintError(f"{path}: {int((~np.isfinite(vertices[used])).any(axis=1).sum())} vertices of its faces "
-                        "are NaN or Inf")
+        raise DintError(
+            f"{path}: {int((~np.isfinite(vertices[used])).any(axis=1).sum())} vertices of its faces are NaN or Inf"
+        )
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=True)  # merges duplicate vertices (STL)
     extents = mesh.bounds[1] - mesh.bounds[0]
     if not extents.max() > 0:
@@ -226,8 +232,9 @@ class _RayAxis:
         lo_a, lo_b = np.maximum(lo_a, 0), np.maximum(lo_b, 0)
         hi_a, hi_b = np.minimum(hi_a, n - 1), np.minimum(hi_b, n - 1)
         # Twice the signed projected area; triangles seen edge-on never cross a ray.
-        area = ((tri_a[:, 1] - tri_a[:, 0]) * (tri_b[:, 2] - tri_b[:, 0])
-                - (tri_b[:, 1] - tri_b[:, 0]) * (tri_a[:, 2] - tri_a[:, 0]))
+        area = (tri_a[:, 1] - tri_a[:, 0]) * (tri_b[:, 2] - tri_b[:, 0]) - (tri_b[:, 1] - tri_b[:, 0]) * (
+            tri_a[:, 2] - tri_a[:, 0]
+        )
         keep = (lo_a <= hi_a) & (lo_b <= hi_b) & (area != 0)
         ids = np.flatnonzero(keep)
         self.lo_a, self.hi_a, self.lo_b, self.hi_b = lo_a[ids], hi_a[ids], lo_b[ids], hi_b[ids]
@@ -263,7 +270,7 @@ class _RayAxis:
         key = tile_a * self.tiles_per_side + tile_b
         order = np.argsort(key, kind="stable")
         self.tile_members = owner[order]
-        self.tile_starts = np.searchsorted(key[order], np.arange(self.tiles_per_side ** 2 + 1))
+        self.tile_starts = np.searchsorted(key[order], np.arange(self.tiles_per_side**2 + 1))
 
     def members(self, a0: int, a1: int, b0: int, b1: int) -> np.ndarray:
         """Triangles whose column boxes may meet columns [a0, a1) x [b0, b1)."""
@@ -272,7 +279,7 @@ class _RayAxis:
         for ta in range(a0 // t, (a1 - 1) // t + 1):
             for tb in range(b0 // t, (b1 - 1) // t + 1):
                 key = ta * self.tiles_per_side + tb
-                found.append(self.tile_members[self.tile_starts[key]:self.tile_starts[key + 1]])
+                found.append(self.tile_members[self.tile_starts[key] : self.tile_starts[key + 1]])
         ids = np.concatenate(found) if found else np.zeros(0, np.int64)
         return np.unique(ids) if len(found) > 1 else ids
 
@@ -352,7 +359,8 @@ def point_triangle_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.n
 
 
 def surface_samples(points: np.ndarray, faces: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """Points on every triangle on a barycentric lattice at most `spacing` apart along each edge; with their triangle."""
+    """Points on every triangle on a barycentric lattice at most `spacing` apart along each edge; with their
+    triangle."""
     tri = points[faces]  # (F, 3, 3)
     longest = np.max(np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2), axis=1)
     splits = np.maximum(1, np.ceil(longest / spacing).astype(np.int64))
@@ -364,7 +372,7 @@ def surface_samples(points: np.ndarray, faces: np.ndarray, spacing: float) -> tu
         u, v = i[keep] / n, j[keep] / n  # lattice weights of corners 1 and 2
         weights = np.stack([1 - u - v, u, v], axis=1)  # (L, 3)
         for start in range(0, len(ids), max(1, 2_000_000 // len(weights))):
-            part = ids[start:start + max(1, 2_000_000 // len(weights))]
+            part = ids[start : start + max(1, 2_000_000 // len(weights))]
             all_points.append(np.einsum("lk,fkd->fld", weights, tri[part]).reshape(-1, 3))
             all_owners.append(np.repeat(part, len(weights)))
     return np.concatenate(all_points), np.concatenate(all_owners)
@@ -378,8 +386,9 @@ def face_neighbours(faces: np.ndarray) -> np.ndarray:
     order = np.lexsort((edges[:, 1], edges[:, 0]))
     edges, owner = edges[order], owner[order]
     same = (edges[1:] == edges[:-1]).all(axis=1)
-    pairs = np.concatenate([np.stack([owner[:-1][same], owner[1:][same]], 1),
-                            np.stack([owner[1:][same], owner[:-1][same]], 1)])
+    pairs = np.concatenate(
+        [np.stack([owner[:-1][same], owner[1:][same]], 1), np.stack([owner[1:][same], owner[:-1][same]], 1)]
+    )
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     result = np.repeat(np.arange(count)[:, None], 3, axis=1)
     if len(pairs):
@@ -396,8 +405,15 @@ def face_neighbours(faces: np.ndarray) -> np.ndarray:
 class MeshGrid:
     """A mesh (already normalised) sampled on the R^3 grid, one block at a time."""
 
-    def __init__(self, points: np.ndarray, faces: np.ndarray, resolution: int, field: str, chunks: tuple[int, ...],
-                 axes: tuple[int, ...]):
+    def __init__(
+        self,
+        points: np.ndarray,
+        faces: np.ndarray,
+        resolution: int,
+        field: str,
+        chunks: tuple[int, ...],
+        axes: tuple[int, ...],
+    ):
         self.points = np.ascontiguousarray(points[:, ::-1], dtype=np.float64)  # array order (z, y, x)
         self.faces = np.asarray(faces, dtype=np.int64)
         self.resolution = resolution
@@ -514,8 +530,7 @@ class MeshGrid:
         template = da.empty((r, r, r, 1), chunks=(*self.chunks, 1), dtype=np.uint8)
         digest = hashlib.sha1(self.points.tobytes() + self.faces.tobytes()).hexdigest()[:16]
         name = f"dint-mesh-{self.field}-{r}-{'x'.join(map(str, self.chunks))}-{digest}"
-        return da.map_blocks(self.block, template, dtype=dtype, name=name,
-                             meta=np.empty((0, 0, 0, 0), dtype=dtype))
+        return da.map_blocks(self.block, template, dtype=dtype, name=name, meta=np.empty((0, 0, 0, 0), dtype=dtype))
 
 
 def read(path: Path, options: ReadOptions) -> Source:
@@ -537,9 +552,11 @@ def read(path: Path, options: ReadOptions) -> Source:
     r = options.resolution
     extent = (used.max(axis=0) - used.min(axis=0)) * scale  # in [-1, 1] grid units
     if not mesh.area > 0 or extent.min() < 2.0 / (r - 1):
-        raise DintError(f"{shown(path)}: the mesh is flat or degenerate (area {float(mesh.area):.3g}, thinnest side "
-                        f"{float(extent.min()) * (r - 1) / 2:.3g} grid cells at --resolution {r}): it encloses no "
-                        "grid point, so the field would be empty")
+        raise DintError(
+            f"{shown(path)}: the mesh is flat or degenerate (area {float(mesh.area):.3g}, thinnest side "
+            f"{float(extent.min()) * (r - 1) / 2:.3g} grid cells at --resolution {r}): it encloses no "
+            "grid point, so the field would be empty"
+        )
     chunks = default_chunks((r, r, r), options.chunk)
     axes = (0,) if watertight else (0, 1, 2)
     grid = MeshGrid((vertices - center) * scale, faces, r, options.field, chunks, axes)
@@ -551,8 +568,7 @@ def read(path: Path, options: ReadOptions) -> Source:
         "normalisation": {
             "center": [float(v) for v in center],
             "scale": float(scale),
-            "maps": "normalised = (original - center) * scale; the longest side spans "
-                    f"[-{MARGIN}, {MARGIN}]",
+            "maps": f"normalised = (original - center) * scale; the longest side spans [-{MARGIN}, {MARGIN}]",
         },
         "watertight": watertight,
         "inside_rule": "crossing parity along z" if watertight else "majority vote of crossing parity along z, y and x",
@@ -569,12 +585,14 @@ def read(path: Path, options: ReadOptions) -> Source:
             "sign": "negative inside (the occupancy's inside)",
             "truncation": tau,
             "truncated": f"|sdf| is clamped at {tau:.6g} ({TRUNCATION_CELLS} grid cells): the distance "
-                         f"within the band, {tau:.6g} beyond it",
+            f"within the band, {tau:.6g} beyond it",
             "max_error": SAMPLE_SPACING * 2.0 / (r - 1) / math.sqrt(3),  # above the true distance, never below
         }
     if not watertight:
-        extra["warning"] = ("the mesh is not watertight (it has holes or open edges): inside is decided by a "
-                            "majority vote of ray parity along three axes and may be wrong near holes")
+        extra["warning"] = (
+            "the mesh is not watertight (it has holes or open edges): inside is decided by a "
+            "majority vote of ray parity along three axes and may be wrong near holes"
+        )
     # The grid is finite by construction and its range is known: read_source's NaN scan (a full
     # pass over the float values) would double the cost of an SDF.
     return Source(values=grid.to_dask(), modality="shape", value_range=value_range, extra=extra, finite=True)

@@ -42,8 +42,11 @@ def read(path: Path, options: ReadOptions) -> Source:
     heights, widths = _sizes(path, grid, headers, rows, cols)
     reference = _same_format(grid, headers)
     channels, dtype = _decoded_format(grid[reference], headers[reference], options)
-    return Source(values=_assemble(path, grid, heights, widths, channels, dtype, options), modality="image",
-                  extra={"tiles": {"grid": [rows, cols], "size": [heights[0], widths[0]]}})
+    return Source(
+        values=_assemble(path, grid, heights, widths, channels, dtype, options),
+        modality="image",
+        extra={"tiles": {"grid": [rows, cols], "size": [heights[0], widths[0]]}},
+    )
 
 
 def _grid(path: Path) -> dict[tuple[int, int], Path]:
@@ -57,32 +60,40 @@ def _grid(path: Path) -> dict[tuple[int, int], Path]:
         if match["ext"].lower() not in IMAGE_EXTENSIONS:
             continue
         if file.resolve().parent != folder:  # a link out of the folder: read only what was given
-            raise DintError(f"{shown(file)}: links to {shown(file.resolve())}, outside the tile folder; dint reads "
-                            "only the tiles in it")
+            raise DintError(
+                f"{shown(file)}: links to {shown(file.resolve())}, outside the tile folder; dint reads "
+                "only the tiles in it"
+            )
         group = found[match["prefix"], match["ext"].lower()]
         position = (int(match["row"]), int(match["col"]))
         if position in group:
             raise DintError(f"{file}: tile row {position[0]}, column {position[1]} is also {group[position].name}")
         group[position] = file
     if not found:
-        raise DintError(f"{path}: is a folder but holds no image tiles named {NAMING} "
-                        f"(a zarr array's folder name must end in .zarr)")
+        raise DintError(
+            f"{path}: is a folder but holds no image tiles named {NAMING} "
+            f"(a zarr array's folder name must end in .zarr)"
+        )
     if len(found) > 1:
         kinds = ", ".join(f"{prefix}<row>_<col>{ext} ({len(tiles)})" for (prefix, ext), tiles in sorted(found.items()))
         raise DintError(f"{path}: holds tiles of several names or types: {kinds}; keep one kind per folder")
     (prefix, ext), tiles = next(iter(found.items()))
     first_row, first_col = min(r for r, _ in tiles), min(c for _, c in tiles)
     if (first_row, first_col) not in ((0, 0), (1, 1)):
-        raise DintError(f"{path}: tile numbering starts at row {first_row}, column {first_col}; "
-                        f"number rows and columns from 0 (or both from 1)")
+        raise DintError(
+            f"{path}: tile numbering starts at row {first_row}, column {first_col}; "
+            f"number rows and columns from 0 (or both from 1)"
+        )
     grid = {(r - first_row, c - first_col): file for (r, c), file in tiles.items()}
     rows, cols = 1 + max(r for r, _ in grid), 1 + max(c for _, c in grid)
     for r in range(rows):
         for c in range(cols):
             if (r, c) not in grid:
                 some = next(iter(tiles.values())).name
-                raise DintError(f"{path}: tile row {r + first_row}, column {c + first_col} is missing "
-                                f"(the tiles, named like {some}, make a {rows}x{cols} grid)")
+                raise DintError(
+                    f"{path}: tile row {r + first_row}, column {c + first_col} is missing "
+                    f"(the tiles, named like {some}, make a {rows}x{cols} grid)"
+                )
     return grid
 
 
@@ -131,14 +142,20 @@ def _sizes(path: Path, grid, headers, rows: int, cols: int) -> tuple[list[int], 
         for c in range(cols):
             h, w, _ = headers[r, c]
             if (h, w) != (heights[r], widths[c]):
-                raise DintError(f"{grid[r, c]}: tile is {h}x{w} pixels (height x width), expected "
-                                f"{heights[r]}x{widths[c]} like the other tiles of its row and column")
+                raise DintError(
+                    f"{grid[r, c]}: tile is {h}x{w} pixels (height x width), expected "
+                    f"{heights[r]}x{widths[c]} like the other tiles of its row and column"
+                )
     if last_height > height:
-        raise DintError(f"{grid[rows - 1, 0]}: the tiles of the last row are {last_height} pixels high, more than "
-                        f"the {height} of the others (only the last row and column may be smaller)")
+        raise DintError(
+            f"{grid[rows - 1, 0]}: the tiles of the last row are {last_height} pixels high, more than "
+            f"the {height} of the others (only the last row and column may be smaller)"
+        )
     if last_width > width:
-        raise DintError(f"{grid[0, cols - 1]}: the tiles of the last column are {last_width} pixels wide, more "
-                        f"than the {width} of the others (only the last row and column may be smaller)")
+        raise DintError(
+            f"{grid[0, cols - 1]}: the tiles of the last column are {last_width} pixels wide, more "
+            f"than the {width} of the others (only the last row and column may be smaller)"
+        )
     return heights, widths
 
 
@@ -150,8 +167,10 @@ def _same_format(grid, headers) -> tuple[int, int]:
         fmt = headers[position][2]
         if fmt != common:
             reference = next(p for p in sorted(grid) if headers[p][2] == common)
-            raise DintError(f"{grid[position]}: pixel format {_describe(fmt)} differs from the other tiles' "
-                            f"{_describe(common)} (e.g. {grid[reference].name})")
+            raise DintError(
+                f"{grid[position]}: pixel format {_describe(fmt)} differs from the other tiles' "
+                f"{_describe(common)} (e.g. {grid[reference].name})"
+            )
     return next(p for p in sorted(grid) if headers[p][2] == common)
 
 
@@ -182,8 +201,10 @@ def _decode(tile: Path, size, channels: int | None, dtype, options: ReadOptions)
         raise DintError(f"{tile}: not a readable image tile ({type(e).__name__}: {e})".splitlines()[0]) from None
     expected = (*size, channels if channels is not None else array.shape[2])
     if array.shape != expected or (dtype is not None and array.dtype != dtype):
-        raise DintError(f"{tile}: decodes to {'x'.join(map(str, array.shape))} {array.dtype}, "
-                        f"expected {'x'.join(map(str, expected))} {dtype or array.dtype} like the other tiles")
+        raise DintError(
+            f"{tile}: decodes to {'x'.join(map(str, array.shape))} {array.dtype}, "
+            f"expected {'x'.join(map(str, expected))} {dtype or array.dtype} like the other tiles"
+        )
     return array
 
 
@@ -198,5 +219,10 @@ def _assemble(path: Path, grid, heights: list[int], widths: list[int], channels:
 
     stats = [(str(file.resolve()), file.stat().st_mtime_ns, file.stat().st_size) for _, file in sorted(grid.items())]
     name = "dint-tiles-" + tokenize(stats, heights, widths, channels, str(dtype), options.keep_alpha)
-    return da.map_blocks(block, chunks=(tuple(heights), tuple(widths), (channels,)), dtype=dtype, name=name,
-                         meta=np.empty((0, 0, 0), dtype))
+    return da.map_blocks(
+        block,
+        chunks=(tuple(heights), tuple(widths), (channels,)),
+        dtype=dtype,
+        name=name,
+        meta=np.empty((0, 0, 0), dtype),
+    )

@@ -30,16 +30,27 @@ import math
 import os
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from dint.core.errors import DintError
 from dint.core.files import check_input, shown
 from dint.core.resources import check_decoded_size
-from dint.data.readers.common import (ReadOptions, Regions, Source, aligned_blocks, check_dtype, error_message,
-                                 extension_of, float_audio_range, lazy_array, native_order, store_chunks)
+from dint.data.readers.common import (
+    ReadOptions,
+    Regions,
+    Source,
+    aligned_blocks,
+    check_dtype,
+    error_message,
+    extension_of,
+    float_audio_range,
+    lazy_array,
+    native_order,
+    store_chunks,
+)
 
 EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz", ".mhd", ".mha", ".raw", ".bin", ".zarr")
 
@@ -49,8 +60,14 @@ _PLAIN_LAYOUTS = {"volume": {3: False, 4: True}, "image": {2: False, 3: True}, "
 
 def read(path: Path, options: ReadOptions) -> Source:
     readers: dict[str, Callable[[Path, ReadOptions], Source]] = {
-        ".npy": _read_npy, ".npz": _read_npz, ".nii": _read_nifti, ".nii.gz": _read_nifti,
-        ".mhd": _read_metaimage, ".mha": _read_metaimage, ".raw": _read_raw, ".bin": _read_raw,
+        ".npy": _read_npy,
+        ".npz": _read_npz,
+        ".nii": _read_nifti,
+        ".nii.gz": _read_nifti,
+        ".mhd": _read_metaimage,
+        ".mha": _read_metaimage,
+        ".raw": _read_raw,
+        ".bin": _read_raw,
         ".zarr": _read_zarr,
     }
     ext = extension_of(path)
@@ -85,15 +102,21 @@ def _layout(path: Path, shape: tuple[int, ...], options: ReadOptions) -> tuple[s
     if len(shape) in layouts:
         return modality, layouts[len(shape)]
     if options.modality == "auto" and len(shape) in (1, 2):
-        raise DintError(f"{path}: a {len(shape)}-D array {shape} is not a volume (Z, Y, X[, C]); "
-                        f"pass --modality image for (H, W[, C]) or --modality audio for (samples[, C])")
-    axes = {"volume": "(Z, Y, X) or (Z, Y, X, C)", "image": "(H, W) or (H, W, C)",
-            "audio": "(samples,) or (samples, C)"}[modality]
+        raise DintError(
+            f"{path}: a {len(shape)}-D array {shape} is not a volume (Z, Y, X[, C]); "
+            f"pass --modality image for (H, W[, C]) or --modality audio for (samples[, C])"
+        )
+    axes = {
+        "volume": "(Z, Y, X) or (Z, Y, X, C)",
+        "image": "(H, W) or (H, W, C)",
+        "audio": "(samples,) or (samples, C)",
+    }[modality]
     raise DintError(f"{path}: a {len(shape)}-D array {shape} cannot be {modality} data, which is {axes}")
 
 
-def _plain(path: Path, source, options: ReadOptions, kind: str, source_chunks=None,
-           extra: dict | None = None) -> Source:
+def _plain(
+    path: Path, source, options: ReadOptions, kind: str, source_chunks=None, extra: dict | None = None
+) -> Source:
     """A plain array (npy, npz, raw, zarr) as a signal: axes as `_layout` says, channels last."""
     shape = tuple(int(s) for s in source.shape)
     check_dtype(path, np.dtype(source.dtype))
@@ -176,8 +199,10 @@ def _read_npz(path: Path, options: ReadOptions) -> Source:
         names = [m.filename.removesuffix(".npy") for m in members]
         if len(members) != 1:
             listed = ", ".join(names) if names else "none"
-            raise DintError(f"{path}: holds {len(members)} arrays ({listed}); dint reads one array per file "
-                            f"(save the one to shard with np.save or np.savez)")
+            raise DintError(
+                f"{path}: holds {len(members)} arrays ({listed}); dint reads one array per file "
+                f"(save the one to shard with np.save or np.savez)"
+            )
         member = members[0]
         if member.compress_type == zipfile.ZIP_STORED:
             # np.savez stores members uncompressed: map the array in place inside the archive.
@@ -194,8 +219,11 @@ def _read_npz(path: Path, options: ReadOptions) -> Source:
             try:
                 with archive.open(member) as f:
                     version = np.lib.format.read_magic(f)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     declared, _, declared_dtype = read_header(f)
                 check_decoded_size(path, tuple(declared), np.dtype(declared_dtype).itemsize)
                 with archive.open(member) as f:
@@ -227,8 +255,10 @@ def _read_raw(path: Path, options: ReadOptions) -> Source:
     need = math.prod(shape) * dtype.itemsize
     size = path.stat().st_size
     if size != need:
-        raise DintError(f"{path}: file is {size} bytes, but --shape {','.join(map(str, shape))} "
-                        f"--dtype {options.dtype} needs {need} bytes")
+        raise DintError(
+            f"{path}: file is {size} bytes, but --shape {','.join(map(str, shape))} "
+            f"--dtype {options.dtype} needs {need} bytes"
+        )
     array = np.memmap(path, dtype=dtype, mode="r", shape=shape) if need else np.zeros(shape, dtype)
     return _plain(path, array, options, "raw")
 
@@ -245,8 +275,10 @@ def _check_links_inside(folder: Path) -> None:
             entry = Path(parent) / name
             check_input(entry, "part of the zarr folder")
             if entry.is_symlink() and root not in entry.resolve().parents:
-                raise DintError(f"{shown(entry)}: links to {shown(entry.resolve())}, outside the zarr folder "
-                                f"{shown(folder)}; dint reads only what is inside it")
+                raise DintError(
+                    f"{shown(entry)}: links to {shown(entry.resolve())}, outside the zarr folder "
+                    f"{shown(folder)}; dint reads only what is inside it"
+                )
 
 
 def _read_zarr(path: Path, options: ReadOptions) -> Source:
@@ -265,8 +297,10 @@ def _read_zarr(path: Path, options: ReadOptions) -> Source:
         arrays = sorted(node.arrays(), key=lambda item: item[0])
         if len(arrays) != 1:
             listed = ", ".join(name for name, _ in arrays) if arrays else "none"
-            raise DintError(f"{path}: zarr group holds {len(arrays)} arrays ({listed}); "
-                            f"dint reads a group with exactly one array, or the array's own folder")
+            raise DintError(
+                f"{path}: zarr group holds {len(arrays)} arrays ({listed}); "
+                f"dint reads a group with exactly one array, or the array's own folder"
+            )
         node = arrays[0][1]
     source = Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
     return _plain(path, source, options, "zarr", source_chunks=node.chunks)
@@ -313,8 +347,9 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
     elif len(shape) in (3, 4):
         proxy_index = proxy.__getitem__
     else:
-        raise DintError(f"{path}: NIfTI image of shape {image.shape}: dint reads (X, Y, Z), "
-                        f"(X, Y, Z, C) or (X, Y, Z, 1, C)")
+        raise DintError(
+            f"{path}: NIfTI image of shape {image.shape}: dint reads (X, Y, Z), (X, Y, Z, C) or (X, Y, Z, 1, C)"
+        )
     has_channels = len(shape) == 4
     zyx_shape = (*shape[2::-1], *shape[3:])
     if 0 in shape:  # read_source reports it as empty
@@ -338,8 +373,18 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
 def _sitk_dtypes() -> dict[int, np.dtype]:
     import SimpleITK as sitk
 
-    names = {"UInt8": "u1", "Int8": "i1", "UInt16": "u2", "Int16": "i2", "UInt32": "u4", "Int32": "i4",
-             "UInt64": "u8", "Int64": "i8", "Float32": "f4", "Float64": "f8"}
+    names = {
+        "UInt8": "u1",
+        "Int8": "i1",
+        "UInt16": "u2",
+        "Int16": "i2",
+        "UInt32": "u4",
+        "Int32": "i4",
+        "UInt64": "u8",
+        "Int64": "i8",
+        "Float32": "f4",
+        "Float64": "f8",
+    }
     table = {}
     for name, code in names.items():
         for prefix in ("sitk", "sitkVector"):
@@ -369,17 +414,22 @@ def _check_data_file_inside(path: Path) -> None:
     (inside its folder, links resolved), or the header's own LOCAL data."""
     data_file = _metaimage_fields(path).get("ElementDataFile", "")
     if not data_file:  # SimpleITK would guess where the data is
-        raise DintError(f"{shown(path)}: ElementDataFile is missing or empty; name the data file beside the header, "
-                        "or LOCAL")
+        raise DintError(
+            f"{shown(path)}: ElementDataFile is missing or empty; name the data file beside the header, or LOCAL"
+        )
     if data_file.upper().startswith("LIST") or "%" in data_file:
-        raise DintError(f"{shown(path)}: ElementDataFile = {data_file!r}: data spread over a LIST of files or a "
-                        "file-name pattern is not read; name one data file beside the header")
+        raise DintError(
+            f"{shown(path)}: ElementDataFile = {data_file!r}: data spread over a LIST of files or a "
+            "file-name pattern is not read; name one data file beside the header"
+        )
     if data_file.upper() == "LOCAL":
         return
     folder = path.parent.resolve()
     if folder not in (folder / data_file).resolve().parents:
-        raise DintError(f"{shown(path)}: ElementDataFile = {data_file!r} is outside the header's folder; dint reads "
-                        "only a data file beside the header")
+        raise DintError(
+            f"{shown(path)}: ElementDataFile = {data_file!r} is outside the header's folder; dint reads "
+            "only a data file beside the header"
+        )
 
 
 def _read_metaimage(path: Path, options: ReadOptions) -> Source:
@@ -398,8 +448,9 @@ def _read_metaimage(path: Path, options: ReadOptions) -> Source:
     components = int(reader.GetNumberOfComponents())
     dtype = _sitk_dtypes().get(reader.GetPixelID())
     if dtype is None:
-        raise DintError(f"{path}: MetaImage pixel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())} "
-                        f"is not supported")
+        raise DintError(
+            f"{path}: MetaImage pixel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())} is not supported"
+        )
     extra = {"spacing": _spacing(reader.GetSpacing()[::-1])}
     has_channels = components > 1
     shape = (*size[::-1], components) if has_channels else size[::-1]  # (Z, Y, X[, C])
@@ -438,8 +489,10 @@ def _metaimage_memmap(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np
     header_size = int(fields.get("HeaderSize", "0"))
     offset = size - need if header_size == -1 else offset + header_size
     if size - offset < need or offset < 0:
-        raise DintError(f"{path}: truncated MetaImage data: {data_path.name} holds {max(0, size - offset)} "
-                        f"data bytes, the header needs {need}")
+        raise DintError(
+            f"{path}: truncated MetaImage data: {data_path.name} holds {max(0, size - offset)} "
+            f"data bytes, the header needs {need}"
+        )
     if need == 0:
         return np.zeros(shape, dtype)
     return np.memmap(data_path, dtype=dtype, mode="r", offset=offset, shape=shape)
@@ -472,8 +525,10 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
     stack = [a for a in kept if a not in "YXSC"]
     channel = [a for a in kept if a in "SC"]
     if len(stack) != 1 or len(channel) > 1 or "Y" not in kept or "X" not in kept:
-        raise DintError(f"{path}: TIFF series with axes {axes} {shape}: dint reads one stack of "
-                        f"pages (Z, Y, X) with at most one channel axis")
+        raise DintError(
+            f"{path}: TIFF series with axes {axes} {shape}: dint reads one stack of "
+            f"pages (Z, Y, X) with at most one channel axis"
+        )
     order = [kept.index(stack[0]), kept.index("Y"), kept.index("X"), *(kept.index(c) for c in channel)]
     kept_shape = tuple(shape[i] for i in keep)
     final = tuple(kept_shape[i] for i in order)
@@ -490,7 +545,7 @@ def _read_tiff_stack(path: Path, options: ReadOptions) -> Source:
         if isinstance(node, zarr.Group):  # a pyramid: its full-resolution level
             node = node[sorted(node.array_keys())[0]]
         if tuple(node.shape) != shape:
-            raise DintError(f"{path}: TIFF series reads as {tuple(node.shape)}, its pages say {shape}")
+            raise DintError(f"{path}: TIFF series reads as {tuple(node.shape)}, its pages say {shape}") from None
         source = Regions(path, node.shape, node.dtype, node.__getitem__, base=node)
         source_chunks = node.chunks
     # Blocks in the series' own axis order, then drop unit axes and reorder lazily.
