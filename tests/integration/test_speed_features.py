@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import NO_VIEWS, REPO, run_cli
-from dint.core.config import ModelConfig, TeacherConfig, load_config
+from dint.core.config import TeacherConfig, load_config
 from dint.data.sharding import Shard, rank_chunk_ids
-from dint.fields.siren import Siren, build_model, compile_wanted
+from dint.fields.siren import Siren
 from dint.data.store import open_store
 from dint.teaching.teacher import Offered, Teacher, point_errors
 
@@ -78,23 +78,6 @@ def test_importance_weighted_loss_has_an_unbiased_gradient(image_store):
     for draws, unbiased in ((torch.stack(weighted), True), (torch.stack(unweighted), False)):
         z = (draws.mean(0) - full) / (draws.std(0) / math.sqrt(draws.shape[0]) + 1e-12)
         assert (z.abs().max() < 5) == unbiased, z.abs().max()
-
-
-def test_soft_mining_weights_a_draw_that_took_no_point():
-    """Poisson draws can take no point at all (likely when k is 1): below an importance
-    correction of 1 the loss then divides by 1, not by the empty sum, and is zero."""
-    from dint.teaching.teacher import importance_weights
-    from dint.train.trainer import selection_loss
-
-    probability = torch.tensor([0.25, 0.5, 1.0])
-    weights, normalizer = importance_weights(probability, torch.tensor([], dtype=torch.int64), 3, 0.5)
-    assert weights.shape == (0,) and normalizer == 1.0
-    loss = selection_loss(Siren(2, 1, width=8, hidden_layers=1), coords=torch.zeros(0, 2), targets=torch.zeros(0, 1),
-                          global_count=normalizer, world_size=1, weights=weights)
-    assert loss.item() == 0.0
-    weights, normalizer = importance_weights(probability, torch.tensor([0, 2]), 3, 0.5)
-    torch.testing.assert_close(weights, torch.tensor([2.0, 1.0]))
-    assert normalizer == 3.0
 
 
 def test_draws_are_uniform_new_at_every_step_and_a_function_of_the_point(image_store):
@@ -165,65 +148,6 @@ def test_keep_freed_memory_keeps_a_freed_block_for_reuse():
     assert kept[:1] == ["True True"]
     assert kept[1].startswith("run.keep_freed_memory = false: an earlier run in this process already keeps")
     assert run("default") == ["False False"]
-
-
-def old_siren(in_features, out_features, width, hidden_layers, w0=30.0, w0_first=30.0) -> torch.nn.Module:
-    """The model as dint made it before model.init_scale existed, written out here."""
-    model = Siren.__new__(Siren)
-    torch.nn.Module.__init__(model)
-    layers = []
-    for i in range(hidden_layers):
-        fan_in = in_features if i == 0 else width
-        linear = torch.nn.Linear(fan_in, width)
-        bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / w0
-        with torch.no_grad():
-            linear.weight.uniform_(-bound, bound)
-        layer = torch.nn.Module()
-        layer.linear, layer.w0 = linear, (w0_first if i == 0 else w0)
-        layers.append(layer)
-    head = torch.nn.Linear(width, out_features)
-    with torch.no_grad():
-        head.weight.uniform_(-math.sqrt(6.0 / width) / w0, math.sqrt(6.0 / width) / w0)
-    return torch.nn.ModuleList([*[l.linear for l in layers], head])
-
-
-def linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-
-
-def test_init_scale_one_is_the_model_as_before(tmp_path):
-    info = type("Info", (), {"ndim": 2, "channels": 3})()
-    torch.manual_seed(7)
-    reference = linears(old_siren(2, 3, 32, 3))
-    torch.manual_seed(7)
-    model = linears(build_model(ModelConfig(width=32, hidden_layers=3), info))
-    assert len(model) == len(reference) == 4
-    for new, old in zip(model, reference):
-        assert torch.equal(new.weight, old.weight) and torch.equal(new.bias, old.bias)
-
-
-@pytest.mark.parametrize("scale", [0.5, 2.0, 3.0])
-def test_init_scale_multiplies_every_weight_but_the_last_layers(scale):
-    info = type("Info", (), {"ndim": 2, "channels": 1})()
-    torch.manual_seed(3)
-    plain = linears(build_model(ModelConfig(width=64, hidden_layers=3), info))
-    torch.manual_seed(3)
-    scaled = linears(build_model(ModelConfig(width=64, hidden_layers=3, init_scale=scale), info))
-    bounds = [1.0 / 2] + [math.sqrt(6.0 / 64) / 30.0] * 2  # first layer 1/fan_in, then sqrt(6/fan_in)/w0
-    for layer, (a, b) in enumerate(zip(plain, scaled)):
-        last = layer == len(plain) - 1
-        assert torch.equal(b.weight, a.weight if last else a.weight * scale)
-        assert torch.equal(b.bias, a.bias)
-        if not last:  # U(-s bound, s bound): inside, and reaching near the ends
-            bound = scale * bounds[layer]
-            assert b.weight.abs().max() <= bound and b.weight.abs().max() > 0.9 * bound
-            assert abs(b.weight.mean().item()) < 0.1 * bound
-
-
-@pytest.mark.parametrize("setting, device, wanted", [("auto", "cpu", False), ("auto", "cuda", True),
-                                                     ("on", "cpu", True), ("off", "cuda", False)])
-def test_model_compile_auto_compiles_on_cuda_only(setting, device, wanted):
-    assert compile_wanted(setting, torch.device(device)) is wanted
 
 
 def test_a_compiled_model_trains_as_the_eager_one(tmp_path, image_store):
@@ -383,56 +307,3 @@ def test_audio_trains_with_the_default_domain(tmp_path):
     assert psnr["default"] > psnr["unit"] + 5, psnr
 
 
-def _sampling_ceiling():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("sampling_ceiling", REPO / "tools" / "sampling_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sampling_ceiling_scores_are_each_points_error_and_gradient_norm():
-    """tools/sampling_ceiling.py's per-point gradient norms (from layer inputs and output
-    gradients) equal per-sample autograd's; its errors are |f - y| summed over channels."""
-    from torch.func import functional_call, grad, vmap
-    ceiling = _sampling_ceiling()
-    torch.manual_seed(0)
-    model = Siren(in_features=2, out_features=3, hidden_layers=2, width=16, w0=30.0, w0_first=30.0)
-    coords, targets = torch.rand(40, 2) * 2 - 1, torch.rand(40, 3) * 2 - 1
-    params = {name: p.detach() for name, p in model.named_parameters()}
-
-    def point_loss(p, c, t):
-        return (functional_call(model, p, (c.unsqueeze(0),)) - t.unsqueeze(0)).square().mean()
-
-    grads = vmap(grad(point_loss), in_dims=(None, 0, 0))(params, coords, targets)
-    expected = torch.sqrt(sum(g.reshape(40, -1).square().sum(1) for g in grads.values()))
-    torch.testing.assert_close(ceiling.scores(model, coords, targets, "gradient"), expected, rtol=1e-5, atol=1e-6)
-    with torch.no_grad():
-        errors = (model(coords) - targets).abs().sum(1)
-    torch.testing.assert_close(ceiling.scores(model, coords, targets, "error"), errors)
-    assert all(p.grad is None for p in model.parameters())  # scoring leaves no gradients behind
-
-
-def test_importance_probabilities_and_soft_weights_read_nothing_back(monkeypatch):
-    """The default teacher's probabilities (global maximum, error mass) and soft mining's
-    normalizer stay tensors: on a GPU the host does not wait for them. Every way of reading a
-    tensor's value into Python fails while they are made."""
-    from dint.teaching.teacher import importance_weights, inclusion_probability
-
-    errors = torch.tensor([0.0, 1.0, 3.0, 0.5, 2.0, 8.0, 0.25, 4.0])
-
-    def read_back(*args, **kwargs):
-        raise AssertionError("a tensor's value was read back to the host")
-
-    with monkeypatch.context() as patched:
-        for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
-            patched.setattr(torch.Tensor, name, read_back)
-        probability = inclusion_probability(errors, 4, 8, 0.25)
-        weights, normalizer = importance_weights(probability, torch.tensor([1, 5, 7]), 8, 0.5)
-        nothing = inclusion_probability(torch.zeros(8), 4, 8, 0.25)
-    quanta = torch.floor(errors * (2**24 / 8.0))
-    expected = (quanta * (4 * 0.75 / quanta.sum()) + 4 * 0.25 / 8).clamp(max=1.0)
-    torch.testing.assert_close(probability, expected)
-    torch.testing.assert_close(nothing, torch.full((8,), 0.5))
-    torch.testing.assert_close(weights, probability[[1, 5, 7]].pow(-0.5))
-    assert float(normalizer) == pytest.approx(float(weights.double().sum()))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli, torchrun
+from conftest import run_cli, torchrun
 from test_train import write_config
+
+WORKERS = Path(__file__).resolve().parent / "workers"
 
 N = 48 * 40
 
@@ -20,7 +23,7 @@ def passes(tmp_path_factory, request):
     out = {}
     for world in (1, 2, 3):
         path = tmp_path_factory.mktemp(f"w{world}") / "out.json"
-        result = torchrun(world, REPO / "tests" / "workers" / "pass_worker.py", image_store, path)
+        result = torchrun(world, WORKERS / "pass_worker.py", image_store, path)
         assert result.returncode == 0, result.stderr
         out[world] = json.loads(path.read_text())
     return image_store, out

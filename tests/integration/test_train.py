@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import NO_VIEWS, REPO, run_cli, smooth_image, torchrun, write_png
+from conftest import NO_VIEWS, run_cli, smooth_image, torchrun, write_png
 
-sys.path.insert(0, str(REPO / "tests" / "workers"))
+WORKERS = Path(__file__).resolve().parent / "workers"
+sys.path.insert(0, str(WORKERS))
 
 
 def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
@@ -110,7 +111,7 @@ def test_update_equals_single_process_however_points_fall(tmp_path, counts):
 
     from dint.distributed.collectives import DistInfo
 
-    result = torchrun(2, REPO / "tests" / "workers" / "ddp_step_worker.py", tmp_path / "p.json", counts)
+    result = torchrun(2, WORKERS / "ddp_step_worker.py", tmp_path / "p.json", counts)
     assert result.returncode == 0, result.stderr
     distributed = np.array(json.loads((tmp_path / "p.json").read_text()))
     single = np.array(updated_parameters([40], 0, 1, DistInfo(0, 1, 0, torch.device("cpu"))))
@@ -128,7 +129,7 @@ def test_training_leaves_no_gloo_thread_behind(tmp_path, image_store, engine):
         pytest.importorskip("deepspeed")
     config = write_config(tmp_path / "c.toml", image_store, tmp_path / "run", train={"steps": 4, "engine": engine},
                           eval={"every": 0})
-    result = torchrun(2, REPO / "tests" / "workers" / "train_exit_worker.py", tmp_path, "--config", config)
+    result = torchrun(2, WORKERS / "train_exit_worker.py", tmp_path, "--config", config)
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank-{rank}.json").read_text())

@@ -48,7 +48,7 @@ def leftovers(parent: Path, dest: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{dest.name}."))
 
 
-def failing_values(array: np.ndarray, chunks, bad_block=(1, 1, 0)) -> "da.Array":
+def failing_values(array: np.ndarray, chunks, bad_block=(1, 1, 0)) -> da.Array:
     """A dask array equal to `array` except that computing block `bad_block` raises."""
 
     def compute(block, block_info=None):
@@ -211,9 +211,8 @@ def test_failing_write_leaves_no_temporary_even_when_other_blocks_are_still_runn
         return block
 
     values = da.from_array(ramp((16, 16), 1), chunks=(8, 8, 1)).map_blocks(compute, dtype=np.uint8)
-    with dask.config.set(scheduler="threads", num_workers=4):
-        with pytest.raises(RuntimeError, match="injected failure"):
-            write_store(values, make_info(shape=(16, 16)), dest)
+    with dask.config.set(scheduler="threads", num_workers=4), pytest.raises(RuntimeError, match="injected failure"):
+        write_store(values, make_info(shape=(16, 16)), dest)
     deadline = time.monotonic() + 3  # give late writes the time to land
     while time.monotonic() < deadline and not leftovers(tmp_path, dest):
         time.sleep(0.05)

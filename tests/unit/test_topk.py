@@ -1,22 +1,31 @@
-"""Exact top-k: `topk_ordered` in one process, `select_topk` over 2 and 3 real gloo ranks.
+"""Exact top-k in one process (dint.teaching.teacher): `topk_ordered`, `select_topk` and the
+threshold search against torch.topk and a brute-force sort; over real ranks,
+tests/integration/test_select_topk.py.
 
-The rule: the k points of largest score; among equal scores, the lower (global) id wins.
-Expected selections are computed here from the scores with torch.topk or a plain sort.
+The rule: the k points of largest score; among equal scores, the lower (global) id wins; a NaN
+score counts as the worst error. Expected selections are computed here from the scores with
+torch.topk or a plain sort.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from conftest import NO_VIEWS_ARGS, torchrun
-from dint.teaching.teacher import select_topk, select_topk_threshold, top_draws, topk_ordered
-
-WORKER = Path(__file__).parent / "workers" / "topk_worker.py"
+from dint.distributed.collectives import TRAFFIC
+from dint.teaching.teacher import (
+    GATHER_LIMIT_BYTES,
+    select_topk,
+    select_topk_by,
+    select_topk_threshold,
+    top_draws,
+    topk_method,
+    topk_ordered,
+    worst_first,
+)
 
 
 def expected_by_rule(scores: list[float], ids: list[int], k: int) -> set[int]:
@@ -137,94 +146,8 @@ def test_select_topk_without_a_process_group_is_topk_ordered():
         assert {int(ids[p]) for p in got} == expected_by_rule(scores.tolist(), ids.tolist(), k)
 
 
-# --- select_topk over real ranks ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda w: f"world{w}")
-def distributed_run(request, tmp_path_factory):
-    world = request.param
-    out = tmp_path_factory.mktemp(f"topk{world}") / "result.json"
-    result = torchrun(world, WORKER, out)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    data = json.loads(out.read_text())
-    assert data["world_size"] == world
-    return data
-
-
-def test_distributed_union_is_the_exact_global_topk(distributed_run):
-    cases = distributed_run["cases"]
-    assert len(cases) >= 20
-    for case in cases:
-        scores, ids, k = case["scores"], case["ids"], case["k"]
-        union = [i for part in case["selected"] for i in part]
-        # disjoint across ranks, and k in all (or every point when k >= n)
-        assert len(union) == len(set(union)), case["name"]
-        assert len(union) == min(max(k, 0), len(scores)), case["name"]
-        assert case["counts"] == [len(part) for part in case["selected"]], case["name"]
-        assert set(union) == expected_by_rule(scores, ids, k), case["name"]
-
-
-def test_distributed_untied_cases_match_torch_topk(distributed_run):
-    checked = 0
-    for case in distributed_run["cases"]:
-        scores = torch.tensor(case["scores"], dtype=torch.float64)
-        k = case["k"]
-        if torch.unique(scores).numel() != scores.numel() or not 0 < k < scores.numel():
-            continue
-        ids = torch.tensor(case["ids"])
-        expected = set(ids[torch.topk(scores, k).indices].tolist())
-        assert {i for part in case["selected"] for i in part} == expected, case["name"]
-        checked += 1
-    assert checked >= 8
-
-
-def test_distributed_tie_cases_straddle_the_boundary(distributed_run):
-    """The tie cases really test the tie rule: the k-th score is shared inside and outside."""
-    straddling = 0
-    for case in distributed_run["cases"]:
-        if not (case["name"].startswith("ties") or case["name"] in ("all_equal", "small_ties")):
-            continue
-        scores, k = case["scores"], case["k"]
-        kth = sorted(scores, reverse=True)[k - 1]
-        inside = sum(1 for s in sorted(scores, reverse=True)[:k] if s == kth)
-        if inside < scores.count(kth):
-            straddling += 1
-            # and the tied points that got in were spread over more than one rank
-            by_id = dict(zip(case["ids"], scores))
-            ranks_with_kth = [r for r, part in enumerate(case["selected"]) if any(by_id[i] == kth for i in part)]
-            if inside >= 20:
-                assert len(ranks_with_kth) >= 2, case["name"]
-    assert straddling >= 5
-
-
-def test_distributed_rank_with_only_low_scores_selects_nothing(distributed_run):
-    world = distributed_run["world_size"]
-    (case,) = [c for c in distributed_run["cases"] if c["name"] == "low_rank_has_none"]
-    assert case["held"][world - 1] == 300
-    assert case["selected"][world - 1] == []
-    assert sum(case["counts"]) == case["k"]
-
-
-def test_distributed_rank_with_no_points(distributed_run):
-    cases = [c for c in distributed_run["cases"] if c["name"].startswith("empty_rank")]
-    assert len(cases) == 4
-    for case in cases:
-        assert case["held"][1] == 0
-        assert case["selected"][1] == []
-        assert sum(case["counts"]) == case["k"]
-
-
-def test_threshold_selects_what_gather_selects_on_every_rank(distributed_run):
-    """teacher.topk = "threshold" (histograms, no candidates gathered): per rank, the same points
-    as the all-gather, ties included, in every case of the worker."""
-    for case in distributed_run["cases"]:
-        assert case["threshold"] == [sorted(part) for part in case["selected"]], case["name"]
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_threshold_matches_gather_in_one_process(seed):
-    from dint.teaching.teacher import select_topk_threshold
-
     g = torch.Generator().manual_seed(seed)
     n = 500
     scores = [torch.rand(n, generator=g), torch.round(torch.rand(n, generator=g) * 3) / 3,
@@ -237,8 +160,6 @@ def test_threshold_matches_gather_in_one_process(seed):
 
 
 def test_auto_gathers_while_the_traffic_is_small_and_uses_histograms_beyond():
-    from dint.teaching.teacher import GATHER_LIMIT_BYTES, select_topk_by, select_topk_threshold
-
     small_k = GATHER_LIMIT_BYTES // (12 * 8)  # 8 ranks x k (score, id) pairs of 12 bytes: at the limit
     assert select_topk_by("auto", small_k, 8) is select_topk
     assert select_topk_by("auto", small_k + 1, 8) is select_topk_threshold
@@ -247,31 +168,92 @@ def test_auto_gathers_while_the_traffic_is_small_and_uses_histograms_beyond():
     assert select_topk_by("threshold", 1, 1) is select_topk_threshold
 
 
-def test_threshold_bytes_do_not_grow_with_the_signal(tmp_path):
-    """Two ranks, the paper's INT selecting every step with teacher.topk = "threshold": the bytes
-    each rank sends for selection are the same for signals 16x apart, while gather's (k pairs
-    from each rank) are above them on the larger one."""
-    import json as json_
+# --- The threshold search against torch.topk -------------------------------------------------
 
-    from conftest import run_cli, smooth_image, write_png
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("seed", range(3))
+def test_threshold_selects_what_torch_topk_selects(dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    distinct = torch.unique((torch.randn(3000, generator=g, dtype=torch.float64) * 10 ** (seed - 1)).to(dtype))
+    scores = distinct[torch.randperm(distinct.numel(), generator=g)]  # no ties, in no order
+    n = scores.numel()
+    assert n > 500
+    for k in (0, 1, 2, 17, n // 2, n - 1, n, n + 5):
+        got = select_topk_threshold(scores, k, identity)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, got.sort().values)  # ascending positions
+        assert set(got.tolist()) == set(torch.topk(scores.double(), min(k, n)).indices.tolist()), k
+        assert set(select_topk(scores, k, identity).tolist()) == set(got.tolist()), k
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_across_several_radix_rounds_of_ids_go_to_the_lower_id(seed):
+    """Ids up to 2^40 need several rounds of the tie search: still the brute-force rule."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (400,), generator=g).float()
+    ids = torch.randint(0, 2**40, (400,), generator=g).unique()[:300]
+    scores = scores[: ids.numel()][torch.randperm(ids.numel(), generator=g)]
+    for k in (1, 50, 133, 299):
+        expected = expected_by_rule(scores.tolist(), ids.tolist(), k)
+        for select in (select_topk, select_topk_threshold):
+            assert set(ids[select(scores, k, lambda p: ids[p])].tolist()) == expected, (select.__name__, k)
+
+
+def test_negative_zero_ties_zero_and_nan_is_the_worst():
+    scores = torch.tensor([-0.0, 0.0, -1.0, float("nan"), float("-inf"), float("inf")])
+    assert worst_first(scores)[3] == torch.finfo(torch.float32).max
+    ids = torch.tensor([5, 3, 0, 9, 1, 2])
+    for select in (select_topk, select_topk_threshold, topk_ordered):
+        # inf first, then the NaN (the largest finite value), then one of the zeros: id 3 beats id 5
+        assert sorted(select(scores, 3, lambda p: ids[p]).tolist()) == [1, 3, 5], select.__name__
+        assert sorted(select(scores, 4, lambda p: ids[p]).tolist()) == [0, 1, 3, 5], select.__name__
+
+
+def test_topk_method_names_what_auto_picks():
+    limit_k = GATHER_LIMIT_BYTES // 12
+    assert topk_method("auto", limit_k, 1) == "gather" and topk_method("auto", limit_k + 1, 1) == "threshold"
+    assert topk_method("auto", limit_k // 4, 4) == "gather" and topk_method("auto", limit_k // 4 + 1, 4) == "threshold"
+    assert topk_method("gather", 10**12, 1024) == "gather" and topk_method("threshold", 1, 1) == "threshold"
+
+
+# --- The same code inside a process group of one rank --------------------------------------
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real gloo group of world size 1 in this process: the collectives run, not their no-op path."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_one_rank_group_selects_what_no_group_selects(one_rank_group):
+    g = torch.Generator().manual_seed(11)
+    scores = torch.round(torch.rand(5000, generator=g) * 50) / 50  # ties
+    ids = torch.randperm(20000, generator=g)[:5000]
+    for k in (0, 1, 250, 4999, 5000):
+        expected = expected_by_rule(scores.tolist(), ids.tolist(), k)
+        for select in (select_topk, select_topk_threshold):
+            assert set(ids[select(scores, k, lambda p: ids[p])].tolist()) == expected, (select.__name__, k)
+    draws = torch.randint(0, 1000, (5000,), generator=g).double() / 1000
+    got = top_draws(draws, 100, 5000, select_topk, identity)
+    assert got.tolist() == sorted(expected_by_rule(draws.tolist(), list(range(5000)), 100))
+
+
+def test_the_threshold_search_sends_the_same_bytes_whatever_the_number_of_points(one_rank_group):
     sent = {}
-    for side in (32, 128):
-        store = tmp_path / f"s{side}.zarr"
-        png = write_png(tmp_path / f"s{side}.png", smooth_image(side, side, channels=1, seed=side))
-        assert run_cli("dint.commands.cli", "shard", png, store, "--chunk", str(side // 2)).returncode == 0
-        for topk in ("threshold", "gather") if side == 128 else ("threshold",):
-            run_dir = tmp_path / f"{topk}{side}"
-            result = torchrun(2, "-m", "dint.train", "--data.store", store, "--run.dir", run_dir, "--run.device", "cpu",
-                              "--model.width", "8", "--model.hidden_layers", "1", "--train.steps", "4",
-                              "--train.log_every", "1", "--teacher.strategy", "int", "--teacher.random_share", "0",
-                              "--teacher.error_refresh", "1", "--teacher.topk", topk,
-                              "--eval.reconstruction", "false", *NO_VIEWS_ARGS)
-            assert result.returncode == 0, result.stderr
-            lines = [json_.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            sent[topk, side] = [l["select_bytes_per_rank"] for l in lines]
-    assert sent["threshold", 32] == sent["threshold", 128]
-    assert all(0 < b < 20_000 for line in sent["threshold", 32] for b in line)
-    # gather's (each rank's local top-k: k (score, id) pairs of 12 bytes) exceed the histograms at 128x128
-    k = round(0.1 * 128 * 128)  # teacher.ratio's default
-    assert all(b >= 12 * k > 2 * max(sent["threshold", 128][0]) for line in sent["gather", 128] for b in line)
+    for n in (1000, 100_000):
+        scores = torch.rand(n, generator=torch.Generator().manual_seed(n))
+        TRAFFIC.new_step()
+        with TRAFFIC.counting("select"):
+            select_topk_threshold(scores, n // 10, identity)
+        sent[n] = TRAFFIC.step["select"]
+    # the point count (8 bytes), then 4 rounds of a 256-bin int64 histogram for float32 scores
+    assert sent[1000] == sent[100_000] == 8 + 4 * 256 * 8
+    TRAFFIC.new_step()
+    with TRAFFIC.counting("select"):
+        select_topk(torch.rand(1000), 100, identity)
+    assert TRAFFIC.step["select"] == 8 + 100 * 4 + 100 * 8  # the sizes, then k float32 scores and int64 ids

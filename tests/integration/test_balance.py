@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import NO_VIEWS_ARGS, run_cli, smooth_image, torchrun, write_png
-from dint.teaching.balance import balanced_counts, transfer_plan
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_the_transfer_plan_evens_out_the_counts_moving_only_the_surplus(seed):
-    rng = random.Random(seed)
-    world_size = rng.randint(1, 9)
-    counts = [rng.choice([0, rng.randint(0, 50), rng.randint(0, 5000)]) for _ in range(world_size)]
-    moves = transfer_plan(counts)
-    after = [counts[r] - sum(moves[r]) + sum(moves[s][r] for s in range(world_size)) for r in range(world_size)]
-    assert after == balanced_counts(counts)
-    assert sum(after) == sum(counts) and max(after) - min(after) <= 1
-    targets = balanced_counts(counts)
-    for r in range(world_size):
-        sends, receives = sum(moves[r]), sum(moves[s][r] for s in range(world_size))
-        assert moves[r][r] == 0 and not (sends and receives)  # a point moves at most once
-        assert sends == max(0, counts[r] - targets[r]) and receives == max(0, targets[r] - counts[r])
 
 
 @pytest.fixture(scope="module")

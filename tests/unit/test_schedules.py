@@ -1,4 +1,5 @@
-"""The teacher's schedules: how many points (ratio_at) and how often (is_selection_step).
+"""The teacher's schedules: how many points (ratio_at) and how often (is_selection_step); and
+the learning-rate schedules (dint.train.schedule).
 
 Expected values are the paper's, written out by hand or computed here with exact rational
 arithmetic, never with the functions under test.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
+import torch
 
 from dint.teaching.teacher import interval_at, is_selection_step, ratio_at
+from dint.train.schedule import ScaledFactor, build_lr_scheduler, lr_factor
 
 TOTAL = 1000
 RATIO = 0.2
@@ -77,7 +81,7 @@ def test_ratio_schedule_endpoints_and_midpoints(schedule, step, expected):
 def test_ratio_schedules_are_monotone_and_bounded(schedule, direction):
     values = [ratio_at(s, TOTAL, RATIO, schedule) for s in range(TOTAL)]
     assert all(RATIO - 1e-12 <= v <= 1.0 + 1e-12 for v in values)
-    diffs = [direction * (b - a) for a, b in zip(values, values[1:])]
+    diffs = [direction * (b - a) for a, b in pairwise(values)]
     assert min(diffs) >= -1e-12
     assert values[-1] != values[0]
 
@@ -186,3 +190,52 @@ def test_dense_selects_every_step():
 def test_fixed_selects_every_interval(interval):
     assert selection_steps(TOTAL, "fixed", interval) == list(range(0, TOTAL, interval))
     assert interval_at(999, TOTAL, "fixed", interval) == interval
+
+
+# --- learning-rate schedules ------------------------------------------------------------
+
+
+def test_constant_lr_is_one_throughout():
+    assert {lr_factor(s, TOTAL, "constant") for s in (0, 1, 500, 999, 1000, 5000)} == {1.0}
+
+
+@pytest.mark.parametrize("step, expected", [(0, 1.0), (250, (1 + SQRT_HALF) / 2), (500, 0.5),
+                                            (750, (1 - SQRT_HALF) / 2), (1000, 0.0), (1500, 0.0)])
+def test_cosine_lr_from_one_to_zero_at_the_last_step(step, expected):
+    assert lr_factor(step, TOTAL, "cosine") == pytest.approx(expected, abs=1e-12)
+
+
+def test_cosine_lr_never_rises_and_stays_in_zero_one():
+    values = [lr_factor(s, TOTAL, "cosine") for s in range(TOTAL + 50)]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert all(b <= a for a, b in pairwise(values))
+    assert values[TOTAL:] == [0.0] * 50  # past the end: held at zero, not rising again
+    assert lr_factor(1, TOTAL, "cosine") < 1.0 and lr_factor(TOTAL - 1, TOTAL, "cosine") > 0.0
+
+
+def test_unknown_lr_schedule_raises():
+    with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
+        lr_factor(0, TOTAL, "linear")
+
+
+def test_the_scheduler_sets_lr_times_the_factor_and_saves_the_rollback_scale():
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = build_lr_scheduler(optimizer, 4, "cosine")
+    seen = []
+    for _ in range(4):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1 * lr_factor(s, 4, "cosine") for s in range(5)], abs=1e-12)
+    assert seen[0] == pytest.approx(0.1) and seen[-1] == pytest.approx(0.0, abs=1e-12)
+    # A rollback halves the scale; the scale travels with the scheduler's state (a checkpoint).
+    factor = scheduler.lr_lambdas[0]
+    assert isinstance(factor, ScaledFactor)
+    factor.scale *= 0.5
+    state = scheduler.state_dict()
+    other = build_lr_scheduler(torch.optim.SGD([weight], lr=0.1), 4, "cosine")
+    other.load_state_dict(state)
+    assert other.lr_lambdas[0].scale == 0.5
+    assert other.lr_lambdas[0](2) == pytest.approx(0.5 * lr_factor(2, 4, "cosine"))
