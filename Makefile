@@ -9,7 +9,7 @@ NPROC ?= 2
 # Test processes: most tests wait on the subprocesses they start, so two workers keep two cores busy.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint format clean
 
 install: $(STAMP)
 
@@ -28,8 +28,22 @@ demo: $(STAMP)
 	$(VENV)/bin/dint-shard builtin:cameraman runs/stores/cameraman.zarr --overwrite
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m dint.train --config configs/demo.toml
 
+# Everything: the in-process unit tests, then the multi-process and CLI tests.
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests/unit tests/integration
+
+# The unit tests alone: in one process, no torchrun, no CLI process; under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+# ruff (its rules and style in pyproject.toml): findings and unformatted files fail.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

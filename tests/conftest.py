@@ -23,23 +23,37 @@ REPO = Path(__file__).resolve().parent.parent
 # test_modalities.py test them, with the defaults.
 NO_VIEWS = {"tensorboard": False, "plots": False, "selection_maps": []}
 NO_VIEWS_ARGS = ["--metrics.tensorboard", "false", "--metrics.plots", "false", "--metrics.selection_maps", "[]"]
-NO_VIEWS_TOML = '[metrics]\ntensorboard = false\nplots = false\nselection_maps = []\n'
+NO_VIEWS_TOML = "[metrics]\ntensorboard = false\nplots = false\nselection_maps = []\n"
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None,
-            extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 120, cwd: Path | None = None, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> args...` (e.g. run_cli("dint.commands.cli", "info", path)) in a fresh process."""
-    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd or REPO, env=_env(extra_env))
+    return subprocess.run(
+        [sys.executable, "-m", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or REPO,
+        env=_env(extra_env),
+    )
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 300, cwd: Path | None = None,
-             extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def torchrun(
+    nproc: int, *args: str, timeout: float = 300, cwd: Path | None = None, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Start `nproc` real processes with torchrun (gloo on CPU) running `args`."""
-    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
-                          env=_env(extra_env))
+    return subprocess.run(
+        torchrun_command(nproc, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or REPO,
+        env=_env(extra_env),
+    )
 
 
 def _env(extra: dict | None = None) -> dict:

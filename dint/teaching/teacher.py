@@ -552,7 +552,9 @@ def inclusion_probability(errors: torch.Tensor, k: int, total: int, uniform_shar
     and the sum stay on the device (no wait for them on a GPU); the arithmetic is float64 where
     a Python number would be, then float32, as before.
     """
-    errors = torch.nan_to_num(errors.float(), nan=math.inf, posinf=torch.finfo(torch.float32).max)
+    # A NaN error counts as the largest, as in the top-k: such a point is drawn for sure.
+    largest = torch.finfo(torch.float32).max
+    errors = torch.nan_to_num(errors.float(), nan=largest, posinf=largest)
     top = all_reduce_max(errors.max().reshape(1) if errors.numel() else errors.new_zeros(1)).double()
     scale = torch.where(top > 0, 2.0**24 / top, torch.zeros_like(top)).float()
     quanta = torch.floor(errors * scale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import resource
 import sys
 import time
@@ -259,7 +260,7 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     previous = None
     for seconds, quality in curve:
         if quality >= target:
-            if previous is None or previous[1] >= target:
+            if previous is None or previous[1] >= target or math.isinf(quality):  # an exact fit: no line to it
                 return seconds
             (t0, q0) = previous
             return t0 + (seconds - t0) * (target - q0) / (quality - q0)

@@ -14,7 +14,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 def test_the_configuration_page_is_current():
     assert DOCS.read_text() == configuration_reference(), (
-        "docs/configuration.md is stale: run `python -m dint.core.config > docs/configuration.md`")
+        "docs/configuration.md is stale: run `python -m dint.core.config > docs/configuration.md`"
+    )
 
 
 def test_train_help_prints_the_usage_then_the_same_reference(capsys):
@@ -26,8 +27,9 @@ def test_every_key_is_documented_with_its_default_and_meaning():
     text = configuration_reference()
     for section in dataclasses.fields(Config):
         for field in dataclasses.fields(section.default_factory()):
-            row = next((line for line in text.splitlines() if line.startswith(f"| `{section.name}.{field.name}` |")),
-                       None)
+            row = next(
+                (line for line in text.splitlines() if line.startswith(f"| `{section.name}.{field.name}` |")), None
+            )
             assert row is not None, f"{section.name}.{field.name} is missing"
             assert field.metadata["meaning"].replace("|", "\\|") in row
             assert len(row.split(" | ")) == 5  # key, type, default, allowed, meaning: no unescaped |

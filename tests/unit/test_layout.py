@@ -29,7 +29,9 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return {name for name in found if name in modules}
@@ -49,7 +51,9 @@ def test_every_module_lives_in_a_layer():
     assert not loose, f"modules outside the layers {LAYERS}: {loose}"
 
 
-@pytest.mark.parametrize("name", sorted(name for name in SOURCES if layer(name) is not None and name not in ENTRY_POINTS))
+@pytest.mark.parametrize(
+    "name", sorted(name for name in SOURCES if layer(name) is not None and name not in ENTRY_POINTS)
+)
 def test_imports_run_down_the_layers(name):
     upward = [other for other in GRAPH[name] if layer(other) is not None and layer(other) > layer(name)]
     assert not upward, f"{name} ({LAYERS[layer(name)]}) imports from a later layer: {upward}"
@@ -60,7 +64,7 @@ def test_no_import_cycle_between_modules():
 
     def visit(name):
         if name in on_path:
-            raise AssertionError("import cycle: " + " -> ".join(on_path[on_path.index(name):] + [name]))
+            raise AssertionError("import cycle: " + " -> ".join(on_path[on_path.index(name) :] + [name]))
         if name in seen:
             return
         on_path.append(name)
