@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,17 +110,28 @@ def test_an_os_error_without_a_path_is_given_the_outputs_name(tmp_path):
     assert caught.value.filename == "/some/other/path"  # a named one is kept
 
 
-def test_an_interrupt_removes_even_a_write_that_lands_after_it(tmp_path):
+def test_an_interrupt_removes_even_a_write_that_lands_after_it(tmp_path, monkeypatch):
     dest = tmp_path / "s.zarr"
-    late = []
+    landed = []
+
+    class Clock:
+        """time as dint.core.files sees it: the first pause of its watch lets a late write land."""
+
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds):
+            if not landed:  # a write handed to another thread lands after the interrupt
+                tmp.mkdir()
+                (tmp / "chunk").write_bytes(b"x")
+                landed.append(tmp)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(files, "time", Clock)
     with pytest.raises(KeyboardInterrupt), staged(dest) as tmp:
         tmp.mkdir()
-        # A write handed to another thread lands after the interrupt, recreating the staging copy.
-        timer = threading.Timer(0.2, lambda: (tmp.mkdir(), (tmp / "chunk").write_bytes(b"x"), late.append(1)))
-        timer.start()
         raise KeyboardInterrupt
-    timer.join()
-    assert late == [1]  # the late write did happen ...
+    assert landed == [tmp]  # the late write did happen ...
     assert names(tmp_path) == []  # ... and was removed again
 
 
