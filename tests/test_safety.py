@@ -341,7 +341,9 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, png):
     stale = staging_path(dest, f"{host}.{dead_pid}.{random}")
     live = staging_path(dest, new_token())  # this process: alive
     other_host = staging_path(dest, f"{int(host, 16) ^ 1:08x}.{dead_pid}.{random}")
-    old_link = tmp_path / f".{dest.name}.old-{host}.{dead_pid}.{random}"
+    # An output set aside while replacing it, whose replacement is in place ("in"): stale. (One
+    # whose replacement never arrived is put back: tests/unit/test_unfinished_outputs.py.)
+    old_link = tmp_path / f".in.old-{host}.{dead_pid}.{random}"
     for path in (stale, live, other_host):
         path.mkdir()
     old_link.symlink_to(tmp_path / "nowhere")
@@ -455,7 +457,7 @@ def test_sigterm_during_training_stops_cleanly_and_resumes(tmp_path, image_store
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "dint.train", "--data.store", str(image_store), "--run.dir", str(run_dir),
             "--run.device", "cpu", "--model.width", "16", "--model.hidden_layers", "2", "--train.steps", "100000",
-            "--train.log_every", "5", "--checkpoint.every", "10"]
+            "--metrics.log_every", "5", "--checkpoint.every", "10"]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
