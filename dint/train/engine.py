@@ -52,10 +52,28 @@ class _Engine:
             "scheduler": self.scheduler.state_dict(),
         }
 
+    def state_form(self) -> dict:
+        """The form state_dict() takes once training has begun (what a checkpoint is checked
+        against): torch makes the optimizer's moments at its first step, so they are taken from a
+        copy of the optimizer after one step, on copies of the parameters."""
+        state = self.state_dict()
+        copies = [nn.Parameter(p.detach().clone()) for p in self.module.parameters()]
+        probe = torch.optim.Adam(copies)
+        try:
+            probe.load_state_dict(state["optimizer"])  # the same groups and settings, no moments yet
+        except (ValueError, KeyError, TypeError):
+            return state  # an optimizer of another form: as it is now
+        for copy_ in copies:
+            copy_.grad = torch.zeros_like(copy_)
+        probe.step()
+        return {**state, "optimizer": probe.state_dict()}
+
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for factor in self.scheduler.lr_lambdas:  # a schedule that cannot give a rate fails here, not at a step
+            factor(self.scheduler.last_epoch + 1)
 
 
 class DDPEngine(_Engine):
