@@ -14,7 +14,7 @@ import numpy as np
 import typer
 
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
-from dint.core.files import check_input, real_path, sha256_of, shown
+from dint.core.files import check_input, real_path, remove_unfinished, sha256_of, shown
 from dint.data.readers import MODALITY_CHOICES, ReadOptions, read_source
 from dint.data.store import (
     SignalInfo,
@@ -43,7 +43,8 @@ shard_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def one_line_errors(command: str):
     """Turn a DintError or an OS error (a read-only folder, a full disk) into one line on
     stderr and exit code 2, never a traceback; SIGTERM stops the command like Ctrl-C, its
-    cleanups run, and it exits 143 (130 for Ctrl-C) with one line."""
+    cleanups run, and it exits 143 (130 for Ctrl-C) with one line, which says whether anything
+    half-written is left."""
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -58,9 +59,11 @@ def one_line_errors(command: str):
                 print(f"{command}: error: {os_error_line(e)}", file=sys.stderr)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt as e:
-                line, code = stopped_line(e)
+                line, code = stopped_line(e, remove_unfinished())
                 print(f"{command}: {line}", file=sys.stderr)
                 raise typer.Exit(code) from None
+            finally:
+                remove_unfinished()  # however it ended, no half-written output stays behind
 
         return run
 

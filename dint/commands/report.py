@@ -14,10 +14,10 @@ from pathlib import Path
 
 import tomllib
 
-from dint.core.errors import DintError
+from dint.core.errors import DintError, warn
 from dint.core.files import RUN_LOCK, check_input, held_by, is_dint_png, shown, staged
 from dint.observe.plots import quality_vs_time
-from dint.train.metrics import quality_curve, time_to_reach
+from dint.train.metrics import damaged_lines, quality_curve, read_metrics_lines, time_to_reach
 
 
 @dataclasses.dataclass
@@ -89,17 +89,12 @@ def _read_config(path: Path) -> dict:
 
 
 def _read_lines(path: Path) -> list[dict]:
-    rows = _read_text(path, "not found: the run has not logged a step yet").split("\n")
-    lines = []
-    for number, row in enumerate(rows, 1):
-        if not row.strip():
-            continue
-        try:
-            lines.append(json.loads(row))
-        except ValueError:
-            if number == len(rows):  # the line a running training is writing now
-                break
-            raise DintError(f"{shown(path)}: line {number} is not JSON") from None
+    text = _read_text(path, "not found: the run has not logged a step yet")
+    lines, damaged = read_metrics_lines(text)
+    being_written = text.count("\n") + 1 if not text.endswith("\n") else None  # by a running training
+    damaged = [number for number in damaged if number != being_written]
+    if damaged:
+        warn(damaged_lines(path, damaged, "skipped"))
     return lines
 
 

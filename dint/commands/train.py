@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dint.core.config import check_against_store, configuration_reference, load_config, parse_cli
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
-from dint.core.files import check_claimable
+from dint.core.files import check_claimable, remove_unfinished
 from dint.data.store import open_store
 from dint.distributed.collectives import collective_failure, destroy_distributed
 from dint.train.trainer import Trainer
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dint.train: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        line, code = stopped_line(e)
+        line, code = stopped_line(e, remove_unfinished())
         print(f"dint.train: {line}", file=sys.stderr)
         return code
     except RuntimeError as e:  # a collective broke: say which rank saw it, and where, in one line
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer = None  # the engine holds the process group; release it before the group is destroyed
         destroy_distributed()
+        remove_unfinished()  # however it ended, no half-written output stays behind
     if summary["outputs"]:
         quality = f"final PSNR {summary['final_psnr']:.2f} dB"
         quality += f", SSIM {summary['ssim']:.4f}" if "ssim" in summary else ""

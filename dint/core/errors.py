@@ -3,6 +3,7 @@ and the one way a warning is printed."""
 
 import os
 import sys
+from collections.abc import Sequence
 
 
 class DintError(Exception):
@@ -36,14 +37,25 @@ class Stopped(KeyboardInterrupt):
     exit_code = 143
 
 
+_stopping = False  # a stop signal was taken: the cleanup it started is under way
+
+
 def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises Stopped in the main thread (call it from the main thread)."""
+    """From now on SIGTERM raises Stopped in the main thread, and SIGINT KeyboardInterrupt (call
+    it from the main thread). Only the first of them does: a second Ctrl-C or SIGTERM a moment
+    later (an impatient user, a scheduler's repeated signal) would otherwise break off the
+    cleanup the first one started, and leave half of an output behind."""
     import signal
 
     def stop(signum, frame):
-        raise Stopped()
+        global _stopping
+        if _stopping:
+            return
+        _stopping = True
+        raise Stopped() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def os_error_line(error: OSError) -> str:
@@ -53,8 +65,15 @@ def os_error_line(error: OSError) -> str:
     return f"{text}: {reason}" if text else reason
 
 
-def stopped_line(error: KeyboardInterrupt) -> tuple[str, int]:
-    """What a stopped command says, and its exit code (130 for Ctrl-C, 143 for SIGTERM)."""
-    if isinstance(error, Stopped):
-        return "stopped by SIGTERM; nothing half-written was left", Stopped.exit_code
-    return "interrupted; nothing half-written was left", 130
+def stopped_line(error: KeyboardInterrupt, left: Sequence[object] = ()) -> tuple[str, int]:
+    """What a stopped command says, and its exit code (130 for Ctrl-C, 143 for SIGTERM). `left`:
+    the half-written outputs that could not be removed (dint.core.files.remove_unfinished)."""
+    what = "stopped by SIGTERM" if isinstance(error, Stopped) else "interrupted"
+    if left:
+        outcome = (
+            f"could not remove the half-written {', '.join(escaped(str(p)) for p in left)} "
+            "(the next dint command writing in that folder removes it)"
+        )
+    else:
+        outcome = "nothing half-written was left"
+    return f"{what}; {outcome}", Stopped.exit_code if isinstance(error, Stopped) else 130

@@ -5,7 +5,10 @@
   destination and renamed into place when whole. One naming scheme for all of them,
   `.STEM.tmp-HOST.PID.RANDOM.SUFFIX` (the suffix kept last, since some writers pick the
   format from it), so what a killed process leaves behind is recognisable as dint's, and
-  as stale once its process is gone (`remove_stale`).
+  as stale once its process is gone: every command that writes into a folder first clears it
+  of what dead dint processes left there (`remove_stale`). What this process has begun and
+  not finished is known too (`remove_unfinished`): a failed or stopped command removes it,
+  and says so only when it is true.
 - **Replace only what dint made.** `publish` never replaces anything unless its caller
   says what may be replaced (`may_replace`): a dint store for stores, anything inside a
   folder dint claimed (`claim_folder`: a run folder, a bench's output) for the files it
@@ -40,7 +43,12 @@ from dint.core.errors import DintError, escaped
 MARK = ".dint"  # in a folder dint claimed for its outputs
 RUN_LOCK = ".dint-lock"  # in a run folder, held by rank 0 while a training runs there (dint.train)
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
-_STAGING = re.compile(r"^\.(?P<stem>.*)\.(?:tmp|old)-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>.*)$")
+_STAGING = re.compile(  # any character in a name, a newline too
+    r"\.(?P<stem>.*)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>.*)", re.DOTALL
+)
+# Staging copies this process has named and not yet published or removed, and outputs it set
+# aside while replacing them: what a failure or a stop must not leave behind.
+_UNFINISHED: set[Path] = set()
 
 
 def new_token() -> str:
@@ -54,11 +62,15 @@ def shown(path: object) -> str:
     return escaped(str(path))
 
 
-def staging_path(dest: Path, token: str | None = None) -> Path:
+def staging_path(dest: Path, token: str | None = None, mine: bool = True) -> Path:
     """Where `dest` is built before `publish`: hidden, beside it; a fresh token unless given
-    (ranks that build one output together pass the same token)."""
+    (ranks that build one output together pass the same token). `mine`: this process writes it,
+    so it is among what `remove_unfinished` removes (not so on the ranks that only fill it in)."""
     dest = Path(dest)
-    return dest.with_name(f".{dest.stem}.tmp-{token or new_token()}{dest.suffix}")
+    path = dest.with_name(f".{dest.stem}.tmp-{token or new_token()}{dest.suffix}")
+    if mine:
+        _UNFINISHED.add(path)
+    return path
 
 
 def remove(path: Path) -> None:
@@ -67,6 +79,8 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+    if not os.path.lexists(path):
+        _UNFINISHED.discard(path)
 
 
 def anything(_: Path) -> bool:
@@ -84,6 +98,7 @@ def publish(tmp: Path, dest: Path, may_replace: Callable[[Path], bool] | None = 
     """
     if not os.path.lexists(dest):
         _rename_noreplace(tmp, dest)
+        _UNFINISHED.discard(tmp)
         return dest
     if may_replace is None or not may_replace(dest):
         raise DintError(
@@ -91,14 +106,30 @@ def publish(tmp: Path, dest: Path, may_replace: Callable[[Path], bool] | None = 
             "it); left as it is, nothing written there"
         )
     old = dest.with_name(f".{dest.name}.old-{new_token()}")
-    os.replace(dest, old)
-    try:
-        _rename_noreplace(tmp, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
+    with _signals_held():  # a stop between the two renames would leave no `dest` at all
+        os.replace(dest, old)
+        try:
+            _rename_noreplace(tmp, dest)
+        except BaseException:
+            os.replace(old, dest)
+            raise
+        _UNFINISHED.discard(tmp)
+        _UNFINISHED.add(old)  # removed below; if a stop cuts that short, by remove_unfinished
     remove(old)
     return dest
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block: they are taken (and raise) when it ends."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:
@@ -134,7 +165,7 @@ def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], b
     """`with staged(dest) as tmp:` write `tmp`; it is published as `dest` when the block ends
     (replacing only what `may_replace` allows), and removed, leaving `dest` as it was, when
     the block raises."""
-    remove_stale(dest)
+    remove_stale(dest.parent)
     tmp = staging_path(dest, token)
     try:
         yield tmp
@@ -151,17 +182,32 @@ def discard(tmp: Path, error: BaseException) -> None:
     also whatever a writer thread still puts there."""
     remove(tmp)
     if isinstance(error, KeyboardInterrupt):
-        _remove_late_writes(tmp)
+        _remove_late_writes([tmp])
 
 
-def _remove_late_writes(tmp: Path, seconds: float = 1.0) -> None:
+def remove_unfinished() -> list[Path]:
+    """Remove whatever this process began writing and did not finish (staging copies, outputs it
+    set aside to replace): what a failed or stopped command calls before it says it left
+    nothing. Returns what could not be removed, which is then a dead process's, and goes with
+    the next dint command writing in its folder (`remove_stale`)."""
+    present = [path for path in sorted(_UNFINISHED) if os.path.lexists(path)]
+    _UNFINISHED.intersection_update(present)
+    for path in present:
+        remove(path)
+    if present:
+        _remove_late_writes(present)
+    return [path for path in present if os.path.lexists(path)]
+
+
+def _remove_late_writes(paths: list[Path], seconds: float = 1.0) -> None:
     """After an interrupt (Ctrl-C, SIGTERM), a write already handed to another thread (zarr's
-    I/O loop) may still land and recreate `tmp`: watch for a moment and remove it again."""
+    I/O loop) may still land and recreate a staging copy: watch for a moment and remove it again."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.02)
-        if os.path.lexists(tmp):
-            remove(tmp)
+        for path in paths:
+            if os.path.lexists(path):
+                remove(path)
 
 
 def write_outputs(folder: Path, writers: dict[str, Callable[[Path], object]]) -> None:
@@ -171,20 +217,28 @@ def write_outputs(folder: Path, writers: dict[str, Callable[[Path], object]]) ->
             write(tmp)
 
 
-def remove_stale(dest: Path) -> None:
-    """Remove what dead dint processes on this host left beside `dest` (staging and set-aside
-    names of `dest`); anything of a live process, or of another host, is left."""
-    dest = Path(dest)
+def remove_stale(folder: Path) -> None:
+    """Clear `folder` of what dead dint processes on this host left in it (killed, or stopped
+    before their cleanup ended): their staging copies are removed; an output one had set aside
+    to replace goes back in place when its replacement never arrived (killed between the two
+    renames of `publish`), else is removed. Anything of a live process, or of another host, is
+    left. Every command writing into a folder runs this first (`staged`, `claim_folder`)."""
     try:
-        siblings = list(dest.parent.iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError:
         return
-    for path in siblings:
-        match = _STAGING.match(path.name)
+    for path in entries:
+        match = _STAGING.fullmatch(path.name)
         if not match or match["host"] != _HOST or _alive(int(match["pid"])):
             continue
-        if (match["stem"], match["suffix"]) in ((dest.stem, dest.suffix), (dest.name, "")):
-            remove(path)
+        dest = path.with_name(match["stem"] + match["suffix"])
+        if match["kind"] == "old" and not os.path.lexists(dest):
+            try:
+                _rename_noreplace(path, dest)
+                continue
+            except (OSError, DintError):
+                pass  # a new `dest` appeared meanwhile: the old one is stale like the rest
+        remove(path)
 
 
 def _alive(pid: int) -> bool:
@@ -231,6 +285,7 @@ def claim_folder(path: Path, what: str) -> Path:
     path = Path(path)
     check_claimable(path, what)
     path.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     mark = path / MARK
     if not mark.is_file():
         mark.write_text(json.dumps({"made_by": "dint", "for": what}) + "\n")

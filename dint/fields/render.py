@@ -128,8 +128,8 @@ def build_together(
     from dint.distributed.collectives import barrier, shared_token
 
     if rank == 0:
-        remove_stale(dest)
-    tmp = staging_path(dest, shared_token(device))
+        remove_stale(dest.parent)
+    tmp = staging_path(dest, shared_token(device), mine=rank == 0)
     previews: dict[str, Path] = {}
     try:
         if rank == 0:

@@ -30,7 +30,7 @@ from dint.core.config import Config
 from dint.core.errors import DintError, warn
 from dint.core.resources import available_memory, human, local_ranks
 from dint.data.sharding import MiniBatches, Shard, ShardStream, chunk_grid
-from dint.data.store import SignalInfo, Store
+from dint.data.store import SignalInfo, Store, _is_finite, _is_int
 from dint.distributed.collectives import all_reduce_max, all_reduce_sum, gather_counts
 from dint.teaching.teacher import Selection, Teacher
 
@@ -151,6 +151,47 @@ def global_values(ids: torch.Tensor, values: torch.Tensor, num_points: int) -> t
     return all_reduce_sum(dense)
 
 
+def check_saved_selections(state: object, num_points: int, count: int) -> None:
+    """Refuse (ValueError) saved selections not of the form state_dict writes, before any of it
+    is used: they index every point of the signal, so a mask or an array of another length
+    would fail on some ranks only and leave the ranks at different collectives. `count`: the
+    mini-batches (1 without)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"the saved selections are {type(state).__name__}, not a dict")
+    if not state:
+        return
+    arrays = {
+        "bits": ((num_points + 7) // 8, torch.uint8),
+        "weights": (num_points, torch.float32),
+        "errors": (num_points, torch.float32),
+    }
+    for key, (length, dtype) in arrays.items():
+        if key not in state and key != "bits":
+            continue
+        value = state.get(key)
+        if not (isinstance(value, torch.Tensor) and tuple(value.shape) == (length,) and value.dtype == dtype):
+            raise ValueError(f"the saved selections' {key!r} is not {length} values of {dtype}")
+    selections = state.get("selections")
+    if not (
+        isinstance(selections, dict)
+        and selections
+        and all(
+            _is_int(index)
+            and 0 <= index < count
+            and isinstance(numbers, (list, tuple))
+            and len(numbers) == 3
+            and _is_int(numbers[0])
+            and _is_finite(numbers[1])
+            and _is_int(numbers[2])
+            for index, numbers in selections.items()
+        )
+    ):
+        raise ValueError(f"the saved selections are not (count, ratio, step) for mini-batches 0 to {count - 1}")
+    for key, valid in (("normalizer", _is_finite), ("refreshed_at", _is_int)):
+        if key in state and not valid(state[key]):
+            raise ValueError(f"the saved selections' {key!r} = {state[key]!r} is not a number")
+
+
 def bits_at(bits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Whether each id's bit is set."""
     return ((bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool()
@@ -195,6 +236,7 @@ class WholeSignal:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        check_saved_selections(state, self.shard.info.num_points, 1)
         self.current = None
         self.memory = self.teacher.error_memory(len(self.shard), self.shard.device)
         if not state:
@@ -270,6 +312,7 @@ class _ReusedSelections:
         }
 
     def load_state_dict(self, state: dict, shard: Shard, points_of) -> None:
+        check_saved_selections(state, shard.info.num_points, self.count)
         self.clear()
         if not state:
             return
@@ -355,6 +398,7 @@ class MiniBatchesStreamed:
         return self.reused.state_dict(lambda index: self._points_of(layouts, index), self.stream.info.num_points)
 
     def load_state_dict(self, state: dict) -> None:
+        check_saved_selections(state, self.stream.info.num_points, self.steps_per_pass)
         self.reused.clear()
         self._groups, self._restored, self._restored_bits = None, {}, None
         if state:

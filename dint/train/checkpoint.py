@@ -9,6 +9,10 @@ temporary name, flushed to disk, and renamed into place, so a crash while saving
 the previous checkpoints untouched, and a folder without a valid manifest is never used.
 Its content does not depend on the number of ranks: a run saved with 2 ranks resumes
 with 1 or 3.
+
+A checkpoint is used only once it is known sound: its manifest and checksums hold, its
+state has the form this run saves (`check_state`), and every part took it; one that fails
+any of these is skipped with a warning, and nothing of it stays loaded.
 """
 
 from __future__ import annotations
@@ -27,21 +31,32 @@ from torch import nn
 
 from dint.core.config import Config
 from dint.core.errors import DintError, warn
-from dint.core.files import anything, fsync, new_token, sha256_of, shown, staged
-from dint.data.store import SignalInfo
-from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
+from dint.core.files import anything, fsync, new_token, remove_stale, sha256_of, shown, staged
+from dint.data.store import SignalInfo, _is_int, _short  # the checks of a store's attributes, reused
+from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max, collective_failure
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
 MANIFEST = "manifest.json"
 FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "signal", "world_size"}
 _NAME = re.compile(r"step-(\d{8})")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class Stateful(Protocol):
+    """A part of the checkpoint. `load_state_dict` raises (any exception) on a state it cannot
+    use, before it uses it where it can. A part may also offer `state_form()`: the form of
+    its state once training has begun, when state_dict() before the first step lacks some of
+    it (the optimizer's moments, made at the first step)."""
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class Incompatible(DintError):
+    """A sound checkpoint that this run must not continue (another signal, another model
+    shape): an error, where an unsound one is skipped."""
 
 
 class RngState:
@@ -102,23 +117,60 @@ class CheckpointManager:
             part.load_state_dict(state["parts"][name])
         return state["step"]
 
+    def state_form(self) -> dict:
+        """The form of this run's checkpoints (check_state): each part's state as it is once
+        training has begun (collective)."""
+        return {name: getattr(part, "state_form", part.state_dict)() for name, part in self.parts.items()}
+
     def resume(self) -> int:
         """The step to run next: from checkpoint.resume (auto: the newest sound checkpoint in the
-        run folder, if any; never; or a folder), or 0. Keeps the run's start as the rollback target."""
-        mode, found = self.config.resume, None
-        if mode == "auto":
-            found = newest_checkpoint(self.run_dir, self._warn)
-        elif mode != "never":
-            found = Path(mode), load_checkpoint(Path(mode))
-        if found is None:
-            self._rollback_target = self.state_dict(0)
+        run folder, if any, skipping unsound ones with a warning; never; or a folder, which must
+        be sound), or 0. Keeps the run's start as the rollback target."""
+        mode, fresh = self.config.resume, self.state_dict(0)
+        self._rollback_target = fresh
+        if self.dist.is_main:  # what a process killed while saving left (it holds no lock any more)
+            remove_stale(self.run_dir / CHECKPOINTS)
+        if mode == "never":
             return 0
-        path, state = found
-        self._check_compatible(path, state)
-        step = self.load_state_dict(state)
-        self._rollback_target = path
-        if self.dist.is_main:
-            print(f"dint.train: resuming from {path} (step {step})", file=sys.stderr)
+        form = self.state_form()
+        for path in list_checkpoints(self.run_dir) if mode == "auto" else [Path(mode)]:
+            try:
+                state = load_checkpoint(path)
+                check_state(path, state, form, self.dist.world_size, self._check_compatible)
+                step = self._load_sound(path, state, fresh)
+            except Incompatible:
+                raise
+            except DintError as e:
+                if mode != "auto":
+                    raise
+                self._warn(f"skipping checkpoint {e}")
+                continue
+            self._rollback_target = path
+            if self.dist.is_main:
+                print(f"dint.train: resuming from {path} (step {step})", file=sys.stderr)
+                steps = self.run_config.train.steps
+                if step > steps:
+                    print(
+                        f"dint.train: already trained {step} steps, more than train.steps = {steps}: nothing to "
+                        f"train; the model is that of step {step} (set train.steps above {step} to train on)",
+                        file=sys.stderr,
+                    )
+            return step
+        return 0
+
+    def _load_sound(self, path: Path, state: dict, fresh: dict) -> int:
+        """Load `state` into every part; the step to run next. If a part refuses it, on any rank,
+        every part goes back to `fresh` and the checkpoint is refused (DintError)."""
+        problem = None
+        try:
+            step = self.load_state_dict(state)
+        except Exception as e:  # a part could not take it: the form held, a value did not
+            if isinstance(e, RuntimeError) and collective_failure(e, "", None) is not None:
+                raise  # another rank went away: not this checkpoint's fault
+            problem = f"{type(e).__name__}: {e}".splitlines()[0]
+        if all_reduce_max(torch.tensor([int(problem is not None)], device=self.dist.device)).item():
+            self.load_state_dict(fresh)
+            raise DintError(f"{shown(path)}: {STATE} cannot be loaded into this run ({problem or 'on another rank'})")
         return step
 
     def save(self, step: int) -> None:
@@ -147,14 +199,14 @@ class CheckpointManager:
             or tuple(saved["shape"]) != info.shape
             or saved["channels"] != info.channels
         ):
-            raise DintError(
+            raise Incompatible(
                 f"{path}: checkpoint is of another signal ({saved['source']['name']}, shape "
                 f"{tuple(saved['shape'])}), not of {self.run_config.data.store}; use another run.dir or "
                 "--checkpoint.resume never"
             )
         for key in ("width", "hidden_layers"):
             if state["config"]["model"][key] != getattr(self.run_config.model, key):
-                raise DintError(
+                raise Incompatible(
                     f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
                     f"says {getattr(self.run_config.model, key)}: the model's shape cannot change on resume"
                 )
@@ -241,11 +293,32 @@ def is_complete_checkpoint(path: Path) -> bool:
     if path.is_symlink() or not path.is_dir():
         return False
     try:
-        files = json.loads((path / MANIFEST).read_text())["files"]
+        files = read_manifest(path)
         present = {p.name for p in path.iterdir()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, DintError):
         return False
-    return isinstance(files, dict) and present == {MANIFEST, *files} and all((path / n).is_file() for n in files)
+    return present == {MANIFEST, *files} and all((path / n).is_file() for n in files)
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """The files a checkpoint folder's manifest lists, {name: SHA-256}, once it is as
+    save_checkpoint writes it: an object whose "files" map plain names in the folder, the state
+    among them, to checksums. DintError naming what is wrong otherwise."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DintError(f"{shown(path)}: {MANIFEST} is unreadable ({type(e).__name__})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise DintError(f'{shown(path)}: {MANIFEST} is malformed (expected an object whose "files" is an object)')
+    for name, digest in files.items():
+        if name in ("", ".", "..", MANIFEST) or "/" in name or "\0" in name:
+            raise DintError(f"{shown(path)}: {MANIFEST} lists {shown(repr(name))}, not a file of the checkpoint")
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise DintError(f"{shown(path)}: {MANIFEST} gives {shown(name)} the checksum {shown(repr(digest))[:80]}")
+    if STATE not in files:
+        raise DintError(f"{shown(path)}: {MANIFEST} does not list {STATE}")
+    return files
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -264,11 +337,7 @@ def load_checkpoint(path: Path) -> dict:
         raise DintError(f"{shown(path)}: checkpoint not found")
     if not manifest_path.is_file():
         raise DintError(f"{shown(path)}: incomplete checkpoint (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
-        raise DintError(f"{path}: {MANIFEST} is unreadable") from None
+    files = read_manifest(path)
     for name, digest in files.items():
         if not (path / name).is_file():
             raise DintError(f"{path}: {name} is missing")
@@ -283,11 +352,92 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def newest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, warning (one line each) about those skipped."""
-    for path in list_checkpoints(run_dir):
-        try:
-            return path, load_checkpoint(path)
-        except DintError as e:
-            warn(f"skipping checkpoint {e}")
-    return None
+def check_state(
+    path: Path,
+    state: dict,
+    form: dict,
+    world_size: int,
+    compatible: Callable[[Path, dict], None] = lambda path, state: None,
+) -> None:
+    """Refuse (DintError) a loaded state that has not the form this run saves, before anything
+    uses it: its step, world size, signal and model shape, then (once `compatible` has had its
+    say on the signal and model shape: a checkpoint of another one is an error, not damage) each
+    part's state against `form` (CheckpointManager.state_form): the same keys, kinds of values,
+    and tensors of the same dtype and shape. A checksum says a file is as it was written, not
+    that dint wrote it."""
+
+    def bad(problem: str) -> DintError:
+        return DintError(f"{shown(path)}: {STATE} is not as dint writes it: {problem}")
+
+    step, ranks = state.get("step"), state.get("world_size")
+    if not (_is_int(step) and step >= 0):
+        raise bad(f"step = {_short(step)} is not a number of steps")
+    named = _NAME.fullmatch(path.name)
+    if named and int(named[1]) != step:
+        raise bad(f"step = {step}, where its folder's name says {int(named[1])}")
+    if not (_is_int(ranks) and ranks >= 1):
+        raise bad(f"world_size = {_short(ranks)} is not a number of ranks")
+    SignalInfo.from_attrs(state.get("signal"), f"{shown(path)}: {STATE}: signal")
+    model = state.get("config", {}).get("model") if isinstance(state.get("config"), dict) else None
+    for key in ("width", "hidden_layers"):
+        if not (isinstance(model, dict) and _is_int(model.get(key))):
+            raise bad(f"config.model.{key} is missing or not a whole number")
+    compatible(path, state)
+    problem = _form_problem(state.get("parts"), form, "parts", (world_size, ranks))
+    if problem is not None:
+        raise bad(problem)
+
+
+def _form_problem(value: object, form: object, at: str, ranks: tuple[int, int]) -> str | None:
+    """Where and how `value` differs from `form`, or None. A dict `form` that is empty is filled
+    only as the run goes (the teacher's selections): its part checks it when loading. A plain
+    value a part's own state lacks takes the part's default (a timer newer than the checkpoint);
+    deeper down (an optimizer's settings) nothing may be missing.
+    `ranks` = (this run's, the checkpoint's): a tensor gathered over ranks has a row for each."""
+    if isinstance(form, torch.Tensor):
+        if not isinstance(value, torch.Tensor):
+            return f"{at} is {_kind(value)}, not a tensor"
+        if value.dtype != form.dtype:
+            return f"{at} is a tensor of {value.dtype}, not {form.dtype}"
+        shape, expected = tuple(value.shape), tuple(form.shape)
+        gathered = expected[:1] == ranks[:1] and shape[:1] == ranks[1:] and shape[1:] == expected[1:]
+        return None if shape == expected or gathered else f"{at} has shape {shape}, not {expected}"
+    if isinstance(form, dict):
+        if not isinstance(value, dict):
+            return f"{at} is {_kind(value)}, not a dict"
+        if not form:
+            return None
+        extra = [key for key in value if key not in form]
+        if extra:
+            return f"{at} holds {_short(extra[0])}, which dint does not save there"
+        for key, item in form.items():
+            if key in value:
+                problem = _form_problem(value[key], item, f"{at}.{key}", ranks)
+                if problem is not None:
+                    return problem
+            elif isinstance(item, (torch.Tensor, dict, list, tuple)) or at.count(".") > 1:
+                return f"{at} lacks {_short(key)}"
+        return None
+    if isinstance(form, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return f"{at} is {_kind(value)}, not a list"
+        if not form:
+            return None
+        if len(value) != len(form):
+            return f"{at} has {len(value)} items, not {len(form)}"
+        for index, (item, item_form) in enumerate(zip(value, form)):
+            problem = _form_problem(item, item_form, f"{at}[{index}]", ranks)
+            if problem is not None:
+                return problem
+        return None
+    if form is None or value is None:
+        return None if value is form else f"{at} = {_short(value)} is {_kind(value)}, not {_kind(form)}"
+    if isinstance(form, bool) or isinstance(value, bool):
+        return None if type(value) is type(form) else f"{at} = {_short(value)} is {_kind(value)}, not {_kind(form)}"
+    if isinstance(form, float):
+        return None if isinstance(value, (int, float)) else f"{at} = {_short(value)} is {_kind(value)}, not a number"
+    return None if type(value) is type(form) else f"{at} = {_short(value)} is {_kind(value)}, not {_kind(form)}"
+
+
+def _kind(value: object) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"

@@ -52,10 +52,37 @@ class _Engine:
             "scheduler": self.scheduler.state_dict(),
         }
 
+    def state_form(self) -> dict:
+        """The form state_dict() takes once training has begun (what a checkpoint is checked
+        against): torch makes the optimizer's moments at its first step, so they are taken from a
+        copy of the optimizer after one step, on copies of the parameters."""
+        state = self.state_dict()
+        copies = [nn.Parameter(p.detach().clone()) for p in self.module.parameters()]
+        probe = torch.optim.Adam(copies)
+        try:
+            probe.load_state_dict(state["optimizer"])  # the same groups and settings, no moments yet
+        except (ValueError, KeyError, TypeError):
+            return state  # an optimizer of another form: as it is now
+        for copy_ in copies:
+            copy_.grad = torch.zeros_like(copy_)
+        probe.step()
+        return {**state, "optimizer": probe.state_dict()}
+
     def load_state_dict(self, state: dict) -> None:
+        # The optimizer's settings (betas, eps, amsgrad...) are this run's, not state: a checkpoint
+        # that says otherwise was not written by a run like this one. Only the rate moves.
+        mine, saved = self.optimizer.state_dict()["param_groups"], state["optimizer"]["param_groups"]
+        moving = {"params", "lr", "initial_lr"}
+        if len(saved) != len(mine) or any(
+            {k: v for k, v in s.items() if k not in moving} != {k: v for k, v in m.items() if k not in moving}
+            for s, m in zip(saved, mine)
+        ):
+            raise ValueError("the optimizer's settings differ from this run's")
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for factor in self.scheduler.lr_lambdas:  # a schedule that cannot give a rate fails here, not at a step
+            factor(self.scheduler.last_epoch + 1)
 
 
 class DDPEngine(_Engine):

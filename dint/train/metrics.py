@@ -20,6 +20,8 @@ import torch
 from tqdm import tqdm
 
 from dint.core.config import MetricsConfig
+from dint.core.errors import warn
+from dint.core.files import shown
 from dint.core.resources import local_ranks
 from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum, gather_counts
 
@@ -169,13 +171,12 @@ class MetricsLogger:
         it open for the lines to come (closed by `close`)."""
         kept = []
         if up_to and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= up_to
-            ]
+            lines, damaged = read_metrics_lines(self.path.read_text(errors="replace"))
+            kept = [line for line in lines if line["step"] <= up_to]
+            if damaged:
+                warn(damaged_lines(self.path, damaged, "dropped"))
         self._file = open(self.path, "w")  # noqa: SIM115 (open for the whole run)
-        self._file.write("".join(line + "\n" for line in kept))
+        self._file.write("".join(json.dumps(line) + "\n" for line in kept))
         self._file.flush()
 
     def log(self, record: dict[str, Any]) -> None:
@@ -199,6 +200,35 @@ class MetricsLogger:
             self._file.close()
 
 
+def read_metrics_lines(text: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a metrics.jsonl's `text` (JSON objects with a step), and the numbers of
+    its damaged lines: one cut short by a kill, NUL bytes a crash left where data was lost,
+    anything that is not a record. NUL bytes beside a whole record lost nothing of it."""
+    records, damaged = [], []
+    for number, row in enumerate(text.split("\n"), 1):
+        if not row.strip():
+            continue
+        try:
+            record = json.loads(row.strip("\0 \t\r"))
+        except ValueError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 1:
+            records.append(record)
+        else:
+            damaged.append(number)
+    return records, damaged
+
+
+def damaged_lines(path: Path, numbers: list[int], done: str) -> str:
+    """The warning for metrics lines `done` with (dropped, skipped) because read_metrics_lines found them damaged."""
+    shown_numbers = ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+    return (
+        f"{shown(path)}: {done} {len(numbers)} damaged line(s) ({shown_numbers}): cut short, NUL bytes, "
+        "or not a metrics record"
+    )
+
+
 def run_summary(trainer, quality: dict, wall_seconds: float) -> dict:
     """summary.json of a dint.train.trainer.Trainer's run: what it did, what it reached and where its
     time went (collective: per-rank counts)."""
@@ -206,7 +236,7 @@ def run_summary(trainer, quality: dict, wall_seconds: float) -> dict:
     return {
         "final_psnr": quality["psnr"],
         **({"iou": quality["iou"]} if "iou" in quality else {}),
-        "steps": c.train.steps,
+        "steps": trainer.step,  # train.steps, unless a resume found more already trained
         "world_size": dist.world_size,
         "nodes": dist.world_size // local_ranks(),
         "teacher": c.teacher.strategy,
@@ -273,7 +303,12 @@ class StepRuns:
     schedule's selection steps are a few arithmetic runs, however long the training."""
 
     def __init__(self, runs: list[list[int]] | None = None):
-        self.runs = [list(run) for run in runs or []]
+        runs = runs or []
+        if not isinstance(runs, (list, tuple)) or not all(
+            isinstance(run, (list, tuple)) and len(run) == 3 and all(type(v) is int for v in run) for run in runs
+        ):
+            raise ValueError("selection steps are not [first, last, every] runs of whole numbers")
+        self.runs = [list(run) for run in runs]
 
     def add(self, step: int) -> None:
         if self.runs:

@@ -350,7 +350,9 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, png):
     stale = staging_path(dest, f"{host}.{dead_pid}.{random}")
     live = staging_path(dest, new_token())  # this process: alive
     other_host = staging_path(dest, f"{int(host, 16) ^ 1:08x}.{dead_pid}.{random}")
-    old_link = tmp_path / f".{dest.name}.old-{host}.{dead_pid}.{random}"
+    # An output set aside while replacing it, whose replacement is in place ("in"): stale. (One
+    # whose replacement never arrived is put back: tests/unit/test_unfinished_outputs.py.)
+    old_link = tmp_path / f".in.old-{host}.{dead_pid}.{random}"
     for path in (stale, live, other_host):
         path.mkdir()
     old_link.symlink_to(tmp_path / "nowhere")

@@ -25,7 +25,6 @@ from dint.train.checkpoint import (
     is_complete_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    newest_checkpoint,
     save_checkpoint,
 )
 
@@ -185,19 +184,18 @@ def test_a_state_that_would_run_code_is_refused_even_with_a_matching_checksum(tm
         load_checkpoint(path)
 
 
-def test_newest_checkpoint_skips_damaged_ones_with_a_warning_each(tmp_path):
-    assert newest_checkpoint(tmp_path, pytest.fail) is None  # no checkpoints folder at all
+def test_checkpoints_are_listed_newest_first_and_each_damaged_one_refused_by_its_problem(tmp_path):
+    assert list_checkpoints(tmp_path) == []  # no checkpoints folder at all
     for step in (10, 20, 30):
         save_checkpoint(tmp_path, step, state(step), keep=3)
     (dest_of(tmp_path, 30) / STATE).write_bytes(b"flipped")
     (dest_of(tmp_path, 20) / MANIFEST).unlink()
-    warnings = []
-    path, loaded = newest_checkpoint(tmp_path, warnings.append)
-    assert path == dest_of(tmp_path, 10) and loaded["step"] == 10
-    assert len(warnings) == 2 and "step-00000030" in warnings[0] and "checksum" in warnings[0]
-    assert "step-00000020" in warnings[1] and "no manifest.json" in warnings[1]
-    (dest_of(tmp_path, 10) / STATE).write_bytes(b"")
-    assert newest_checkpoint(tmp_path, warnings.append) is None and len(warnings) == 5
+    assert list_checkpoints(tmp_path) == [dest_of(tmp_path, s) for s in (30, 20, 10)]
+    with pytest.raises(DintError, match="step-00000030: state.pt does not match its checksum"):
+        load_checkpoint(dest_of(tmp_path, 30))
+    with pytest.raises(DintError, match="step-00000020.*manifest.json"):
+        load_checkpoint(dest_of(tmp_path, 20))
+    assert load_checkpoint(dest_of(tmp_path, 10))["step"] == 10
 
 
 def test_a_checkpoint_of_another_format_is_refused_in_one_line(tmp_path):

@@ -215,7 +215,10 @@ def test_write_outputs_writes_each_file_whole_and_replaces_its_own(tmp_path):
 # --- Stale staging of dead processes ---------------------------------------------------------
 
 
-def test_remove_stale_removes_only_this_destinations_staging_of_dead_processes_here(tmp_path):
+def test_remove_stale_clears_a_folder_of_what_dead_processes_here_left(tmp_path):
+    """Staging of dead processes on this host goes, whatever output it was for; a set-aside
+    output whose replacement never arrived goes back in place; a live process's, another
+    host's and names that are not dint's stay."""
     dest = tmp_path / "s.zarr"
     host, _, random = new_token().split(".")
     dead = dead_pid()
@@ -229,11 +232,11 @@ def test_remove_stale_removes_only_this_destinations_staging_of_dead_processes_h
     for path in (stale, set_aside, live, other_host, other_dest, other_suffix, not_dints):
         path.mkdir()
     (stale / "chunk").write_bytes(b"half")
-    remove_stale(dest)
-    left = set(names(tmp_path))
-    assert stale.name not in left and set_aside.name not in left
-    assert left == {live.name, other_host.name, other_dest.name, other_suffix.name, not_dints.name}
-    remove_stale(tmp_path / "missing-folder" / "x.zarr")  # a folder that is not there: nothing to do
+    (set_aside / "zarr.json").write_text("{}")
+    remove_stale(tmp_path)
+    assert set(names(tmp_path)) == {dest.name, live.name, other_host.name, not_dints.name}
+    assert (dest / "zarr.json").read_text() == "{}"  # the output set aside is back
+    remove_stale(tmp_path / "missing-folder")  # a folder that is not there: nothing to do
 
 
 def test_a_process_is_alive_while_it_runs():
