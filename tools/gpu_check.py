@@ -5,7 +5,7 @@ process group, the figures of finished runs, and how many bench steps fit a budg
     torchrun --standalone --nproc_per_node 1 tools/gpu_check.py group OUT.json [--cuda]
     python tools/gpu_check.py runs OUT.md RUN_DIR...          # one row per finished run (summary.json)
     python tools/gpu_check.py resumed RUN_DIR LOG REFERENCE_RUN OUT.json
-    python tools/gpu_check.py steps OVERHEAD.jsonl VARIANT SECONDS FACTOR LEAST MOST ROUND
+    python tools/gpu_check.py steps OVERHEAD.jsonl VARIANT SECONDS FACTOR LEAST MOST ROUND UNMEASURED
     python tools/gpu_check.py scale SCALING.json OUT.json   # the compute term dint scale measured
 
 Each prints one line (the part's headline) besides what it writes.
@@ -209,9 +209,11 @@ def resumed(run_dir: Path, log: Path, reference: Path, out: Path) -> int:
     return 1 if problems else 0
 
 
-def steps(overhead: Path, variant: str, seconds: float, factor: float, least: int, most: int, round_to: int) -> int:
+def steps(
+    overhead: Path, variant: str, seconds: float, factor: float, least: int, most: int, round_to: int, unmeasured: int
+) -> int:
     """Steps of a bench of teachers costing `factor` times `variant`'s measured step that fit
-    `seconds`; `most` when nothing was measured."""
+    `seconds`; `unmeasured` when part 2 measured nothing."""
     per_step = None
     if overhead.is_file():
         for line in overhead.read_text().splitlines():
@@ -219,7 +221,7 @@ def steps(overhead: Path, variant: str, seconds: float, factor: float, least: in
             if row.get("variant") == variant and "seconds_per_step" in row:
                 per_step = row["seconds_per_step"]
     if per_step is None:
-        fitting, why = most, f"no {variant} figure: the most"
+        fitting, why = unmeasured, f"no {variant} figure: a guess"
     else:
         fitting, why = int(seconds / (factor * per_step)), f"{seconds:g} s / ({factor:g} x {per_step:.5f} s)"
     chosen = max(least, min(most, fitting // round_to * round_to))
@@ -273,8 +275,8 @@ def main(argv: list[str]) -> int:
     if command == "resumed":
         return resumed(*map(Path, rest[:4]))
     if command == "steps":
-        path, variant, seconds, factor, least, most, round_to = rest
-        return steps(Path(path), variant, float(seconds), float(factor), int(least), int(most), int(round_to))
+        path, variant, seconds, factor, *counts = rest
+        return steps(Path(path), variant, float(seconds), float(factor), *map(int, counts))
     if command == "scale":
         return scale_figures(Path(rest[0]), Path(rest[1]))
     print(__doc__, file=sys.stderr)

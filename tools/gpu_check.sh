@@ -136,14 +136,14 @@ line 0 set-up ok $((SECONDS - setup_began)) "$(cat "$out/0-setup/environment.txt
 if [ "$dry" = 1 ]; then
   p1_model="--model.width 16 --model.hidden_layers 2" p1_steps=20 p1_eval=10 p1_every=10 p1_kill=15
   p2_args="--width 32 --layers 2 --warmup 2 --steps 3 --backend aot_eager"
-  p3_model="--model.width 32 --model.hidden_layers 2" p3_variant=dint:fp32:eager p3_seconds=60 p3_range="20 40 10"
+  p3_model="--model.width 32 --model.hidden_layers 2" p3_variant=dint:fp32:eager p3_seconds=60 p3_range="20 40 10 20"
   p4_model="--model.width 32 --model.hidden_layers 2" p4_steps=20
 else
   p1_model="--model.width 64 --model.hidden_layers 3" p1_steps=200 p1_eval=50 p1_every=100 p1_kill=150
   p2_args="--width 256 --layers 5 --warmup 10 --steps 100 --backend inductor --budget 60"
   # 150 s less about 50 s of start-up, compilation, evaluations, pictures and the float16 check
   p3_model="--model.width 256 --model.hidden_layers 5" p3_variant=dint:fp32:compiled p3_seconds=100
-  p3_range="200 5000 100"
+  p3_range="200 5000 100 1000"  # fewest, most, rounded to, unmeasured
   p4_model="--model.width 256 --model.hidden_layers 5" p4_steps=500
 fi
 export py out store device cuda_flag kodak p1_model p1_steps p1_eval p1_every p1_kill p2_args p3_model p3_variant \

@@ -10,7 +10,9 @@ machine without them runs everything else, and a path that needs one says so in 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import re
+import sys
 from types import ModuleType
 
 from dint.core.errors import DintError
@@ -19,11 +21,16 @@ MIN_TORCH = (2, 4)
 
 
 def check_torch(version: str | None = None) -> None:
-    """Refuse a torch older than MIN_TORCH (`version`: torch.__version__ unless given)."""
+    """Refuse a torch older than MIN_TORCH (`version`: the installed one's unless given, read
+    without importing torch, so commands that need none stay quick)."""
     if version is None:
-        import torch
-
-        version = torch.__version__
+        if "torch" in sys.modules:
+            version = sys.modules["torch"].__version__
+        else:
+            try:
+                version = importlib.metadata.version("torch")
+            except importlib.metadata.PackageNotFoundError:
+                return  # no torch at all: the first command that imports it says so
     match = re.match(r"(\d+)\.(\d+)", str(version))
     if match is None or (int(match.group(1)), int(match.group(2))) < MIN_TORCH:
         wanted = ".".join(map(str, MIN_TORCH))
