@@ -19,7 +19,7 @@
 # --dry-run runs the same path on a CPU machine: gloo instead of nccl, a small crop, small models,
 # a few steps, torch.compile's aot_eager backend; when PYTHON has no torch it stands in the GPU
 # machine's python3 with a venv of this machine's own torch (pip, from local disk) and the wheels
-# of DIR/dry-run-machine (made by gpu_wheels.sh for a Python other than 3.12). Exit 1 if any part
+# of DIR.machine (made beside DIR by gpu_wheels.sh for a Python other than 3.12). Exit 1 if any part
 # failed or timed out, 2 on bad usage.
 set -euo pipefail
 
@@ -68,8 +68,8 @@ setup_began=$SECONDS
 mkdir -p "$out/0-setup"
 if [ "$dry" = 1 ] && ! "$py" -c "import torch" 2>/dev/null; then
   # No torch in PYTHON: stand in the GPU machine's python3 with a venv of this machine's torch
-  # (from local disk, as `make install` takes it) and what the GPU machine has (DIR/dry-run-machine).
-  machine=$wheels/dry-run-machine
+  # (from local disk, as `make install` takes it) and what the GPU machine has (DIR.machine).
+  machine=$wheels.machine
   [ -d "$machine" ] || { echo "gpu_check: $py has no torch and $machine is missing: run" \
     "tools/gpu_wheels.sh $wheels --python-version $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" >&2; exit 2; }
   torch_pin=${DINT_DRY_TORCH:-$(sed -n 's/^TORCH_PIN := //p' Makefile)}

@@ -12,10 +12,10 @@
 #   DIR/*.whl           installed always (zarr, numcodecs, dask, tomli-w, ...);
 #   DIR/fallback/*.whl  installed only where the machine's copy is missing or too old (numpy: zarr 3
 #                       needs >= 2.0);
-#   DIR/dry-run-machine/*.whl   only for another Python than 3.12: a stand-in for what the GPU
-#                       machine has (all of MACHINE_HAS but torch), so that `gpu_check.sh --dry-run`
-#                       proves the offline path on a CPU machine whose python3 has none of it. It does
-#                       not travel (not counted in the 60 MiB).
+# and, only for another Python than 3.12, beside DIR (not in it: it never travels):
+#   DIR.machine/*.whl   a stand-in for what the GPU machine has (all of MACHINE_HAS but torch), so that
+#                       `gpu_check.sh --dry-run` proves the offline path on a CPU machine whose python3
+#                       has none of it.
 # Left behind (dint imports them only where used; each absence is one line): deepspeed, trimesh,
 # nibabel, SimpleITK, imagecodecs, distributed, rtree, ome-zarr-models.
 set -euo pipefail
@@ -60,6 +60,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$dir" ] || { echo "$usage" >&2; exit 2; }
+dir=${dir%/}
 [[ $pyver =~ ^3\.[0-9]+$ ]] || { echo "--python-version $pyver: expected 3.N" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -75,10 +76,10 @@ download() {  # download DEST REQUIREMENT...: one wheel each, no dependencies re
     --platform manylinux2014_x86_64 -d "$dest" "$@" 2> >(grep -v "is ignored: it is neither a file" >&2)
 }
 
-rm -rf "$dir"
+rm -rf "$dir" "$dir.machine"
 download "$dir" "${travel[@]}"
 download "$dir/fallback" "${FALLBACK[@]}"
-[ "$pyver" = "$GPU_PYTHON" ] || download "$dir/dry-run-machine" "${MACHINE_HAS[@]}"
+[ "$pyver" = "$GPU_PYTHON" ] || download "$dir.machine" "${MACHINE_HAS[@]}"
 # The checks' signal travels too (0.7 MB), for a GPU machine without ../shared/data.
 for kodak in ${DINT_DATA:-} shared/data ../shared/data; do
   if [ -f "$kodak/images/kodak/kodim01.png" ]; then
@@ -103,7 +104,7 @@ env = {"python_version": pyver, "python_full_version": pyver + ".0", "sys_platfo
        "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
        "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
 groups = {"travel": sorted(folder.glob("*.whl")), "fallback": sorted(folder.glob("fallback/*.whl")),
-          "dry-run-machine": sorted(folder.glob("dry-run-machine/*.whl"))}
+          "machine": sorted(Path(f"{folder}.machine").glob("*.whl"))}
 have, problems = {}, []
 for group, wheels in groups.items():
     for wheel in wheels:
@@ -133,8 +134,10 @@ mib = lambda paths: sum(p.stat().st_size for p in paths) / 2**20  # noqa: E731
 travels = groups["travel"] + groups["fallback"] + sorted(folder.glob("data/*"))
 for group, wheels in groups.items():
     if wheels:
-        print(f"{folder}/{'' if group == 'travel' else group + '/'}: {len(wheels)} wheels, {mib(wheels):.1f} MiB")
-print(f"{folder}: {mib(travels):.1f} MiB travels to the GPU machine (at most {limit} MiB), for Python {pyver}")
+        where = {"travel": f"{folder}/", "fallback": f"{folder}/fallback/", "machine": f"{folder}.machine/"}
+        note = " (the dry run's stand-in for the GPU machine's own)" if group == "machine" else ""
+        print(f"{where[group]}: {len(wheels)} wheels, {mib(wheels):.1f} MiB{note}")
+print(f"{folder}: {mib(travels):.1f} MiB, what travels to the GPU machine (at most {limit} MiB), for Python {pyver}")
 if mib(travels) > limit:
     problems.append(f"{mib(travels):.1f} MiB would travel: over {limit} MiB")
 (folder / "PYTHON_VERSION").write_text(pyver + "\n")
