@@ -15,6 +15,7 @@ import typer
 
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
 from dint.core.files import check_input, real_path, remove_unfinished, sha256_of, shown
+from dint.core.packages import check_torch
 from dint.data.readers import MODALITY_CHOICES, ReadOptions, read_source
 from dint.data.store import (
     SignalInfo,
@@ -51,6 +52,7 @@ def one_line_errors(command: str):
         def run(*args, **kwargs):
             stop_on_sigterm()
             try:
+                check_torch()
                 return fn(*args, **kwargs)
             except DintError as e:
                 print(f"{command}: error: {escaped(str(e))}", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 from dint.core.config import check_against_store, configuration_reference, load_config, parse_cli
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
 from dint.core.files import check_claimable, remove_unfinished
+from dint.core.packages import check_torch
 from dint.data.store import open_store
 from dint.distributed.collectives import collective_failure, destroy_distributed
 from dint.train.trainer import Trainer
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer, config = None, None
     stop_on_sigterm()  # torchrun, Slurm and timeout stop ranks with SIGTERM: clean up as on Ctrl-C
     try:
+        check_torch()
         check_only = "--check" in argv
         config_path, overrides = parse_cli([a for a in argv if a != "--check"])
         config = load_config(config_path, overrides)

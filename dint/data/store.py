@@ -29,6 +29,7 @@ from zarr.codecs import ZstdCodec
 
 from dint.core.errors import DintError, warn
 from dint.core.files import exclusive, is_dint_store, shown, staged
+from dint.core.packages import need
 
 FORMAT_VERSION = 1
 # Set in the `values` array's attributes ({"dint": {"every_chunk_stored": true}}) by
@@ -335,10 +336,7 @@ def _whole_blocks(values, info: SignalInfo):
 def _store_on_cluster(stored, address: str, timeout: float) -> None:
     """Run the store graph on the cluster at `address`; on failure, wait until none of its
     tasks still runs (none may write into the staging folder once it is removed)."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise DintError("--scheduler needs dask.distributed: pip install distributed") from None
+    Client = need("distributed", "distributed", "dint shard --scheduler (dask.distributed)").Client
     try:
         client = Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as e:

@@ -29,6 +29,7 @@ import zarr
 
 from dint.core.errors import DintError
 from dint.core.files import anything, discard, is_dint_store, publish, remove_stale, staging_path
+from dint.core.packages import need
 from dint.data.sharding import CoordinateMap, chunk_grid, partition_chunks
 from dint.data.store import (
     SignalInfo,
@@ -245,8 +246,9 @@ def save_slices(slices: list[np.ndarray], path: Path) -> Path:
 
 def save_mesh(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
     """The surface of a shape field by marching cubes, in the store's [-1, 1] coordinates."""
-    import trimesh
     from skimage.measure import marching_cubes
+
+    trimesh = need("trimesh", "trimesh", "the surface mesh (PLY) of a shape")
 
     field = values[..., 0].astype(np.float32)
     level, _ = inside_threshold(info)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dint.core.config import TrainConfig
+from dint.core.packages import need
 from dint.distributed.collectives import DistInfo, pick_device
 from dint.train.schedule import build_lr_scheduler
 
@@ -194,7 +195,7 @@ def _import_deepspeed(device: torch.device):
     wanted = "cuda" if device.type == "cuda" else "cpu"
     if "deepspeed" not in sys.modules:
         os.environ["DS_ACCELERATOR"] = wanted  # read once, by deepspeed's first get_accelerator()
-    import deepspeed
+    deepspeed = need("deepspeed", "deepspeed", 'train.engine = "deepspeed"')
     from deepspeed.accelerator import get_accelerator, set_accelerator
 
     if get_accelerator().device_name() != wanted:  # imported earlier, for another device

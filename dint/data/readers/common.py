@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dint.core.errors import DintError
+from dint.core.packages import need
 from dint.core.resources import check_decoded_size
 
 
@@ -176,7 +177,7 @@ def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
     elif suffix == ".png" and png_bit_depth(path) == 16:
         # Pillow truncates 16-bit colour PNGs to 8 bits; imagecodecs keeps all 16. Pillow's
         # pixel limit does not apply here: the declared size is checked before inflating.
-        import imagecodecs
+        imagecodecs = need("imagecodecs", "imagecodecs", "reading 16-bit PNG images")
 
         width, height, channels = png_header(path)
         check_decoded_size(path, (height, width, channels), 2)

@@ -64,6 +64,7 @@ import numpy as np
 
 from dint.core.errors import DintError
 from dint.core.files import shown
+from dint.core.packages import need
 from dint.data.readers.common import ReadOptions, Source
 
 EXTENSIONS = (".ply", ".obj", ".stl", ".off")
@@ -130,7 +131,7 @@ def _check_stl(path: Path, size: int) -> None:
 
 def load_mesh(path: Path):
     """Load a triangle mesh with trimesh (scenes concatenated); DintError naming `path` on anything bad."""
-    import trimesh
+    trimesh = need("trimesh", "trimesh", "reading meshes")
 
     path = Path(path)
     kind = path.suffix.lower().lstrip(".")

@@ -37,6 +37,7 @@ import numpy as np
 
 from dint.core.errors import DintError
 from dint.core.files import check_input, shown
+from dint.core.packages import need
 from dint.core.resources import check_decoded_size
 from dint.data.readers.common import (
     ReadOptions,
@@ -322,7 +323,7 @@ def _read_dint_store(path: Path, group, options: ReadOptions) -> Source:
 
 
 def _read_nifti(path: Path, options: ReadOptions) -> Source:
-    import nibabel as nib
+    nib = need("nibabel", "nibabel", "reading NIfTI volumes")
 
     try:
         image = nib.load(str(path))
@@ -371,7 +372,7 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
 
 
 def _sitk_dtypes() -> dict[int, np.dtype]:
-    import SimpleITK as sitk
+    sitk = need("SimpleITK", "SimpleITK", "reading MetaImage volumes")
 
     names = {
         "UInt8": "u1",
@@ -433,7 +434,7 @@ def _check_data_file_inside(path: Path) -> None:
 
 
 def _read_metaimage(path: Path, options: ReadOptions) -> Source:
-    import SimpleITK as sitk
+    sitk = need("SimpleITK", "SimpleITK", "reading MetaImage volumes")
 
     _check_data_file_inside(path)
     reader = sitk.ImageFileReader()
