@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dint.core.config import TeacherConfig, load_config
 from dint.core.errors import DintError
-from dint.core.files import check_input, claim_folder, write_outputs
+from dint.core.files import check_input, hold_folder, write_outputs
 from dint.distributed.collectives import on_rank0
 from dint.observe.plots import quality_vs_time
 from dint.train.metrics import quality_curve, time_to_reach
@@ -128,8 +128,26 @@ def bench(
     eval_every: int,
     is_main: bool,
 ) -> dict:
+    """Train with each teacher in turn into `out`, held (rank 0) for the bench: one writer there."""
+    device = _device_of(config_path, overrides)
+    held = on_rank0(lambda: hold_folder(out, "dint bench's outputs", "dint bench writing in this folder"), device)
+    try:
+        return _bench_runs(config_path, overrides, teachers, repeats, out, eval_every, is_main)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _bench_runs(
+    config_path: str | None,
+    overrides: dict[str, str],
+    teachers: list[str],
+    repeats: int,
+    out: Path,
+    eval_every: int,
+    is_main: bool,
+) -> dict:
     specs = [parse_teacher(t) for t in teachers]
-    on_rank0(lambda: claim_folder(out, "dint bench's outputs"), _device_of(config_path, overrides))
     if REFERENCE not in [label for label, _ in specs]:
         specs.insert(0, parse_teacher(REFERENCE))
     runs, config_dict = [], None

@@ -14,7 +14,14 @@ import numpy as np
 import typer
 
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
-from dint.core.files import check_input, real_path, remove_unfinished, sha256_of, shown
+from dint.core.files import (
+    check_input,
+    check_outside_inputs,
+    is_dint_store,
+    remove_unfinished,
+    sha256_of,
+    shown,
+)
 from dint.core.packages import check_torch
 from dint.data.readers import MODALITY_CHOICES, ReadOptions, read_source
 from dint.data.store import (
@@ -23,6 +30,7 @@ from dint.data.store import (
     check_destination,
     default_chunks,
     default_domain,
+    hold_for_reading,
     open_store,
     write_store,
 )
@@ -122,10 +130,10 @@ def shard(
     started = time.perf_counter()
     path = resolve_source(src)
     check_input(path, "file")
-    source, target = real_path(path), real_path(dest)
-    if target == source or target in source.parents:
-        raise DintError(f"{shown(dest)}: is or contains the source {shown(src)}; dint never writes over its input")
+    check_outside_inputs(dest, {"the source": path})
     check_destination(dest, overwrite)
+    # A store converted again is not replaced while it is read (the hold ends with the command).
+    reading = hold_for_reading(path, "dint-shard reading it") if is_dint_store(path) else None
     options = _read_options(modality, chunk, keep_alpha, shape, dtype, resolution, field)
     source = read_source(path, options)
     if crop is not None:
@@ -155,6 +163,8 @@ def shard(
     write_store(
         source.values, info, dest, overwrite=overwrite, scheduler=scheduler, scheduler_timeout=scheduler_timeout
     )
+    if reading is not None:
+        reading.close()
     seconds = time.perf_counter() - started
     print(
         f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
@@ -299,14 +309,15 @@ def render(
 
     Run under torchrun to split the work: every rank renders and writes its own chunks.
     """
-    from dint.distributed.collectives import destroy_distributed, init_distributed
+    from dint.core.files import hold_folder_of
+    from dint.distributed.collectives import destroy_distributed, init_distributed, on_rank0
     from dint.fields.render import plan_grid, render_pyramid
     from dint.train.checkpoint import load_trained
 
     started = time.perf_counter()
     if not run_dir.is_dir():
         raise DintError(f"{run_dir}: run folder not found")
-    model, signal, _ = load_trained(run_dir / "model.pt")
+    model, signal, trained_with = load_trained(run_dir / "model.pt")
     if scale is not None and resolution is not None:
         raise DintError("--scale and --resolution both given: choose one")
     if device not in ("auto", "cpu", "cuda"):
@@ -326,12 +337,15 @@ def render(
         region=box,
     )
     dest = out or run_dir / _default_render_name(grid, signal.shape)
-    previews_replaceable = _check_render_destination(dest, run_dir)
+    previews_replaceable = _check_render_destination(dest, run_dir, trained_with)
     chunks = tuple(min(chunk, n) for n in grid.shape) if chunk else None
     _check_render_fits(grid.shape, chunks, signal, dest)
 
     dist = init_distributed(device)
+    held = None
     try:
+        # A run folder (any folder dint claimed) has one writer at a time: not while it trains.
+        held = on_rank0(lambda: hold_folder_of(dest, "dint render writing in this folder"), dist.device)
         model.to(dist.device)
         outputs = render_pyramid(
             model,
@@ -347,6 +361,8 @@ def render(
             previews_replaceable=previews_replaceable,
         )
     finally:
+        if held is not None:
+            held.close()
         destroy_distributed()
     if dist.is_main:
         from dint.data.pyramid import open_pyramid
@@ -413,11 +429,12 @@ def _default_render_name(grid, store_shape: tuple[int, ...]) -> str:
     return name + ".zarr"
 
 
-def _check_render_destination(dest: Path, run_dir: Path) -> bool:
-    """Refuse a destination dint render would have to write over something not its own;
-    whether the previews beside it may be replaced (they belong to a dint store being
-    replaced, or live in a folder dint claimed)."""
-    from dint.core.files import MARK, is_dint_store
+def _check_render_destination(dest: Path, run_dir: Path, trained_with: dict) -> bool:
+    """Refuse a destination dint render would have to write over something not its own, or
+    over or inside its inputs (the model, the run's checkpoints, the store the model was
+    trained on: `trained_with`, its config); whether the previews beside it may be replaced
+    (they belong to a dint store being replaced, or live in a folder dint claimed)."""
+    from dint.core.files import is_marked
     from dint.fields.render import preview_names
 
     if not dest.parent.is_dir():
@@ -429,12 +446,15 @@ def _check_render_destination(dest: Path, run_dir: Path) -> bool:
                 else "output folder does not exist"
             )
         )
-    resolved, run = dest.resolve(), run_dir.resolve()
-    if resolved == run or resolved in run.parents:
-        raise DintError(f"--out {shown(dest)}: would replace the run folder")
+    inputs = {"the model": run_dir / "model.pt", "the run's checkpoints": run_dir / "checkpoints"}
+    store = trained_with.get("data", {}).get("store") if isinstance(trained_with.get("data"), dict) else None
+    if isinstance(store, str) and store:
+        inputs["the model's training store"] = Path(store)
+    for output in (dest, *preview_names(dest).values()):
+        check_outside_inputs(output, inputs, f"--out {shown(dest)}" if output == dest else None)
     if os.path.lexists(dest) and not is_dint_store(dest):
         raise DintError(f"--out {shown(dest)}: exists and is not a dint store or pyramid; refusing to replace it")
-    companions = is_dint_store(dest) or (dest.parent / MARK).is_file()
+    companions = is_dint_store(dest) or is_marked(dest.parent)
     if not companions:
         for preview in preview_names(dest).values():
             if os.path.lexists(preview):
@@ -518,14 +538,15 @@ def bench(
 
     if from_benches:
         from dint.commands.bench import read_bench, summary_table
-        from dint.core.files import claim_folder, write_outputs
+        from dint.core.files import hold_folder, write_outputs
 
         if not math.isfinite(margin):
             raise DintError(f"--margin {margin}: must be a finite number of dB")
+        for folder in from_benches:
+            check_outside_inputs(out, {"the bench": folder}, f"--out {shown(out)}", holding=False)
         text = summary_table([read_bench(folder) for folder in from_benches], margin, uniform)
-        write_outputs(
-            claim_folder(out, "dint bench's outputs"), {"summary.md": lambda tmp: tmp.write_text(text + "\n")}
-        )
+        with hold_folder(out, "dint bench's outputs", "dint bench writing in this folder"):
+            write_outputs(out, {"summary.md": lambda tmp: tmp.write_text(text + "\n")})
         print(text)
         print(f"dint bench: wrote {out / 'summary.md'}")
         return

@@ -15,7 +15,7 @@ from pathlib import Path
 import tomllib
 
 from dint.core.errors import DintError, warn
-from dint.core.files import RUN_LOCK, check_input, held_by, is_dint_png, shown, staged
+from dint.core.files import RUN_LOCK, check_input, check_outside_inputs, held_by, is_dint_png, shown, staged
 from dint.observe.plots import quality_vs_time
 from dint.train.metrics import damaged_lines, quality_curve, read_metrics_lines, time_to_reach
 
@@ -130,6 +130,8 @@ def report_table(runs: list[Run], target: float | None) -> str:
 
 def compare_runs(folders: list[Path], target: float | None, plot: Path | None) -> str:
     """The table of `folders`' runs (printed by the CLI); the comparison plot at `plot`."""
+    for folder in folders if plot is not None else ():
+        check_outside_inputs(plot, {"the run folder": folder}, f"--plot {shown(plot)}", holding=False)
     runs = [read_run(folder) for folder in folders]
     keys = {run.quality_key for run in runs}
     if len(keys) > 1:

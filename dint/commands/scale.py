@@ -33,7 +33,7 @@ from pathlib import Path
 from dint.commands.bench import time_to_reach
 from dint.core.config import load_config
 from dint.core.errors import DintError
-from dint.core.files import claim_folder, write_outputs
+from dint.core.files import check_outside_inputs, claim_folder, hold_folder, shown, write_outputs
 from dint.distributed.launch import torchrun_command
 
 # The step's parts, as dint.train's timers measure them on rank 0 (seconds per step).
@@ -178,15 +178,15 @@ def scale(
     store = overrides.get("data.store")
     if mode == "weak" and (store is None or "{ranks}" not in store):
         raise DintError("--mode weak needs --data.store with {ranks} in it: one store per size (docs/scaling.md)")
-    claim_folder(out, "dint scale's outputs")
-    records = []
-    for ranks, nodes in sizes:
-        run_dir = out / "runs" / f"ranks{ranks}-nodes{nodes}"
-        sized = {**overrides, **({"data.store": store.format(ranks=ranks)} if mode == "weak" else {})}
-        print(f"dint scale: {ranks} rank(s) on {nodes} node(s) ...", file=sys.stderr, flush=True)
-        run_size(config, sized, ranks, nodes, run_dir, threads, timeout)
-        records.append(record_of(run_dir, ranks, nodes, None))
-    return scaling_report(records, mode, out, target)
+    with hold_folder(out, "dint scale's outputs", "dint scale writing in this folder"):
+        records = []
+        for ranks, nodes in sizes:
+            run_dir = out / "runs" / f"ranks{ranks}-nodes{nodes}"
+            sized = {**overrides, **({"data.store": store.format(ranks=ranks)} if mode == "weak" else {})}
+            print(f"dint scale: {ranks} rank(s) on {nodes} node(s) ...", file=sys.stderr, flush=True)
+            run_size(config, sized, ranks, nodes, run_dir, threads, timeout)
+            records.append(record_of(run_dir, ranks, nodes, None))
+        return scaling_report(records, mode, out, target)
 
 
 def scaling_report(records: list[dict], mode: str, out: Path, target: float | None) -> dict:
@@ -241,12 +241,14 @@ def from_runs(run_dirs: list[Path], mode: str, out: Path, target: float | None) 
     """The report of runs already made (a cluster's sweep): sizes from their summaries."""
     records = []
     for run_dir in run_dirs:
+        check_outside_inputs(out, {"the run folder": run_dir}, f"--out {shown(out)}", holding=False)
         try:
             summary = json.loads((run_dir / "summary.json").read_text())
         except (OSError, ValueError) as e:
             raise DintError(f"{run_dir}: not a finished dint run ({e})") from None
         records.append(record_of(run_dir, summary["world_size"], summary.get("nodes", 1), None))
-    return scaling_report(records, mode, out, target)
+    with hold_folder(out, "dint scale's outputs", "dint scale writing in this folder"):
+        return scaling_report(records, mode, out, target)
 
 
 def scaling_table(result: dict) -> str:

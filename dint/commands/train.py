@@ -11,10 +11,11 @@ from pathlib import Path
 
 from dint.core.config import check_against_store, configuration_reference, load_config, parse_cli
 from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
-from dint.core.files import check_claimable, remove_unfinished
+from dint.core.files import remove_unfinished
 from dint.core.packages import check_torch
 from dint.data.store import open_store
 from dint.distributed.collectives import collective_failure, destroy_distributed
+from dint.train.checkpoint import check_run_folder
 from dint.train.trainer import Trainer
 
 USAGE = """usage: dint train --config PATH [--section.key VALUE ...] [--check]
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_path, overrides)
         if check_only:  # validate config and store, then stop (launch/run_train.sh runs this first)
             check_against_store(config, open_store(config.data.store).info)
-            check_claimable(Path(config.run.dir), "a training run")
+            check_run_folder(config)
             return 0
         trainer = Trainer(config)
         summary = trainer.train()

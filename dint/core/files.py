@@ -37,11 +37,12 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from dint.core.errors import DintError, escaped
 
 MARK = ".dint"  # in a folder dint claimed for its outputs
-RUN_LOCK = ".dint-lock"  # in a run folder, held by rank 0 while a training runs there (dint.train)
+RUN_LOCK = ".dint-lock"  # in a folder dint claimed, held by the command writing there (a training: rank 0)
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 _STAGING = re.compile(  # any character in a name, a newline too
     r"\.(?P<stem>.*)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>.*)", re.DOTALL
@@ -89,34 +90,57 @@ def anything(_: Path) -> bool:
 
 
 def publish(tmp: Path, dest: Path, may_replace: Callable[[Path], bool] | None = None) -> Path:
-    """Rename the finished `tmp` to `dest`.
-
-    `dest` is replaced only if `may_replace(dest)` says so; then the old one is moved aside
-    first and removed after (a folder cannot be swapped for another atomically), so `dest` is
-    at every moment either the old whole output or the new whole one. Whatever else is at
-    `dest`, or appears there meanwhile, is left as it is and the publish fails (DintError).
-    """
-    if not os.path.lexists(dest):
-        _rename_noreplace(tmp, dest)
-        _UNFINISHED.discard(tmp)
-        return dest
-    if may_replace is None or not may_replace(dest):
-        raise DintError(
-            f"{shown(dest)}: exists and was not made by dint (or appeared while dint was writing "
-            "it); left as it is, nothing written there"
-        )
-    old = dest.with_name(f".{dest.name}.old-{new_token()}")
-    with _signals_held():  # a stop between the two renames would leave no `dest` at all
-        os.replace(dest, old)
-        try:
-            _rename_noreplace(tmp, dest)
-        except BaseException:
-            os.replace(old, dest)
-            raise
-        _UNFINISHED.discard(tmp)
-        _UNFINISHED.add(old)  # removed below; if a stop cuts that short, by remove_unfinished
-    remove(old)
+    """Rename the finished `tmp` to `dest` (`publish_all` of one output)."""
+    publish_all([(tmp, dest, may_replace)])
     return dest
+
+
+def publish_all(outputs: list[tuple[Path, Path, Callable[[Path], bool] | None]]) -> None:
+    """Rename finished staged outputs [(tmp, dest, may_replace)] into place as one publish: an
+    output and its companions (a store and its preview) are all replaced, or none is.
+
+    A `dest` is replaced only if `may_replace(dest)` says so, which is asked of every one before
+    any is moved; then the old one is moved aside first and removed after (a folder cannot be
+    swapped for another atomically), so each `dest` is at every moment either the old whole
+    output or the new whole one. Whatever else is at a `dest`, or appears there meanwhile, is
+    left as it is, the outputs already renamed go back, and the publish fails (DintError).
+    """
+    replaced = []  # whether each dest is there, and may be replaced: only those are moved aside
+    for _, dest, may_replace in outputs:
+        replaced.append(os.path.lexists(dest))
+        if replaced[-1] and (may_replace is None or not may_replace(dest)):
+            raise DintError(
+                f"{shown(dest)}: exists and was not made by dint (or appeared while dint was writing "
+                "it); left as it is, nothing written there"
+            )
+    placed: list[tuple[Path, Path, Path | None]] = []  # (tmp, dest, the old dest set aside)
+    with _signals_held():  # a stop between the renames would leave a `dest` missing
+        try:
+            for (tmp, dest, _), replacing in zip(outputs, replaced):
+                old = None
+                if replacing:
+                    old = dest.with_name(f".{dest.name}.old-{new_token()}")
+                    os.replace(dest, old)
+                try:
+                    _rename_noreplace(tmp, dest)
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, dest)
+                    raise
+                placed.append((tmp, dest, old))
+        except BaseException:
+            for tmp, dest, old in reversed(placed):  # back to how it was: the new to staging, the old in place
+                os.replace(dest, tmp)
+                if old is not None:
+                    os.replace(old, dest)
+            raise
+        for tmp, _, old in placed:
+            _UNFINISHED.discard(tmp)
+            if old is not None:
+                _UNFINISHED.add(old)  # removed below; if a stop cuts that short, by remove_unfinished
+    for _, _, old in placed:
+        if old is not None:
+            remove(old)
 
 
 @contextlib.contextmanager
@@ -272,11 +296,35 @@ def check_claimable(path: Path, what: str) -> None:
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise DintError(f"{shown(path)}: exists and is not a folder; {what} needs a folder")
-    if path.is_dir() and not (path / MARK).is_file() and any(path.iterdir()):
+    if path.is_dir() and not is_marked(path) and any(path.iterdir()):
         raise DintError(
             f"{shown(path)}: a folder with files dint did not make (no {MARK} mark in it); {what} "
             "writes only into a new or empty folder, or one dint made: choose another"
         )
+    if path.is_dir():
+        link = _first_link(path)
+        if link is not None:
+            raise DintError(
+                f"{shown(link)}: links to {shown(real_path(link))}, in a folder dint writes; dint makes no "
+                "links and writes through none, so it stops: remove the link or choose another folder"
+            )
+
+
+def _first_link(folder: Path) -> Path | None:
+    """The first symbolic link under `folder` (not followed), or None."""
+    for parent, folders, files in os.walk(folder):
+        for name in sorted(folders + files):
+            if os.path.islink(os.path.join(parent, name)):
+                return Path(parent) / name
+    return None
+
+
+def is_marked(path: Path) -> bool:
+    """Whether dint claimed the folder `path`: its MARK is a regular file (a link is no mark)."""
+    try:
+        return stat.S_ISREG(os.lstat(Path(path) / MARK).st_mode)
+    except OSError:
+        return False
 
 
 def claim_folder(path: Path, what: str) -> Path:
@@ -286,53 +334,267 @@ def claim_folder(path: Path, what: str) -> Path:
     check_claimable(path, what)
     path.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    mark = path / MARK
-    if not mark.is_file():
-        mark.write_text(json.dumps({"made_by": "dint", "for": what}) + "\n")
+    if not is_marked(path):
+        write_outputs(path, {MARK: lambda tmp: tmp.write_text(json.dumps({"made_by": "dint", "for": what}) + "\n")})
     return path
 
 
+def read_mark(folder: Path) -> dict:
+    """What the MARK of a folder dint claimed says ({} if it says nothing readable)."""
+    try:
+        note = json.loads(read_own(Path(folder) / MARK) or "{}")
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def note_in_mark(folder: Path, **fields) -> None:
+    """Add `fields` to the MARK of a folder dint claimed (and holds the lock of)."""
+    note = {**read_mark(folder), **fields}
+    write_outputs(Path(folder), {MARK: lambda tmp: tmp.write_text(json.dumps(note) + "\n")})
+
+
+def own_folder(path: Path) -> Path:
+    """The sub-folder `path` of a folder dint claimed, made if missing; refused (DintError) when
+    something else is there, a link above all: dint writes into no folder through a link."""
+    path = Path(path)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if path.is_symlink() or not path.is_dir():
+            raise DintError(
+                f"{shown(path)}: is not a folder dint made ({'a link' if path.is_symlink() else 'a file'}); "
+                "dint writes nothing through it, so it stops: remove it"
+            ) from None
+    return path
+
+
+def open_staged(dest: Path, text: str = "") -> IO[str]:
+    """A new file at `dest` (in a folder dint claimed) holding `text`, left open to write more:
+    made under a staging name and published in place of whatever was at `dest` (a link is
+    replaced, never followed), so all that is written goes into dint's own file. Read back
+    through the same handle (opened for reading too)."""
+    dest = Path(dest)
+    remove_stale(dest)
+    tmp = staging_path(dest)
+    file = os.fdopen(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w+")
+    try:
+        file.write(text)
+        file.flush()
+        publish(tmp, dest, anything)
+    except BaseException as e:
+        file.close()
+        discard(tmp, e)
+        raise
+    return file
+
+
+def read_own(path: Path) -> str | None:
+    """The text of a file dint wrote in its folder, or None if there is none; never read through
+    a link (a link there is not dint's)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        raise
+    with os.fdopen(fd, errors="replace") as file:  # a crash can leave bytes that are not text
+        return file.read()
+
+
+def check_outside_inputs(
+    dest: Path, inputs: dict[str, Path | str], label: str | None = None, holding: bool = True
+) -> None:
+    """Refuse a destination that is one of the command's `inputs` ({what: path}) or lies inside
+    one, or (`holding`: the destination is replaced or written into as a whole) holds one:
+    dint never writes inside or over what it reads. Paths are compared with every link followed."""
+    target = real_path(dest)
+    for what, path in inputs.items():
+        source = real_path(path)
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "is inside"
+        elif holding and target in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise DintError(
+            f"{label or shown(dest)}: {relation} {what} {shown(path)}; dint never writes over its inputs, "
+            "nor inside them"
+        )
+
+
+_LOCK_RECORD = 200  # bytes: a lock file holds one record, "dint pid N on HOST (the ROLE)", padded to this size
+_LOCK_PREFIX = b"dint pid "
+
+
+def lock_path(dest: Path) -> Path:
+    """The lock beside a destination (a store, a render) that its writers hold, and its readers share."""
+    dest = real_path(dest)
+    return dest.with_name(f".{dest.name}.lock")
+
+
 @contextlib.contextmanager
-def exclusive(lock_file: Path, what: str, remove_after: bool = False) -> Iterator[None]:
-    """Hold an advisory lock on `lock_file` (created if needed) for the block, or fail at once
-    naming the holder and what it holds (`what`). The kernel releases the lock when the holder
-    exits, however it exits, so a lock of a dead process never blocks. `remove_after`: the
-    file goes when the block ends (a lock beside an output, not inside one)."""
+def exclusive(
+    lock_file: Path, what: str, remove_after: bool = False, shared: bool = False, optional: bool = False
+) -> Iterator[None]:
+    """Hold an advisory lock on `lock_file` for the block, or fail at once naming the holder and
+    its role (`what`, the role of this holder, is written for the next one to read). The kernel
+    releases the lock when the holder exits, however it exits, so a lock of a dead process
+    never blocks. `shared`: a reader's lock, held by many at once, that keeps a writer out.
+    `remove_after`: the file goes when the block ends (a lock beside an output, not inside
+    one), if no one else holds it. `optional`: where the lock cannot be made (a read-only
+    folder), go on without it.
+
+    A lock file is created whole (its record staged and renamed into place), so a file of that
+    name that does not begin like a record is not dint's: it is refused, never truncated, and
+    never removed.
+    """
     lock_file = Path(lock_file)
+    fd = _take_lock(lock_file, what, shared, optional)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            if remove_after:
+                _remove_lock_file(lock_file, fd, shared)
+            os.close(fd)  # releases the lock
+
+
+def _take_lock(lock_file: Path, what: str, shared: bool, optional: bool) -> int | None:
     while True:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = _open_lock_file(lock_file, what, optional)
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DintError(f"{shown(lock_file)}: held by {shown(holder)}; one at a time, so this one stops") from None
+        if _same_file(fd, lock_file):  # the holder before us may have removed it: then lock the new one
+            break
+        os.close(fd)
+    with contextlib.suppress(OSError):  # a shared lock opened read-only (a read-only folder) keeps its record
+        os.pwrite(fd, _lock_record(what), 0)
+    return fd
+
+
+def _lock_record(what: str) -> bytes:
+    text = f"dint pid {os.getpid()} on {socket.gethostname()} (the {what})"
+    return text.encode(errors="replace")[:_LOCK_RECORD].ljust(_LOCK_RECORD)
+
+
+def _open_lock_file(lock_file: Path, what: str, optional: bool) -> int | None:
+    """The lock file open, made if missing; refused (DintError) when it is not a lock dint made."""
+    while True:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if not _create_lock_file(lock_file, what, optional):
+                return None
+            continue
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # a link: dint makes none
+                raise _foreign_lock(lock_file) from None
+            if not (optional and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM)):
+                raise
+            try:
+                fd = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                return None
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(_LOCK_PREFIX), 0) == _LOCK_PREFIX:
+            return fd
+        os.close(fd)
+        raise _foreign_lock(lock_file)
+
+
+def _create_lock_file(lock_file: Path, what: str, optional: bool) -> bool:
+    """Put a lock file, record included, at `lock_file` unless one is there; False where the
+    folder takes no new file and the lock is optional."""
+    remove_stale(lock_file)
+    tmp = staging_path(lock_file)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if optional and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return False
+        raise
+    try:
+        os.write(fd, _lock_record(what))
+    finally:
+        os.close(fd)
+    try:
+        _rename_noreplace(tmp, lock_file)
+    except DintError:  # another process made it first: use theirs
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _foreign_lock(lock_file: Path) -> DintError:
+    return DintError(
+        f"{shown(lock_file)}: exists and is not a lock dint made (dint locks under this name); "
+        "left as it is, so this one stops: move it away"
+    )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _remove_lock_file(lock_file: Path, fd: int, shared: bool) -> None:
+    """Remove the lock file held by `fd`, unless another process holds it too (readers share it)."""
+    if shared:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise DintError(
-                f"{shown(lock_file)}: held by {shown(holder)} (the {what}); one at a time, so this one stops"
-            ) from None
-        try:  # the holder before us may have removed the file: then lock the new one
-            same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"dint pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield
-    finally:
-        if remove_after:
-            with contextlib.suppress(OSError):
-                os.unlink(lock_file)
-        os.close(fd)  # releases the lock
+            return
+    if _same_file(fd, lock_file):
+        with contextlib.suppress(OSError):
+            os.unlink(lock_file)
+
+
+def lock_output(dest: Path, what: str = "writer of this store") -> contextlib.ExitStack:
+    """Hold the lock beside `dest` (lock_path) for its writer, until the returned stack closes:
+    one writer at a time, and none while a command reads it (they share that lock)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(exclusive(lock_path(dest), what, remove_after=True))
+    return stack
+
+
+def hold_folder(path: Path, what: str, role: str) -> contextlib.ExitStack:
+    """Claim `path` for `what` (claim_folder) and lock it (RUN_LOCK) for the command writing there
+    (`role`): one writer in a dint folder at a time. The lock goes when the returned stack
+    closes or the process ends."""
+    claim_folder(path, what)
+    stack = contextlib.ExitStack()
+    stack.enter_context(exclusive(Path(path) / RUN_LOCK, role))
+    return stack
 
 
 def hold_run_folder(run_dir: Path) -> contextlib.ExitStack:
-    """Claim `run_dir` for a training run (claim_folder) and lock it (RUN_LOCK) for the run; the
-    lock goes when the returned stack closes or the process ends."""
-    claim_folder(run_dir, "a training run")
+    """Claim and lock `run_dir` for a training run (hold_folder), for the run."""
+    return hold_folder(run_dir, "a training run", "training run in this folder")
+
+
+def hold_folder_of(path: Path, what: str) -> contextlib.ExitStack:
+    """Lock (RUN_LOCK) the folder dint claimed that `path` lies in, if any, for a command writing
+    there, until the returned stack closes: one writer in a dint folder at a time, so a command
+    writing into a run folder while it trains stops at once, naming the training."""
     stack = contextlib.ExitStack()
-    stack.enter_context(exclusive(run_dir / RUN_LOCK, "training run in this folder"))
+    for folder in real_path(path).parents:
+        if is_marked(folder):
+            stack.enter_context(exclusive(folder / RUN_LOCK, what))
+            break
     return stack
 
 
@@ -376,6 +638,8 @@ def held_by(lock_file: Path) -> str | None:
     except OSError:
         return None
     try:
+        if os.pread(fd, len(_LOCK_PREFIX), 0) != _LOCK_PREFIX:
+            return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

@@ -12,6 +12,7 @@ staging name that is renamed into place only once complete (dint.core.files).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -28,7 +29,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from dint.core.errors import DintError, warn
-from dint.core.files import exclusive, is_dint_store, shown, staged
+from dint.core.files import exclusive, is_dint_store, lock_output, lock_path, shown, staged
 from dint.core.packages import need
 
 FORMAT_VERSION = 1
@@ -287,10 +288,7 @@ def write_store(
     expected = (*info.shape, info.channels)
     if tuple(values.shape) != expected:
         raise ValueError(f"values shape {values.shape} does not match the signal info {expected}")
-    with (
-        exclusive(dest.with_name(f".{dest.name}.lock"), "writer of this store", remove_after=True),
-        staged(dest, may_replace=is_dint_store if overwrite else None) as tmp,
-    ):
+    with lock_output(dest), staged(dest, may_replace=is_dint_store if overwrite else None) as tmp:
         check_destination(dest, overwrite)  # again, under the lock: another writer may have finished meanwhile
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         array = create_values_array(group, info)
@@ -435,6 +433,13 @@ class Store:
     # `chunk_key`, checked before each read. Other stores, and other arrays served as a Store
     # (e.g. a `dint render` pyramid level), get the retries without the file checks.
     chunk_files: bool = False
+    # open_store(held_for=...): the shared lock that keeps writers from replacing the store
+    # while it is read; `release` lets it go (so does the end of the process).
+    held: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack, repr=False)
+
+    def release(self) -> None:
+        """Let go of the store: a writer may replace it again."""
+        self.held.close()
 
     def read_region(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
         """Values of the box at `origin` (spatial) of `shape`, all channels: (*shape, C)."""
@@ -519,8 +524,13 @@ class Store:
         return chunks[0]
 
 
-def open_store(path: str | os.PathLike) -> Store:
+def open_store(path: str | os.PathLike, held_for: str | None = None) -> Store:
     """Open and validate a store; any problem is a DintError naming the store.
+
+    `held_for` (what reads it, e.g. "training run reading it"): the store is held until
+    `Store.release`, by a shared lock on its writers' lock (lock_path), so that dint-shard
+    --overwrite and dint render --out refuse to replace it meanwhile; a store being written
+    is refused. A folder that takes no lock file (read-only) is read without one.
 
     Checks the metadata (valid JSON, zarr v3), the "dint" attribute (every key there, well
     formed, a known modality, a format this dint reads), that the array agrees with it (shape,
@@ -528,6 +538,28 @@ def open_store(path: str | os.PathLike) -> Store:
     a damaged chunk is found when `Store.read_region` reads it.
     """
     path = Path(path)
+    held = hold_for_reading(path, held_for) if held_for is not None else contextlib.ExitStack()
+    try:
+        store = _open_store(path)
+    except BaseException:
+        held.close()
+        raise
+    store.held = held
+    return store
+
+
+def hold_for_reading(path: Path, what: str) -> contextlib.ExitStack:
+    """Share the lock of the dint store at `path` (lock_path) until the returned stack closes:
+    its writers (dint-shard --overwrite, dint render --out) refuse to replace it meanwhile, and
+    a store being written is refused. Nothing is held for a folder that takes no lock file
+    (read-only), nor for what is not a folder."""
+    held = contextlib.ExitStack()
+    if Path(path).is_dir():
+        held.enter_context(exclusive(lock_path(path), what, remove_after=True, shared=True, optional=True))
+    return held
+
+
+def _open_store(path: Path) -> Store:
     if not path.exists():
         raise DintError(f"{path}: store not found")
     if not path.is_dir():

@@ -28,7 +28,15 @@ import torch
 import zarr
 
 from dint.core.errors import DintError
-from dint.core.files import anything, discard, is_dint_store, publish, remove_stale, staging_path
+from dint.core.files import (
+    anything,
+    discard,
+    is_dint_store,
+    lock_output,
+    publish_all,
+    remove_stale,
+    staging_path,
+)
 from dint.core.packages import need
 from dint.data.sharding import CoordinateMap, chunk_grid, partition_chunks
 from dint.data.store import (
@@ -120,14 +128,16 @@ def build_together(
     name: str = "store",
     previews_replaceable: bool = True,
 ) -> dict[str, str]:
-    """How every store that ranks write together is made: rank 0 creates it under a staging
-    name (the same on every rank), every rank fills in its own chunks, rank 0 finishes it
-    (metadata, previews staged beside `dest`: {kind: staged file}) and publishes it, then the
-    previews. A failure leaves `dest` and its previews as they were. Returns {kind: path}
-    of what was written (rank 0; {} on the others). `dest` is replaced only if it is a dint
-    store; an existing preview only if `previews_replaceable`."""
-    from dint.distributed.collectives import barrier, shared_token
+    """How every store that ranks write together is made: rank 0 takes the lock beside `dest`
+    (lock_output: one writer, and none while a command reads it) and creates the store under a
+    staging name (the same on every rank), every rank fills in its own chunks, rank 0 finishes
+    it (metadata, previews staged beside `dest`: {kind: staged file}) and publishes the store
+    and its previews as one. A failure leaves `dest` and its previews as they were. Returns
+    {kind: path} of what was written (rank 0; {} on the others). `dest` is replaced only if it
+    is a dint store; an existing preview only if `previews_replaceable`."""
+    from dint.distributed.collectives import barrier, on_rank0, shared_token
 
+    held = on_rank0(lambda: lock_output(dest), device)  # every rank stops when rank 0 cannot have it
     if rank == 0:
         remove_stale(dest.parent)
     tmp = staging_path(dest, shared_token(device), mine=rank == 0)
@@ -141,17 +151,19 @@ def build_together(
         if rank != 0:
             return {}
         previews = finish(tmp)
-        outputs = {name: str(publish(tmp, dest, is_dint_store))}
-        final_names = preview_names(dest)
-        for kind, staged_file in previews.items():
-            outputs[kind] = str(publish(staged_file, final_names[kind], anything if previews_replaceable else None))
-        return outputs
+        final_names, replace_preview = preview_names(dest), anything if previews_replaceable else None
+        companions = [(file, final_names[kind], replace_preview) for kind, file in previews.items()]
+        publish_all([(tmp, dest, is_dint_store), *companions])
+        return {name: str(dest), **{kind: str(final_names[kind]) for kind in previews}}
     except BaseException as e:
         if rank == 0:
             discard(tmp, e)
             for staged_file in previews.values():
                 discard(staged_file, e)
         raise
+    finally:
+        if held is not None:
+            held.close()
 
 
 def render_reconstruction(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dint.core.files import own_folder
+
 # metrics.jsonl key -> TensorBoard tag
 SCALARS = {
     "loss": "train/loss",
@@ -39,6 +41,7 @@ class TensorBoardLog:
         if folder is not None:
             from torch.utils.tensorboard import SummaryWriter
 
+            own_folder(Path(folder))  # never a link out of the run folder
             if not resume_after:  # a run from its start replaces what an earlier run logged here
                 for old in Path(folder).glob("events.out.tfevents.*"):
                     old.unlink()

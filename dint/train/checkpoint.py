@@ -10,6 +10,13 @@ the previous checkpoints untouched, and a folder without a valid manifest is nev
 Its content does not depend on the number of ranks: a run saved with 2 ranks resumes
 with 1 or 3.
 
+A checkpoint belongs to the run that wrote it: its manifest names the run (RUN_KEY), and so
+does the run folder's mark for the run now in it. A run resumed automatically continues the
+run it resumes (the same id, across restarts and numbers of ranks); a run from its start, or
+from a checkpoint named on the command line, is a new run. Rotation (checkpoint.keep) counts
+and deletes only the run's own checkpoints, and `resume auto` looks only at the checkpoints of
+the run the folder holds: those of a run before it are kept, never resumed.
+
 A checkpoint is used only once it is known sound: its manifest and checksums hold, its
 state has the form this run saves (`check_state`), and every part took it; one that fails
 any of these is skipped with a warning, and nothing of it stays loaded.
@@ -22,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -31,9 +39,22 @@ from torch import nn
 
 from dint.core.config import Config
 from dint.core.errors import DintError, warn
-from dint.core.files import anything, fsync, new_token, remove_stale, sha256_of, shown, staged
+from dint.core.files import (
+    check_claimable,
+    check_outside_inputs,
+    fsync,
+    new_token,
+    note_in_mark,
+    own_folder,
+    read_mark,
+    remove_stale,
+    sha256_of,
+    shown,
+    staged,
+    write_outputs,
+)
 from dint.data.store import SignalInfo, _is_int, _short  # the checks of a store's attributes, reused
-from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max, collective_failure
+from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max, barrier, collective_failure
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
@@ -41,6 +62,8 @@ MANIFEST = "manifest.json"
 FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "signal", "world_size"}
 _NAME = re.compile(r"step-(\d{8})")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+RUN_KEY = "run"  # in a manifest: the run that wrote the checkpoint; in the run folder's mark: the run in it
+_UNREADABLE = object()  # the run of a checkpoint whose manifest cannot be read
 
 
 class Stateful(Protocol):
@@ -96,6 +119,7 @@ class CheckpointManager:
         self.run_config, self.info = run_config, info
         self.before_manifest = before_manifest  # fault injection: a crash or a full disk while saving
         self._rollback_target: Path | dict | None = None  # newest checkpoint of this run, or its start
+        self.run_id: str | None = None  # set by `resume`: the run whose checkpoints this one writes
 
     def due(self, step: int, last: bool) -> bool:
         return last or bool(self.config.every and step % self.config.every == 0)
@@ -123,17 +147,23 @@ class CheckpointManager:
         return {name: getattr(part, "state_form", part.state_dict)() for name, part in self.parts.items()}
 
     def resume(self) -> int:
-        """The step to run next: from checkpoint.resume (auto: the newest sound checkpoint in the
-        run folder, if any, skipping unsound ones with a warning; never; or a folder, which must
-        be sound), or 0. Keeps the run's start as the rollback target."""
+        """The step to run next: from checkpoint.resume (auto: the newest sound checkpoint of the
+        run the folder holds, if any, skipping unsound ones with a warning; never; or a folder,
+        which must be sound), or 0. Keeps the run's start as the rollback target, and records in
+        the folder's mark which run this is (collective)."""
         mode, fresh = self.config.resume, self.state_dict(0)
         self._rollback_target = fresh
         if self.dist.is_main:  # what a process killed while saving left (it holds no lock any more)
             remove_stale(self.run_dir / CHECKPOINTS)
-        if mode == "never":
-            return 0
-        form = self.state_form()
-        for path in list_checkpoints(self.run_dir) if mode == "auto" else [Path(mode)]:
+        current = read_mark(self.run_dir).get(RUN_KEY) if mode == "auto" else None
+        candidates = []
+        if mode == "auto":  # the run's own checkpoints, and those whose run cannot be told (damaged, unnamed)
+            candidates = [p for p in list_checkpoints(self.run_dir) if current is None or _maybe_of(run_of(p), current)]
+        elif mode != "never":
+            candidates = [Path(mode)]
+        step, continued = 0, None
+        form = self.state_form() if mode != "never" else None
+        for path in candidates:
             try:
                 state = load_checkpoint(path)
                 check_state(path, state, form, self.dist.world_size, self._check_compatible)
@@ -146,6 +176,7 @@ class CheckpointManager:
                 self._warn(f"skipping checkpoint {e}")
                 continue
             self._rollback_target = path
+            continued = run_of(path) if mode == "auto" else None
             if self.dist.is_main:
                 print(f"dint.train: resuming from {path} (step {step})", file=sys.stderr)
                 steps = self.run_config.train.steps
@@ -155,8 +186,13 @@ class CheckpointManager:
                         f"train; the model is that of step {step} (set train.steps above {step} to train on)",
                         file=sys.stderr,
                     )
-            return step
-        return 0
+            break
+        # A run resumed automatically continues the run it resumes; any other is a new run.
+        self.run_id = current or (continued if isinstance(continued, str) else None) or uuid.uuid4().hex
+        barrier()  # every rank has read the mark before rank 0 changes it
+        if self.dist.is_main:
+            note_in_mark(self.run_dir, **{RUN_KEY: self.run_id})
+        return step
 
     def _load_sound(self, path: Path, state: dict, fresh: dict) -> int:
         """Load `state` into every part; the step to run next. If a part refuses it, on any rank,
@@ -179,7 +215,9 @@ class CheckpointManager:
         state, failure = self.state_dict(step), None
         if self.dist.is_main:
             try:
-                save_checkpoint(self.run_dir, step, state, self.config.keep, lambda: self.before_manifest(step))
+                save_checkpoint(
+                    self.run_dir, step, state, self.config.keep, lambda: self.before_manifest(step), self.run_id
+                )
             except DintError as e:
                 failure = e
         if all_reduce_max(torch.tensor([int(failure is not None)], device=self.dist.device)).item():
@@ -222,8 +260,7 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "config": config.to_dict(),
         "signal": info.to_attrs(),
     }
-    with staged(path, may_replace=anything) as tmp:  # in the claimed run folder; a crash leaves the old one whole
-        torch.save(payload, tmp)
+    write_outputs(path.parent, {path.name: lambda tmp: torch.save(payload, tmp)})  # a crash leaves the old one whole
     return path
 
 
@@ -246,14 +283,31 @@ def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     return model.eval(), info, saved["config"]
 
 
+def check_run_folder(config: Config) -> None:
+    """Refuse, before anything is written, a run.dir that training may not write: one claim_folder
+    refuses, or one that is, lies inside or holds the store it reads, or lies inside the
+    checkpoint it resumes from (the run's own checkpoints lie inside it)."""
+    run_dir, label = Path(config.run.dir), f"run.dir {shown(config.run.dir)}"
+    check_outside_inputs(run_dir, {"the store": config.data.store}, label)
+    if config.checkpoint.resume not in ("auto", "never"):
+        check_outside_inputs(run_dir, {"the checkpoint": config.checkpoint.resume}, label, holding=False)
+    check_claimable(run_dir, "a training run")
+
+
 def dest_of(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"step-{step:08d}"
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, state: dict, keep: int, before_manifest: Callable[[], None] | None = None
+    run_dir: Path,
+    step: int,
+    state: dict,
+    keep: int,
+    before_manifest: Callable[[], None] | None = None,
+    run: str | None = None,
 ) -> Path:
-    """Write `state` as the checkpoint of `step` (the next step to run); keep the newest `keep`.
+    """Write `state` as the checkpoint of `step` (the next step to run) of the run `run`; keep
+    that run's newest `keep` (the checkpoints of other runs are neither counted nor deleted).
 
     Any OSError (a full disk, a read-only folder) becomes a DintError naming the folder;
     the staging folder is removed and older checkpoints are left as they were.
@@ -261,28 +315,30 @@ def save_checkpoint(
     dest = dest_of(run_dir, step)
     folder = dest.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(dest) and not is_complete_checkpoint(dest):
-            # A damaged (or foreign) folder where this checkpoint goes: kept, under another name.
-            aside = dest.with_name(f"{dest.name}.damaged-{new_token()}")
+        own_folder(folder)
+        if os.path.lexists(dest) and not (is_complete_checkpoint(dest) and run_of(dest) == run):
+            # Where this checkpoint goes, a damaged (or foreign) folder, or another run's checkpoint: kept, renamed.
+            complete = is_complete_checkpoint(dest)
+            aside = dest.with_name(f"{dest.name}.{'earlier' if complete else 'damaged'}-{new_token()}")
             os.rename(dest, aside)
-            warn(f"{shown(dest)} was not a complete checkpoint: kept as {shown(aside.name)}")
-        with staged(dest, may_replace=is_complete_checkpoint) as tmp:
+            kind = "a checkpoint of another run" if complete else "not a complete checkpoint"
+            warn(f"{shown(dest)} was {kind}: kept as {shown(aside.name)}")
+        with staged(dest, may_replace=lambda old: is_complete_checkpoint(old) and run_of(old) == run) as tmp:
             tmp.mkdir()
             torch.save(state, tmp / STATE)
             fsync(tmp / STATE)
             if before_manifest is not None:  # a hook for fault-injection tests: a crash mid-save
                 before_manifest()
-            manifest = {"step": step, "files": {STATE: sha256_of(tmp / STATE)}}
+            manifest = {"step": step, RUN_KEY: run, "files": {STATE: sha256_of(tmp / STATE)}}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             fsync(tmp / MANIFEST)
         fsync(folder)
     except OSError as e:
         raise DintError(f"{folder}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
-    # Rotation deletes only complete checkpoints it recognises: a folder holding anything else
-    # (or missing a file) may not be dint's, and stays.
-    complete = [p for p in list_checkpoints(run_dir) if is_complete_checkpoint(p)]
-    for old in complete[keep:]:
+    # Rotation deletes only complete checkpoints it recognises, of this run: a folder holding
+    # anything else (or missing a file) may not be dint's, and another run's is not this one's.
+    own = [p for p in list_checkpoints(run_dir) if is_complete_checkpoint(p) and run_of(p) == run]
+    for old in own[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return dest
 
@@ -441,3 +497,18 @@ def _form_problem(value: object, form: object, at: str, ranks: tuple[int, int]) 
 
 def _kind(value: object) -> str:
     return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _maybe_of(run: object, current: str) -> bool:
+    """Whether a checkpoint of `run` (run_of) may be of the run `current`: it is, or cannot be told."""
+    return run == current or not isinstance(run, str)
+
+
+def run_of(path: Path):
+    """The run that wrote the checkpoint at `path` (None: a dint before runs were named;
+    _UNREADABLE: no readable manifest)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return _UNREADABLE
+    return manifest.get(RUN_KEY) if isinstance(manifest, dict) else _UNREADABLE

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dint.core.config import MetricsConfig
 from dint.core.errors import warn
-from dint.core.files import shown
+from dint.core.files import open_staged, read_own, shown
 from dint.core.resources import local_ranks
 from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum, gather_counts
 
@@ -163,21 +163,24 @@ class MetricsLogger:
         """Forget the lines after `step` (a rollback to it): they will be logged again."""
         self.history = [record for record in self.history if record["step"] <= step]
         if self._file is not None:
-            self._file.close()
             self._rewrite(step)
 
     def _rewrite(self, up_to: int) -> None:
-        """Open metrics.jsonl afresh with its lines up to step `up_to` kept (none for 0), and keep
-        it open for the lines to come (closed by `close`)."""
-        kept = []
-        if up_to and self.path.exists():
-            lines, damaged = read_metrics_lines(self.path.read_text(errors="replace"))
-            kept = [line for line in lines if line["step"] <= up_to]
-            if damaged:
-                warn(damaged_lines(self.path, damaged, "dropped"))
-        self._file = open(self.path, "w")  # noqa: SIM115 (open for the whole run)
-        self._file.write("".join(json.dumps(line) + "\n" for line in kept))
-        self._file.flush()
+        """Make metrics.jsonl afresh (staged, in place of what is there, never through a link) with
+        its good lines up to step `up_to` kept (none for 0): those of this run's own file, or at a
+        resume those the run folder holds, damaged lines dropped with a warning; keep it open for
+        the lines to come (closed by `close`)."""
+        if self._file is not None:
+            self._file.seek(0)
+            text = self._file.read()
+            self._file.close()
+        else:
+            text = (read_own(self.path) or "") if up_to else ""
+        lines, damaged = read_metrics_lines(text)
+        kept = [line for line in lines if line["step"] <= up_to]
+        if damaged:
+            warn(damaged_lines(self.path, damaged, "dropped"))
+        self._file = open_staged(self.path, "".join(json.dumps(line) + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dint.core.config import Config, map_steps
-from dint.core.files import write_outputs
+from dint.core.files import read_own, write_outputs
 from dint.data.store import SignalInfo
 from dint.observe.maps import FieldMaps, SelectionMaps, SignalView, selection_counts
 from dint.observe.pictures import (
@@ -115,7 +115,7 @@ class RunReporting:
             writers["selection.json"] = lambda tmp: tmp.write_text(json.dumps({**about, "panels": records}, indent=1))
             written.update(selection=self.run_dir / "selection.png", selection_maps=self.run_dir / "selection.npz")
         if self.plots:
-            lines = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            lines = [json.loads(line) for line in (read_own(self.run_dir / "metrics.jsonl") or "").splitlines() if line]
             key = "iou" if self.info.modality == "shape" else "psnr"
             writers["quality.png"] = lambda tmp: save_figure(quality_figure(lines, selection_runs, key), tmp)
             written["quality"] = self.run_dir / "quality.png"

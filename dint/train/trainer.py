@@ -18,7 +18,7 @@ import torch
 
 from dint.core.config import Config, check_against_store
 from dint.core.errors import DintError
-from dint.core.files import check_claimable, hold_run_folder
+from dint.core.files import hold_run_folder, write_outputs
 from dint.core.resources import keep_freed_memory
 from dint.data.sharding import rank_chunk_ids
 from dint.data.store import open_store
@@ -28,7 +28,7 @@ from dint.fields.siren import build_model, check_training_memory, compile_model
 from dint.teaching.balance import Balancer
 from dint.teaching.plans import build_batch_plan
 from dint.teaching.teacher import Teacher
-from dint.train.checkpoint import CheckpointManager, RngState, save_model
+from dint.train.checkpoint import CheckpointManager, RngState, check_run_folder, save_model
 from dint.train.engine import build_engine, import_engine_library, needs_process_group
 from dint.train.evaluation import Evaluator, reconstruction_ssim
 from dint.train.faults import Faults
@@ -45,11 +45,11 @@ class Trainer:
         self.dist = init_distributed(c.run.device, c.run.collective_timeout, needs_process_group(c.train.engine))
         self.phase = "start-up"  # named in the message when a collective times out
         self.run_dir = Path(c.run.dir)
-        self.store = open_store(c.data.store)
+        self.store = open_store(c.data.store, held_for="training run reading it")  # released by `release`
         self.info = check_against_store(config, self.store.info)  # with data.domain, if set
         micro = c.train.micro_batch or max(1, self.info.num_points // self.dist.world_size)
         check_training_memory(c.model, self.info, micro, self.dist.device)
-        on_rank0(lambda: check_claimable(self.run_dir, "a training run"), self.dist.device)  # before loading
+        on_rank0(lambda: check_run_folder(config), self.dist.device)  # before loading
         self.timers = Timers(self.dist.device)
 
         started = time.perf_counter()
@@ -82,7 +82,7 @@ class Trainer:
         self.checkpoint = CheckpointManager(config, self.info, self.dist, parts, self.faults.saving)
         self.step = self.checkpoint.resume()  # steps done
         if self.dist.is_main:
-            (self.run_dir / "config.toml").write_text(config.to_toml())
+            write_outputs(self.run_dir, {"config.toml": lambda tmp: tmp.write_text(config.to_toml())})
         barrier()
         shape = self.info.modality == "shape"  # its lines carry an IoU too
         self.metrics = MetricsLogger(
@@ -139,8 +139,9 @@ class Trainer:
             self.release()
 
     def release(self) -> None:
-        """Let the run folder go (its lock), once the run's outputs are written."""
+        """Let the run folder and the store go (their locks), once the run's outputs are written."""
         self.reporting.close()
+        self.store.release()
         if self.run_folder is not None:
             self.run_folder.close()
 
@@ -244,6 +245,6 @@ class Trainer:
             summary["selection_steps"] = self.selection_steps.runs
             for name in ("metrics.jsonl", "config.toml", "summary.json"):
                 outputs[name.split(".")[0]] = str(run_dir / name)
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_outputs(run_dir, {"summary.json": lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n")})
         barrier()
         return summary

@@ -451,7 +451,7 @@ def test_bad_run_dir_and_out_are_one_line_exit_2(tiny_run, tmp_path):
         (tmp_path / "empty", tmp_path / "a.zarr", "no saved model"),
         (tiny_run, tmp_path / "no" / "a.zarr", "output folder does not exist"),
         (tiny_run, tmp_path / "notes.txt", "exists and is not a dint store or pyramid"),
-        (tiny_run, tiny_run, "would replace the run folder"),
+        (tiny_run, tiny_run, "contains the model"),
     ]
     from typer.testing import CliRunner
 

@@ -51,7 +51,11 @@ def test_a_checkpoint_is_its_state_and_a_manifest_of_checksums(tmp_path):
     assert path == tmp_path / "checkpoints" / "step-00000007" == dest_of(tmp_path, 7)
     assert sorted(p.name for p in path.iterdir()) == [MANIFEST, STATE]
     manifest = json.loads((path / MANIFEST).read_text())
-    assert manifest == {"step": 7, "files": {STATE: hashlib.sha256((path / STATE).read_bytes()).hexdigest()}}
+    assert manifest == {
+        "step": 7,
+        "run": None,
+        "files": {STATE: hashlib.sha256((path / STATE).read_bytes()).hexdigest()},
+    }
     loaded = load_checkpoint(path)
     assert loaded["step"] == 7 and torch.equal(loaded["parts"]["weights"], torch.full((3,), 7.0))
     assert all_names(tmp_path) == ["step-00000007"]  # no staging folder left
@@ -201,7 +205,9 @@ def test_checkpoints_are_listed_newest_first_and_each_damaged_one_refused_by_its
 def test_a_checkpoint_of_another_format_is_refused_in_one_line(tmp_path):
     """Only today's format loads: anything else is refused (and so skipped by a resume) by name."""
     for state in ({"step": 4, "model": {"w": torch.ones(2)}}, {"format": 1, "step": 4}, {"format": 3, "step": 4}):
-        path = save_checkpoint(tmp_path / str(len(list(tmp_path.iterdir()))), 4, state, keep=1)
+        run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+        run_dir.mkdir()
+        path = save_checkpoint(run_dir, 4, state, keep=1)
         with pytest.raises(DintError, match="is not a checkpoint of format 2"):
             load_checkpoint(path)
 
