@@ -57,7 +57,6 @@ MANIFEST = "manifest.json"
 FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "signal", "world_size"}
 _NAME = re.compile(r"step-(\d{8})")
 RUN_KEY = "run"  # in a manifest: the run that wrote the checkpoint; in the run folder's mark: the run in it
-_UNREADABLE = object()  # the run of a checkpoint whose manifest cannot be read
 
 
 class Stateful(Protocol):
@@ -132,9 +131,9 @@ class CheckpointManager:
         mode, found = self.config.resume, None
         if mode == "auto":
             current = read_mark(self.run_dir).get(RUN_KEY)
+            current = current if isinstance(current, str) else None  # a mark dint did not write names no run
             found = newest_checkpoint(self.run_dir, self._warn, current)
-            continued = run_of(found[0]) if found is not None else None
-            self.run_id = current or (continued if isinstance(continued, str) else None)
+            self.run_id = current or (run_of(found[0]) if found is not None else None)
         elif mode != "never":
             found = Path(mode), load_checkpoint(Path(mode))
         self.run_id = self.run_id or uuid.uuid4().hex
@@ -334,21 +333,22 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def run_of(path: Path):
-    """The run that wrote the checkpoint at `path` (None: a dint before runs were named;
-    _UNREADABLE: no readable manifest)."""
+def run_of(path: Path) -> str | None:
+    """The run that wrote the checkpoint at `path`; None when its manifest names none (a dint
+    before runs were named) or cannot be read."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
-        return _UNREADABLE
-    return manifest.get(RUN_KEY) if isinstance(manifest, dict) else _UNREADABLE
+        return None
+    run = manifest.get(RUN_KEY) if isinstance(manifest, dict) else None
+    return run if isinstance(run, str) else None
 
 
 def newest_checkpoint(run_dir: Path, warn: Callable[[str], None], run: str | None = None) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, of the run `run` when given (and a damaged one, whose
-    run cannot be told), warning (one line each) about those skipped."""
+    """The newest checkpoint that loads, warning (one line each) about those skipped; when `run`
+    is given, none another run wrote (one whose run cannot be told, damaged or older, is tried)."""
     for path in list_checkpoints(run_dir):
-        if run is not None and run_of(path) not in (run, _UNREADABLE):
+        if run is not None and run_of(path) not in (run, None):
             continue
         try:
             return path, load_checkpoint(path)
