@@ -14,9 +14,16 @@
   folder dint claimed (`claim_folder`: a run folder, a bench's output) for the files it
   holds. A destination that appears while dint writes is left alone: the final rename
   refuses to replace it (renameat2's RENAME_NOREPLACE).
+- **Never over or inside an input.** `check_outside_inputs`: no destination is, lies inside,
+  or (replaced as a whole) holds what the command reads, links followed.
+- **No link is followed.** dint makes no links: a folder it claims may hold none, every file
+  it writes there is staged and published in place of whatever is at its name
+  (`write_outputs`, `open_staged`), and its sub-folders are real folders (`own_folder`).
 - **One writer per destination.** `exclusive(path)` holds an advisory lock (flock) whose
-  file names the holder; the kernel drops it when the holder dies, so a stale lock never
-  blocks.
+  file holds the holder's record; the kernel drops it when the holder dies, so a stale lock
+  never blocks. A file of a lock's name that is not such a record is never truncated or
+  removed. Readers share a store's lock (`lock_path`), so no writer replaces it while it is
+  read; a folder dint claimed has one writer at a time (`hold_folder`, RUN_LOCK).
 """
 
 from __future__ import annotations

@@ -63,7 +63,6 @@ FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "si
 _NAME = re.compile(r"step-(\d{8})")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 RUN_KEY = "run"  # in a manifest: the run that wrote the checkpoint; in the run folder's mark: the run in it
-_UNREADABLE = object()  # the run of a checkpoint whose manifest cannot be read
 
 
 class Stateful(Protocol):
@@ -156,9 +155,10 @@ class CheckpointManager:
         if self.dist.is_main:  # what a process killed while saving left (it holds no lock any more)
             remove_stale(self.run_dir / CHECKPOINTS)
         current = read_mark(self.run_dir).get(RUN_KEY) if mode == "auto" else None
+        current = current if isinstance(current, str) else None  # a mark dint did not write names no run
         candidates = []
         if mode == "auto":  # the run's own checkpoints, and those whose run cannot be told (damaged, unnamed)
-            candidates = [p for p in list_checkpoints(self.run_dir) if current is None or _maybe_of(run_of(p), current)]
+            candidates = [p for p in list_checkpoints(self.run_dir) if current is None or run_of(p) in (current, None)]
         elif mode != "never":
             candidates = [Path(mode)]
         step, continued = 0, None
@@ -499,16 +499,12 @@ def _kind(value: object) -> str:
     return "None" if value is None else f"a {type(value).__name__}"
 
 
-def _maybe_of(run: object, current: str) -> bool:
-    """Whether a checkpoint of `run` (run_of) may be of the run `current`: it is, or cannot be told."""
-    return run == current or not isinstance(run, str)
-
-
-def run_of(path: Path):
-    """The run that wrote the checkpoint at `path` (None: a dint before runs were named;
-    _UNREADABLE: no readable manifest)."""
+def run_of(path: Path) -> str | None:
+    """The run that wrote the checkpoint at `path`; None when its manifest names none (a dint
+    before runs were named) or cannot be read."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
-        return _UNREADABLE
-    return manifest.get(RUN_KEY) if isinstance(manifest, dict) else _UNREADABLE
+        return None
+    run = manifest.get(RUN_KEY) if isinstance(manifest, dict) else None
+    return run if isinstance(run, str) else None

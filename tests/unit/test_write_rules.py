@@ -115,6 +115,8 @@ def tiny_info(shape: tuple[int, ...], name: str = "tiny.png") -> SignalInfo:
 SOURCES = {"tiles": _tiles, "zarr": _zarr, "dint store": _dint_store}
 
 
+@example(kind="tiles", base="source", steps=[], overwrite=False)  # dint-shard tiles tiles/out.zarr
+@example(kind="zarr", base="source", steps=[], overwrite=False)  # dint-shard in.zarr in.zarr/out.zarr
 @settings(max_examples=30, **SETTINGS)
 @given(
     kind=st.sampled_from(sorted(SOURCES)),
@@ -512,6 +514,21 @@ def test_rotation_and_resume_see_only_the_runs_own_checkpoints(tmp_path_factory,
         on_disk = {(run_of(p), int(p.name[5:])) for p in list_checkpoints(run_dir)}
         assert on_disk == {(r, s) for r, steps_of in present.items() for s in steps_of}
         assert len([p for p in (run_dir / "checkpoints").glob("step-*.earlier-*")]) == asides
+
+
+def test_checkpoints_of_an_older_dint_are_resumed_and_never_deleted(tmp_path):
+    """A folder of a dint before runs were named (no run in its mark nor in its manifests):
+    `resume auto` continues its newest checkpoint, and the run's rotation leaves it."""
+    from dint.train.checkpoint import list_checkpoints, run_of
+
+    run_dir = tmp_path / "run"
+    run_once(run_dir, "auto", 4, 2, 1)
+    manifest = run_dir / "checkpoints" / "step-00000004" / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "run"}))
+    (run_dir / MARK).write_text(json.dumps({"made_by": "dint", "for": "a training run"}))
+    start, run, saved = run_once(run_dir, "auto", 8, 2, 1)
+    assert (start, saved) == (4, [6, 8])
+    assert [(p.name, run_of(p)) for p in list_checkpoints(run_dir)] == [("step-00000008", run), ("step-00000004", None)]
 
 
 # --- Rule 2: one writer per destination ------------------------------------------------------
