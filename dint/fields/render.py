@@ -28,7 +28,8 @@ import torch
 import zarr
 
 from dint.core.errors import DintError
-from dint.core.files import anything, discard, is_dint_store, publish, remove_stale, staging_path
+from dint.core.files import anything, discard, is_dint_store, publish, remove_stale, shown, staging_path
+from dint.core.resources import require_disk
 from dint.data.sharding import CoordinateMap, chunk_grid, partition_chunks
 from dint.data.store import (
     SignalInfo,
@@ -36,6 +37,7 @@ from dint.data.store import (
     default_chunks,
     from_training,
     open_store,
+    store_bytes,
     to_dtype,
     to_unit,
     writable_values,
@@ -118,15 +120,21 @@ def build_together(
     finish: Callable[[Path], dict[str, Path]],
     name: str = "store",
     previews_replaceable: bool = True,
+    nbytes: int = 0,
 ) -> dict[str, str]:
     """How every store that ranks write together is made: rank 0 creates it under a staging
     name (the same on every rank), every rank fills in its own chunks, rank 0 finishes it
     (metadata, previews staged beside `dest`: {kind: staged file}) and publishes it, then the
     previews. A failure leaves `dest` and its previews as they were. Returns {kind: path}
     of what was written (rank 0; {} on the others). `dest` is replaced only if it is a dint
-    store; an existing preview only if `previews_replaceable`."""
+    store; an existing preview only if `previews_replaceable`. Refused first, on every rank
+    alike, when the disk of `dest` has less free than the `nbytes` it will hold."""
     from dint.distributed.collectives import barrier, shared_token
 
+    try:
+        require_disk(nbytes, f"{shown(dest)}: the {name}", dest.parent)
+    except DintError as e:
+        raise DintError(str(e), shared=True) from None
     if rank == 0:
         remove_stale(dest)
     tmp = staging_path(dest, shared_token(device))
@@ -178,7 +186,7 @@ def render_reconstruction(
             return {}
         return _previews(open_store(tmp).values, target, dest)
 
-    return build_together(dest, rank, device, create, fill, finish, name="reconstruction")
+    return build_together(dest, rank, device, create, fill, finish, name="reconstruction", nbytes=store_bytes(target))
 
 
 def _previews(values, info: SignalInfo, dest: Path) -> dict[str, Path]:
@@ -482,7 +490,11 @@ def render_pyramid(
         lambda tmp: create_pyramid(tmp, target, levels),
         fill,
         finish,
+        name="render",
         previews_replaceable=previews_replaceable,
+        nbytes=sum(
+            store_bytes(dataclasses.replace(target, shape=level.shape, chunks=level.chunks)) for level in levels
+        ),
     )
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from dint.core.config import Config
 from dint.core.errors import DintError, warn
 from dint.core.files import anything, fsync, new_token, sha256_of, shown, staged
+from dint.core.resources import require_disk
 from dint.data.store import SignalInfo
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
 
@@ -170,9 +171,21 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "config": config.to_dict(),
         "signal": info.to_attrs(),
     }
+    require_disk(saved_bytes(payload), f"{shown(path)}: the model", path.parent)
     with staged(path, may_replace=anything) as tmp:  # in the claimed run folder; a crash leaves the old one whole
         torch.save(payload, tmp)
     return path
+
+
+def saved_bytes(state: object) -> int:
+    """About what torch.save writes for `state`: its tensors' bytes, and room for the rest."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(saved_bytes(v) for v in state.values()) + 64 * len(state)
+    if isinstance(state, (list, tuple)):
+        return sum(saved_bytes(v) for v in state) + 16 * len(state)
+    return 64
 
 
 def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
@@ -210,6 +223,7 @@ def save_checkpoint(
     folder = dest.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        require_disk(saved_bytes(state), f"{shown(folder)}: the checkpoint of step {step}", folder)
         if os.path.lexists(dest) and not is_complete_checkpoint(dest):
             # A damaged (or foreign) folder where this checkpoint goes: kept, under another name.
             aside = dest.with_name(f"{dest.name}.damaged-{new_token()}")
