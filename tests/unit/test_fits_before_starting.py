@@ -105,6 +105,39 @@ def test_a_declared_size_over_the_decoding_cap_is_refused(
     refused(lambda: read_source(source), str(source), "declares", "DINT_MAX_DECODE_BYTES")
 
 
+def test_a_folder_of_tiles_declaring_more_than_fits_is_refused_naming_the_tile(
+    tmp_path, monkeypatch, memory, decoders_must_not_run
+):
+    """Pillow's own limit (a warning past 89 million pixels, an error past twice that) never
+    speaks first: dint's check names the tile, in one line, whatever the size declared."""
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's, as a fresh process has it
+    for column in (0, 1):
+        png(tmp_path / f"tile_0_{column}.png", 12_000, 10_000)  # 120 million pixels each
+    memory(64 * MiB)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(lambda: read_source(tmp_path), f"{tmp_path}/tile_0_", "declares 10000 x 12000 x 1 samples")
+    assert [str(w.message) for w in caught] == []
+
+
+def test_telling_a_png_dint_wrote_decodes_nothing(tmp_path, monkeypatch, decoders_must_not_run):
+    from PIL import Image
+
+    from dint.core.files import is_dint_png
+    from dint.observe.pictures import save_dint_png
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's, as a fresh `dint report` has it
+
+    assert not is_dint_png(png(tmp_path / "bomb.png", 100_000, 100_000))  # Pillow's limit: refused unread
+    assert not is_dint_png(png(tmp_path / "large.png", 10_000, 10_000))  # under it: its header alone
+    save_dint_png(Image.new("L", (8, 8)), tmp_path / "ours.png")
+    assert is_dint_png(tmp_path / "ours.png")
+
+
 def smooth(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     index = np.indices(shape).sum(axis=0)
     return (index * 7 % 251).astype(dtype)

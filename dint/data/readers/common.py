@@ -186,6 +186,16 @@ def png_bit_depth(path: Path) -> int:
     return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
 
 
+def open_image(path: Path):
+    """`path` opened with Pillow (its header read, nothing decoded). dint's own limit (declared
+    bytes at the decoder's peak, every bit depth: check_decoded_size) replaces Pillow's pixel
+    count, which spares 16-bit images, refuses gigapixel images that fit, and warns on stderr."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return Image.open(path)
+
+
 def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
@@ -206,12 +216,7 @@ def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
         check_decoded_size(path, (height, width, channels), 2, PNG16_DECODE_PEAK, OUT_OF_CORE_IMAGE)
         array = imagecodecs.png_decode(path.read_bytes())
     else:
-        from PIL import Image
-
-        # dint's own limit (declared bytes, every bit depth: dint.core.resources) replaces Pillow's
-        # pixel count, which spares 16-bit images and refuses gigapixel images that fit.
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as image:
+        with open_image(path) as image:
             palette = 4 if "transparency" in image.info else 3  # a palette image decodes to RGB(A)
             channels = max(palette if image.mode == "P" else 1, len(image.getbands()))
             peak = pillow_decode_bytes(image.mode, channels) / channels
