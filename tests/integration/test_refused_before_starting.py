@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from bombs import metaimage, nifti_gz, npz, png
-from conftest import REPO, _env, make_image_store, smooth_image, write_png
+from conftest import REPO, _env, make_image_store, run_cli, smooth_image, write_png
 
 CAP = 1 << 30  # the data segment of every command here: dint-shard needs about 250 MiB of it for itself
 
@@ -253,6 +253,31 @@ def test_a_store_larger_than_the_free_disk_is_refused_before_writing(tmp_path, s
         f"would write {size}; 1.0 MiB is free on the disk of {small_disk}",
     )
     assert list(small_disk.iterdir()) == []
+
+
+def test_a_mesh_grid_larger_than_the_disk_is_refused_at_once(tmp_path):
+    """The issue's case: 5000^3 occupancy points are 116 GiB, more than this disk holds. Not
+    capped: under the cap, dask's plan of its 493,039 chunks (7.5 GiB) is refused first."""
+    if shutil.disk_usage(tmp_path).free >= 5000**3:
+        pytest.skip("this disk could hold the store: dint-shard would write it")
+    started = time.monotonic()
+    result = run_cli(
+        "dint.commands.cli",
+        "shard",
+        cube(tmp_path / "cube.obj"),
+        tmp_path / "m.zarr",
+        "--resolution",
+        "5000",
+        timeout=60,
+    )
+    line = one_line(result, "dint-shard: error: ")
+    assert (
+        f"{tmp_path / 'm.zarr'}: a store of 5000x5000x5000 points x 1 uint8 would write 116.4 GiB;" in line
+        or f"{tmp_path / 'cube.obj'}: 5000x5000x5000 points in chunks of 64x64x64 make 493,039 chunks: dask's "
+        "plan of them needs 7.5 GiB of memory"
+        in line
+    ), line
+    assert time.monotonic() - started < 30 and not (tmp_path / "m.zarr").exists()
 
 
 def test_dint_shard_fits_what_fits(tmp_path):
