@@ -226,7 +226,9 @@ def info(
     opened = _open_store_or_pyramid(store)
     signal = opened.info
     if verify:
-        print(f"{opened.path}: all {opened.verify()} chunks read", file=sys.stderr)
+        read, declared = opened.verify(), opened.values.nchunks
+        unstored = f" stored chunks read; the other {declared - read:,} are not stored (read as zeros)"
+        print(f"{opened.path}: all {read}{unstored if read < declared else ' chunks read'}", file=sys.stderr)
     if as_json:
         print(json.dumps(signal.to_attrs(), indent=2))
         return
@@ -339,7 +341,7 @@ def render(
     dest = out or run_dir / _default_render_name(grid, signal.shape)
     previews_replaceable = _check_render_destination(dest, run_dir, trained_with)
     chunks = tuple(min(chunk, n) for n in grid.shape) if chunk else None
-    _check_render_fits(grid.shape, chunks, signal, dest)
+    _check_render_fits(grid.shape, chunks)
 
     dist = init_distributed(device)
     held = None
@@ -376,15 +378,10 @@ def render(
         )
 
 
-def _check_render_fits(shape: tuple[int, ...], chunks: tuple[int, ...] | None, signal: SignalInfo, dest: Path) -> None:
-    """Refuse, before rendering, a grid too large to plan or to store (--scale 1000000)."""
-    import math
-
-    from dint.core.resources import require_disk
-
+def _check_render_fits(shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> None:
+    """Refuse, before rendering, a grid too large to plan (--scale 1000000); whether its pyramid
+    fits on the disk is checked where it is written (dint.fields.render.build_together)."""
     check_chunk_count(shape, chunks or default_chunks(shape))
-    level0 = math.prod(shape) * signal.channels * np.dtype(signal.dtype).itemsize
-    require_disk(level0, f"a render of {'x'.join(map(str, shape))} points (uncompressed, finest level)", dest.parent)
 
 
 def _parse_scale(text: str, ndim: int) -> tuple:
@@ -655,6 +652,9 @@ def scale(
             overrides["eval.every"] = str(eval_every or max(1, checked.train.steps // 10))
         if threads < 1 or timeout <= 0:
             raise DintError("--threads and --timeout must be positive")
+        from dint.core.resources import require_ranks
+
+        require_ranks(max(sizes), threads, f"--ranks {ranks}")
         result = scaling.scale(
             str(config) if config else None,
             overrides,

@@ -357,6 +357,8 @@ class Config:
         for key_name, kind in _key_types(self).items():
             if kind is float and not math.isfinite(_get(self, key_name)):
                 fail(key_name, "must be a finite number")
+            if kind is int and not -(2**63) <= _get(self, key_name) < 2**63:  # torch's int64: seeds, counts
+                fail(key_name, "is out of range (a 64-bit integer: -2**63 to 2**63 - 1)")
         for section in _sections():
             part = getattr(self, section)
             for field in dataclasses.fields(part):
@@ -512,6 +514,11 @@ def check_against_store(config: Config, info: Any) -> Any:
     """What only the store (a dint.data.store.SignalInfo) can tell: run after open_store. Returns the
     signal as training sees it (data.domain, when set, replaces the store's domain)."""
     origins = getattr(config, "_origins", {})
+    if config.eval.sample > info.num_points:
+        raise DintError(
+            f"{origins.get('eval.sample', 'default')}: eval.sample = {config.eval.sample} is more than the "
+            f"{info.num_points:,} points of the store: set 0 to evaluate every point"
+        )
     if not config.data.domain:
         return info
     if len(config.data.domain) != info.ndim:

@@ -41,6 +41,7 @@ import socket
 import stat
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -662,10 +663,12 @@ def is_dint_png(path: Path) -> bool:
 
     if Path(path).is_symlink() or not Path(path).is_file():
         return False
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.text.get("Software", "").startswith("dint")
-    except (OSError, UnidentifiedImageError, ValueError):
+    try:  # the header and the text before the pixels only (`image.text` would decode them all)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.format == "PNG" and str(image.info.get("Software", "")).startswith("dint")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return False
 
 

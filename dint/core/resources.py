@@ -1,14 +1,19 @@
 """What the machine has, and refusing before starting what cannot fit in it.
 
 Every check names what needs the room, how much, and how much there is, in one line.
-Decoding a compressed input (an image, a .npz, a gzip NIfTI) is also capped by
-DINT_MAX_DECODE_BYTES (default 16 GiB, or the memory available if less): a small file that
-declares a huge size is refused before it is inflated.
+The memory available is the least of what the machine has free, what this process's control
+group still allows and what its address-space and data limits (ulimit -v, -d) leave.
+Decoding a compressed input (an image, a .npz, a gzip NIfTI, a compressed MetaImage) is
+checked from the size its header declares, before it is inflated: the decoded size against
+DINT_MAX_DECODE_BYTES (default 16 GiB), and the decoder's peak (its own measured multiple of
+the decoded size) against the memory available.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -26,12 +31,17 @@ def human(nbytes: float) -> str:
 
 
 def available_memory(device=None) -> int:
-    """Bytes of memory available now: on a CUDA device its free memory, else the host's
-    (Linux MemAvailable; the free pages elsewhere)."""
+    """Bytes of memory available now: on a CUDA device its free memory, else the least of the
+    host's (Linux MemAvailable; the free pages elsewhere), what this process's control group
+    allows beyond its use, and what its address-space and data limits leave."""
     if device is not None and getattr(device, "type", None) == "cuda":
         import torch
 
         return int(torch.cuda.mem_get_info(device)[0])
+    return max(0, min(_host_available(), _cgroup_room(), _rlimit_room()))
+
+
+def _host_available() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -40,6 +50,54 @@ def available_memory(device=None) -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float:
+    """What the memory limits of this process's control group and of each group above it leave
+    (cgroup v2 memory.max less memory.current; v1 memory.limit_in_bytes less usage); inf
+    where there is none. A container or a Slurm job shows the host's memory in /proc/meminfo."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return math.inf
+    room = math.inf
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":
+            base, limit_file, use_file = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit_file, use_file = root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = base / group.lstrip("/")
+        while True:
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                used = int((folder / use_file).read_text())
+                if limit != "max":
+                    room = min(room, int(limit) - used)
+            except (OSError, ValueError):
+                pass
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return room
+
+
+def _rlimit_room() -> float:
+    """What ulimit -v (RLIMIT_AS) and ulimit -d (RLIMIT_DATA) leave beyond this process's
+    current address space and data segment; inf where neither is set."""
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    except OSError:
+        status = {}
+    room = math.inf
+    for limit_kind, used_key in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+        soft = resource.getrlimit(limit_kind)[0]
+        if soft != resource.RLIM_INFINITY:
+            used = int(status.get(used_key, "0 kB").split()[0]) * 1024
+            room = min(room, soft - used)
+    return room
 
 
 def free_disk(path: Path) -> int:
@@ -55,15 +113,43 @@ def local_ranks() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
 
-def require_memory(nbytes: float, what: str, share: int = 1, device=None) -> None:
+def require_memory(nbytes: float, what: str, share: int = 1, device=None, hint: str = "") -> None:
     """Refuse `what` when it needs more than the memory available (of `device`, or the host's
-    split over `share` processes of this machine)."""
+    split over `share` processes of this machine); `hint`, if any, ends the message."""
     have = available_memory(device) // (
         1 if device is not None and getattr(device, "type", None) == "cuda" else max(1, share)
     )
     if nbytes > have:
         per = f" to each of {share} ranks on this machine" if share > 1 else " on this machine"
-        raise DintError(f"{what} needs {human(nbytes)} of memory; {human(have)} is available{per}")
+        hint = f"; {hint}" if hint else ""
+        raise DintError(f"{what} needs {human(nbytes)} of memory; {human(have)} is available{per}{hint}")
+
+
+# A training rank's own memory (Python, torch, gloo; measured: about 340 MiB for a small run).
+RANK_PROCESS_BYTES = 384 << 20
+# Ranks a core may run at once: beyond this they mostly wait for one another (and for the
+# core), so a run measures the waiting; a study that counts rather than times may go this far.
+RANKS_PER_CORE = 4
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, a cgroup's cpuset, Slurm)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def require_ranks(ranks: int, threads: int, what: str) -> None:
+    """Refuse starting `ranks` training processes of `threads` threads each on this machine when
+    its cores or its memory cannot run them."""
+    cores = usable_cores()
+    if ranks * threads > RANKS_PER_CORE * cores:
+        raise DintError(
+            f"{what}: {ranks} rank(s) of {threads} thread(s) on this machine's {cores} core(s) is over "
+            f"{RANKS_PER_CORE} threads a core; ask for fewer ranks (or run them on several machines)"
+        )
+    require_memory(ranks * RANK_PROCESS_BYTES, f"{what}: {ranks} rank(s) at {human(RANK_PROCESS_BYTES)} each")
 
 
 def require_disk(nbytes: float, what: str, where: Path) -> None:
@@ -73,27 +159,28 @@ def require_disk(nbytes: float, what: str, where: Path) -> None:
 
 
 def decode_limit() -> int:
-    """The most bytes a compressed input may inflate to (DINT_MAX_DECODE_BYTES, capped by memory)."""
+    """The most bytes a compressed input may inflate to (DINT_MAX_DECODE_BYTES)."""
     text = os.environ.get(DECODE_LIMIT_ENV)
     try:
-        limit = int(float(text)) if text else DEFAULT_DECODE_LIMIT
-    except ValueError:
+        return int(float(text)) if text else DEFAULT_DECODE_LIMIT
+    except (ValueError, OverflowError):
         raise DintError(f"{DECODE_LIMIT_ENV}={text!r}: expected a number of bytes") from None
-    return min(limit, available_memory())
 
 
-def check_decoded_size(path: object, shape: tuple[int, ...], itemsize: int) -> None:
-    """Refuse, before decoding, an input whose declared size inflates beyond decode_limit()."""
-    nbytes = itemsize
-    for n in shape:
-        nbytes *= int(n)
+def check_decoded_size(path: object, shape: tuple[int, ...], itemsize: int, peak: float = 1.0, hint: str = "") -> None:
+    """Refuse, before decoding, an input whose declared size inflates beyond decode_limit(), or
+    whose decoder needs more than the memory available: `peak` is the decoder's most memory in
+    use while it decodes, as a multiple of the decoded size (each reader's, measured); `hint`
+    says what the user can do instead (a form of the input dint reads out of core)."""
+    nbytes = itemsize * math.prod(int(n) for n in shape)
+    declared = f"{path}: declares {' x '.join(map(str, shape))} samples ({human(nbytes)} decoded)"
     limit = decode_limit()
     if nbytes > limit:
         raise DintError(
-            f"{path}: declares {' x '.join(map(str, shape))} samples ({human(nbytes)} decoded), over the "
-            f"{human(limit)} this machine allows for decoding one input ({DECODE_LIMIT_ENV} raises the "
-            "limit up to the memory available)"
+            f"{declared}, over the {human(limit)} this machine allows for decoding one input "
+            f"({DECODE_LIMIT_ENV} raises the limit){f'; {hint}' if hint else ''}"
         )
+    require_memory(nbytes * peak, f"{declared}; decoding it", hint=hint)
 
 
 # glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit.

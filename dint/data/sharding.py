@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from dint.core.resources import local_ranks, require_memory
 from dint.data.store import SignalInfo, Store, to_training
 
 
@@ -135,8 +136,23 @@ class MiniBatches:
         return self._offsets[chunk] + (self._a[chunk] * j + self._s[chunk]) % self._n[chunk]
 
 
-def rank_chunk_ids(info: SignalInfo, rank: int, world_size: int) -> list[int]:
-    """The positions in the C-order chunk grid of the chunks `rank` holds."""
+# What training's tables of a store's chunks hold in memory at start-up, a chunk (the chunk grid,
+# the rank's share, its offsets and groups; measured: about 800 bytes).
+TABLE_BYTES_PER_CHUNK = 1 << 10
+
+
+def rank_chunk_ids(info: SignalInfo, rank: int, world_size: int, where: object = "the store") -> list[int]:
+    """The positions in the C-order chunk grid of the chunks `rank` holds; refused (DintError
+    naming `where`) before any table is built when the tables of the store's chunks do not fit
+    in memory (a store may declare billions of chunks without storing them)."""
+    count = math.prod(-(-n // c) for n, c in zip(info.shape, info.chunks))
+    require_memory(
+        count * TABLE_BYTES_PER_CHUNK,
+        f"{where}: {'x'.join(map(str, info.shape))} points in chunks of {'x'.join(map(str, info.chunks))} make "
+        f"{count:,} chunks: training's tables of them",
+        share=local_ranks(),
+        hint="shard the signal again with a larger --chunk",
+    )
     grid = chunk_grid(info)
     return list(partition_chunks([math.prod(shape) for _, shape in grid], world_size)[rank])
 

@@ -31,6 +31,7 @@ from zarr.codecs import ZstdCodec
 from dint.core.errors import DintError, warn
 from dint.core.files import exclusive, is_dint_store, lock_output, lock_path, shown, staged
 from dint.core.packages import need
+from dint.core.resources import require_disk, require_memory
 
 FORMAT_VERSION = 1
 # Set in the `values` array's attributes ({"dint": {"every_chunk_stored": true}}) by
@@ -230,17 +231,22 @@ def default_chunks(shape: tuple[int, ...], side: int | None = None) -> tuple[int
 
 
 MAX_CHUNKS = 1 << 24  # dask plans a task per chunk: beyond this the plan alone fills the memory
+# What dask's plan to read, convert and write a chunk holds in memory (measured: about 12 KiB).
+PLAN_BYTES_PER_CHUNK = 16 << 10
 
 
-def check_chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
-    """The number of chunks of `shape`, refused (DintError) beyond MAX_CHUNKS."""
+def check_chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...], where: object = None) -> int:
+    """The number of chunks of `shape`, refused (DintError, naming `where` when given) beyond
+    MAX_CHUNKS or when dask's plan of them does not fit in the memory available."""
     count = math.prod(-(-n // c) for n, c in zip(shape, chunks))
+    described = f"{'x'.join(map(str, shape))} points in chunks of {'x'.join(map(str, chunks))} make {count:,} chunks"
+    described = f"{shown(where)}: {described}" if where is not None else described
     if count > MAX_CHUNKS:
         raise DintError(
-            f"{'x'.join(map(str, shape))} points in chunks of {'x'.join(map(str, chunks))} make "
-            f"{count:,} chunks, over the {MAX_CHUNKS:,} dask can plan on one machine; pass a larger "
+            f"{described}, over the {MAX_CHUNKS:,} dask can plan on one machine; pass a larger "
             "--chunk (or, for a mesh, a smaller --resolution)"
         )
+    require_memory(count * PLAN_BYTES_PER_CHUNK, f"{described}: dask's plan of them", hint="pass a larger --chunk")
     return count
 
 
@@ -288,6 +294,11 @@ def write_store(
     expected = (*info.shape, info.channels)
     if tuple(values.shape) != expected:
         raise ValueError(f"values shape {values.shape} does not match the signal info {expected}")
+    require_disk(
+        store_bytes(info),
+        f"{shown(dest)}: a store of {'x'.join(map(str, info.shape))} points x {info.channels} {info.dtype}",
+        dest.parent,
+    )
     with lock_output(dest), staged(dest, may_replace=is_dint_store if overwrite else None) as tmp:
         check_destination(dest, overwrite)  # again, under the lock: another writer may have finished meanwhile
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -308,6 +319,13 @@ def write_store(
                     raise
         group.attrs["dint"] = info.to_attrs()
     return dest
+
+
+def store_bytes(info: SignalInfo) -> int:
+    """What a store of `info` takes on disk, at most but for a few KB: its values uncompressed
+    (zstd adds a few bytes a chunk to values it cannot compress, the metadata a few KB; a disk
+    that only those fill still fails in one line while the store is written)."""
+    return info.num_points * info.channels * np.dtype(info.dtype).itemsize
 
 
 def _whole_blocks(values, info: SignalInfo):
@@ -486,14 +504,37 @@ class Store:
         return f"chunk {_tuple(index)} at {_tuple(origin)}{where}"
 
     def verify(self) -> int:
-        """Read every chunk once (as training would, with retries); the number of chunks read."""
-        grid = self.chunk_grid_shape()
-        for index in itertools.product(*map(range, grid)):
+        """Read every stored chunk once (as training would, with retries); the number of chunks
+        read. A chunk that is not stored reads as fill values, which holds nothing to check (in a
+        store whose every chunk is stored, open_store found none missing): the work is bounded
+        by what is on disk, not by the grid a store declares."""
+        stored = self.stored_chunks()
+        for index in stored:
             origin = tuple(i * c for i, c in zip(index, self.info.chunks))
             self.read_region(
                 origin, tuple(min(c, size - o) for o, c, size in zip(origin, self.info.chunks, self.info.shape))
             )
-        return math.prod(grid)
+        return len(stored)
+
+    def stored_chunks(self) -> list[tuple[int, ...]]:
+        """Grid indices of the chunks whose files exist, in C order: one walk over the files
+        present, however many chunks the store declares."""
+        array = getattr(self.values, "array", self.values)  # a pyramid level: its (C, *spatial) array
+        channel_axis = 0 if array is not self.values else len(self.info.shape)
+        encoding = array.metadata.chunk_key_encoding
+        prefix = f"c{encoding.separator}" if encoding.name == "default" else ""
+        grid = list(self.chunk_grid_shape())
+        grid.insert(channel_axis, 1)
+        root = self.path / array.path
+        found = set()
+        for folder, _, files in os.walk(root):
+            relative = Path(folder).relative_to(root).as_posix()
+            for name in files:
+                key = name if relative == "." else f"{relative}/{name}"
+                index = _grid_index(key.replace("/", encoding.separator), tuple(grid), prefix, encoding.separator)
+                if index is not None:
+                    found.add(index[:channel_axis] + index[channel_axis + 1 :])
+        return sorted(found)
 
     def _chunks_of(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Grid indices of the chunks a region touches, in C order."""
@@ -611,25 +652,17 @@ def _open_store(path: Path) -> Store:
 
 def _check_chunk_files(store: Store) -> None:
     """Every chunk's file exists (one directory walk, no chunk read)."""
-    root = store.path / VALUES
-    present = set()
-    for folder, _, files in os.walk(root):
-        relative = Path(folder).relative_to(store.path).as_posix()
-        present.update(f"{relative}/{name}" for name in files)
+    present = set(store.stored_chunks())
     grid = store.chunk_grid_shape()
     total = math.prod(grid)
     # Bounded by the files on disk, not by the grid (a hostile store may declare billions of
-    # chunks): count the present keys of the grid, and look for the first missing one only
-    # among the first len(present) + 1 indices, where it must be.
-    encoding = store.values.metadata.chunk_key_encoding
-    prefix = f"{VALUES}/" + (f"c{encoding.separator}" if encoding.name == "default" else "")
-    found = sum(1 for key in present if _grid_index(key, grid, prefix, encoding.separator) is not None)
+    # chunks): look for the first missing one only among the first len(present) + 1 indices,
+    # where it must be.
+    found = len(present)
     if found == total:
         return
     first = next(
-        index
-        for index in itertools.islice(itertools.product(*map(range, grid)), found + 1)
-        if store.chunk_key(index) not in present
+        index for index in itertools.islice(itertools.product(*map(range, grid)), found + 1) if index not in present
     )
     raise DintError(
         f"{store.path}: {store.describe_chunk(first)} is missing ({total - found} of {total} "
@@ -638,17 +671,17 @@ def _check_chunk_files(store: Store) -> None:
 
 
 def _grid_index(key: str, grid: tuple[int, ...], prefix: str, separator: str) -> tuple[int, ...] | None:
-    """The chunk index of a key such as "values/c/i/j/0" inside `grid`, or None for any other file."""
+    """The chunk index of a key such as "c/i/j/0" (relative to its array) inside `grid`, or None
+    for any other file."""
     if not key.startswith(prefix):
         return None
     parts = key[len(prefix) :].split(separator)
-    if len(parts) != len(grid) + 1 or parts[-1] != "0":
+    if len(parts) != len(grid):
         return None
-    try:
-        index = tuple(int(p) for p in parts[:-1])
-    except ValueError:
+    if not all(p.isascii() and p.isdigit() and p == str(int(p)) for p in parts):  # the one name of each chunk
         return None
-    return index if all(0 <= i < n for i, n in zip(index, grid)) else None
+    index = tuple(int(p) for p in parts)
+    return index if all(i < n for i, n in zip(index, grid)) else None
 
 
 def _check_json(file: Path, store: Path) -> None:

@@ -35,9 +35,11 @@ from dint.core.files import (
     lock_output,
     publish_all,
     remove_stale,
+    shown,
     staging_path,
 )
 from dint.core.packages import need
+from dint.core.resources import require_disk
 from dint.data.sharding import CoordinateMap, chunk_grid, partition_chunks
 from dint.data.store import (
     SignalInfo,
@@ -45,6 +47,7 @@ from dint.data.store import (
     default_chunks,
     from_training,
     open_store,
+    store_bytes,
     to_dtype,
     to_unit,
     writable_values,
@@ -127,6 +130,7 @@ def build_together(
     finish: Callable[[Path], dict[str, Path]],
     name: str = "store",
     previews_replaceable: bool = True,
+    nbytes: int = 0,
 ) -> dict[str, str]:
     """How every store that ranks write together is made: rank 0 takes the lock beside `dest`
     (lock_output: one writer, and none while a command reads it) and creates the store under a
@@ -134,9 +138,14 @@ def build_together(
     it (metadata, previews staged beside `dest`: {kind: staged file}) and publishes the store
     and its previews as one. A failure leaves `dest` and its previews as they were. Returns
     {kind: path} of what was written (rank 0; {} on the others). `dest` is replaced only if it
-    is a dint store; an existing preview only if `previews_replaceable`."""
+    is a dint store; an existing preview only if `previews_replaceable`. Refused first, on
+    every rank alike, when the disk of `dest` has less free than the `nbytes` it will hold."""
     from dint.distributed.collectives import barrier, on_rank0, shared_token
 
+    try:
+        require_disk(nbytes, f"{shown(dest)}: the {name}", dest.parent)
+    except DintError as e:
+        raise DintError(str(e), shared=True) from None
     held = on_rank0(lambda: lock_output(dest), device)  # every rank stops when rank 0 cannot have it
     if rank == 0:
         remove_stale(dest.parent)
@@ -191,7 +200,7 @@ def render_reconstruction(
             return {}
         return _previews(open_store(tmp).values, target, dest)
 
-    return build_together(dest, rank, device, create, fill, finish, name="reconstruction")
+    return build_together(dest, rank, device, create, fill, finish, name="reconstruction", nbytes=store_bytes(target))
 
 
 def _previews(values, info: SignalInfo, dest: Path) -> dict[str, Path]:
@@ -496,7 +505,11 @@ def render_pyramid(
         lambda tmp: create_pyramid(tmp, target, levels),
         fill,
         finish,
+        name="render",
         previews_replaceable=previews_replaceable,
+        nbytes=sum(
+            store_bytes(dataclasses.replace(target, shape=level.shape, chunks=level.chunks)) for level in levels
+        ),
     )
 
 

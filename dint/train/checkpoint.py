@@ -53,6 +53,7 @@ from dint.core.files import (
     staged,
     write_outputs,
 )
+from dint.core.resources import require_disk
 from dint.data.store import SignalInfo, _is_int, _short  # the checks of a store's attributes, reused
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max, barrier, collective_failure
 
@@ -260,8 +261,20 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "config": config.to_dict(),
         "signal": info.to_attrs(),
     }
+    require_disk(saved_bytes(payload), f"{shown(path)}: the model", path.parent)
     write_outputs(path.parent, {path.name: lambda tmp: torch.save(payload, tmp)})  # a crash leaves the old one whole
     return path
+
+
+def saved_bytes(state: object) -> int:
+    """About what torch.save writes for `state`: its tensors' bytes, and room for the rest."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(saved_bytes(v) for v in state.values()) + 64 * len(state)
+    if isinstance(state, (list, tuple)):
+        return sum(saved_bytes(v) for v in state) + 16 * len(state)
+    return 64
 
 
 def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
@@ -316,6 +329,7 @@ def save_checkpoint(
     folder = dest.parent
     try:
         own_folder(folder)
+        require_disk(saved_bytes(state), f"{shown(folder)}: the checkpoint of step {step}", folder)
         if os.path.lexists(dest) and not (is_complete_checkpoint(dest) and run_of(dest) == run):
             # Where this checkpoint goes, a damaged (or foreign) folder, or another run's checkpoint: kept, renamed.
             complete = is_complete_checkpoint(dest)

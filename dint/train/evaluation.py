@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from dint.core.config import EvalConfig
+from dint.core.resources import local_ranks, require_memory
 from dint.data.sharding import Shard
 from dint.data.store import SignalInfo, Store, to_training, to_unit
 from dint.distributed.collectives import all_reduce_sum
@@ -88,6 +89,10 @@ class Evaluator:
 
     def _sample(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Coordinates, targets and positions of this rank's part of a fixed random sample of points."""
+        # Per drawn point: the draw, its sorted copy and unique value, its lookup in the shards
+        # (about 32 bytes an axis), its coordinates, position and target.
+        point_bytes = 24 + 72 * self.info.ndim + 8 * self.info.channels
+        require_memory(size * point_bytes, f"eval.sample = {size}: the sample", share=local_ranks())
         generator = torch.Generator().manual_seed(seed + 1)
         wanted = torch.randint(0, self.info.num_points, (size,), generator=generator).unique().to(self.device)
         coords, targets, positions = [], [], []

@@ -55,7 +55,7 @@ class Trainer:
         started = time.perf_counter()
         score_timer = self.timers["score"]
         self.teacher = Teacher(c.teacher, block_points=c.data.block_points, seed=c.train.seed, score_timer=score_timer)
-        chunk_ids = rank_chunk_ids(self.info, self.dist.rank, self.dist.world_size)
+        chunk_ids = rank_chunk_ids(self.info, self.dist.rank, self.dist.world_size, self.store.path)
         self.plan = build_batch_plan(
             config, self.info, self.store, chunk_ids, self.teacher, self.dist.device, self.dist.rank
         )

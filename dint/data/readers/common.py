@@ -88,11 +88,17 @@ def lazy_array(path: Path, source, chunks, kind: str):
     """A dask array over `source`: a np.memmap, an in-memory array or a `Regions`.
 
     Arrays go through `Regions` too: dask.array.from_array copies anything that has a
-    .copy() method, which for a np.memmap means reading the whole file into memory.
+    .copy() method, which for a np.memmap means reading the whole file into memory. The
+    blocks are counted first (dint.data.store.check_chunk_count): dask lays out a task per
+    block as soon as the array is sliced, before any other check could refuse too many.
     """
     import dask.array as da
     from dask.base import tokenize
 
+    from dint.data.store import check_chunk_count
+
+    if isinstance(chunks, tuple) and 0 not in source.shape:
+        check_chunk_count(tuple(source.shape), chunks, path)
     if isinstance(source, np.ndarray):
         source = Regions(path, source.shape, source.dtype, source.__getitem__, base=source)
     stat = os.stat(path) if path.is_file() else None
@@ -145,6 +151,24 @@ def float_audio_range(values) -> tuple[float, float] | None:
 # One image file, decoded whole (the image reader's PNG and JPEG files, and each tile of a folder)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Each decoder's most memory in use while it decodes, a multiple of the decoded array (measured
+# on 64 to 384 MiB images): tifffile decodes into the array it returns; imagecodecs holds its
+# output and a copy of it.
+TIFF_DECODE_PEAK = 1.1
+PNG16_DECODE_PEAK = 2.1
+OUT_OF_CORE_IMAGE = "cut it into a folder of tiles, or save it as a tiled TIFF: dint reads those out of core"
+# Pillow holds its own image (1 byte a pixel for L, P and 1; 4 for every other mode), a
+# converted one for P, 1, CMYK, YCbCr, LAB and HSV (4 bytes a pixel), and numpy's copy goes
+# through a bytes object of the same size: e.g. 3 bytes a pixel for L, 10 for RGB, 11 for P
+# (measured: 3.0, 10.0 and 11.0), and 5% for what else is in flight.
+_PILLOW_CONVERTED = ("P", "1", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def pillow_decode_bytes(mode: str, channels: int) -> float:
+    """Bytes a pixel that Pillow and numpy hold at once while dint decodes an image of `mode`
+    into `channels` samples of 1 byte."""
+    own = 1 if mode in ("L", "P", "1") else 4
+    return 1.05 * (own + (4 if mode in _PILLOW_CONVERTED else 0) + 2 * channels)
 
 
 def png_header(path: Path) -> tuple[int, int, int]:
@@ -163,6 +187,16 @@ def png_bit_depth(path: Path) -> int:
     return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
 
 
+def open_image(path: Path):
+    """`path` opened with Pillow (its header read, nothing decoded). dint's own limit (declared
+    bytes at the decoder's peak, every bit depth: check_decoded_size) replaces Pillow's pixel
+    count, which spares 16-bit images, refuses gigapixel images that fit, and warns on stderr."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return Image.open(path)
+
+
 def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
@@ -170,7 +204,7 @@ def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            check_decoded_size(path, tuple(series.shape), series.dtype.itemsize)
+            check_decoded_size(path, tuple(series.shape), series.dtype.itemsize, TIFF_DECODE_PEAK, OUT_OF_CORE_IMAGE)
             array, axes = series.asarray(), series.axes
         if array.ndim == 3 and axes[0] in "SC" and axes[1:] == "YX":  # planar colour: samples first
             array = np.moveaxis(array, 0, -1)
@@ -180,18 +214,14 @@ def image_array(path: Path, keep_alpha: bool) -> np.ndarray:
         imagecodecs = need("imagecodecs", "imagecodecs", "reading 16-bit PNG images")
 
         width, height, channels = png_header(path)
-        check_decoded_size(path, (height, width, channels), 2)
+        check_decoded_size(path, (height, width, channels), 2, PNG16_DECODE_PEAK, OUT_OF_CORE_IMAGE)
         array = imagecodecs.png_decode(path.read_bytes())
     else:
-        from PIL import Image
-
-        # dint's own limit (declared bytes, every bit depth: dint.core.resources) replaces Pillow's
-        # pixel count, which spares 16-bit images and refuses gigapixel images that fit.
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as image:
-            check_decoded_size(
-                path, (image.height, image.width, max(3 if image.mode == "P" else 1, len(image.getbands()))), 1
-            )
+        with open_image(path) as image:
+            palette = 4 if "transparency" in image.info else 3  # a palette image decodes to RGB(A)
+            channels = max(palette if image.mode == "P" else 1, len(image.getbands()))
+            peak = pillow_decode_bytes(image.mode, channels) / channels
+            check_decoded_size(path, (image.height, image.width, channels), 1, peak, OUT_OF_CORE_IMAGE)
             image.load()
             mode = image.mode
             if mode == "P":

@@ -53,7 +53,6 @@ so R = 512 and beyond run in bounded memory; the work parallelises over blocks.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -65,7 +64,7 @@ import numpy as np
 from dint.core.errors import DintError
 from dint.core.files import shown
 from dint.core.packages import need
-from dint.data.readers.common import ReadOptions, Source
+from dint.data.readers.common import ReadOptions, Regions, Source, lazy_array
 
 EXTENSIONS = (".ply", ".obj", ".stl", ".off")
 MARGIN = 0.9  # the longest bounding-box side maps to [-MARGIN, MARGIN]
@@ -514,24 +513,22 @@ class MeshGrid:
         result[keep] = best
         return result.reshape(shape)
 
-    def block(self, _empty: np.ndarray, block_info=None) -> np.ndarray:
-        (z0, z1), (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-        z, y, x = slice(z0, z1), slice(y0, y1), slice(x0, x1)
+    def block(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The field over the box `index` (z, y, x[, channel] slices), channels last."""
+        z, y, x = index[:3]
         inside = self.occupancy(z, y, x)
         if self.field == "occupancy":
             return inside[..., None]
         distance = self.distance(z, y, x)
         return np.where(inside == 1, -distance, distance).astype(np.float32)[..., None]
 
-    def to_dask(self):
-        import dask.array as da
-
+    def to_dask(self, path: Path):
+        """The grid as a lazy array, read block by block like any source (dint.data.readers.common.
+        lazy_array): laying it out costs nothing per block, so a grid too large for the disk is
+        refused before any work on it."""
         r = self.resolution
         dtype = np.uint8 if self.field == "occupancy" else np.float32
-        template = da.empty((r, r, r, 1), chunks=(*self.chunks, 1), dtype=np.uint8)
-        digest = hashlib.sha1(self.points.tobytes() + self.faces.tobytes()).hexdigest()[:16]
-        name = f"dint-mesh-{self.field}-{r}-{'x'.join(map(str, self.chunks))}-{digest}"
-        return da.map_blocks(self.block, template, dtype=dtype, name=name, meta=np.empty((0, 0, 0, 0), dtype=dtype))
+        return lazy_array(path, Regions(path, (r, r, r, 1), dtype, self.block), (*self.chunks, 1), f"mesh-{self.field}")
 
 
 def read(path: Path, options: ReadOptions) -> Source:
@@ -543,7 +540,7 @@ def read(path: Path, options: ReadOptions) -> Source:
     if options.resolution < 2:
         raise DintError(f"--resolution {options.resolution}: must be at least 2")
     grid_shape = (options.resolution,) * 3
-    check_chunk_count(grid_shape, default_chunks(grid_shape, options.chunk))  # before the mesh is even read
+    check_chunk_count(grid_shape, default_chunks(grid_shape, options.chunk), path)  # before the mesh is even read
     mesh = load_mesh(path)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
@@ -596,4 +593,4 @@ def read(path: Path, options: ReadOptions) -> Source:
         )
     # The grid is finite by construction and its range is known: read_source's NaN scan (a full
     # pass over the float values) would double the cost of an SDF.
-    return Source(values=grid.to_dask(), modality="shape", value_range=value_range, extra=extra, finite=True)
+    return Source(values=grid.to_dask(path), modality="shape", value_range=value_range, extra=extra, finite=True)

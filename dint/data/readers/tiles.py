@@ -27,7 +27,7 @@ import numpy as np
 
 from dint.core.errors import DintError
 from dint.core.files import shown
-from dint.data.readers.common import IMAGE_EXTENSIONS, ReadOptions, Source, image_array, png_bit_depth
+from dint.data.readers.common import IMAGE_EXTENSIONS, ReadOptions, Source, image_array, open_image, png_bit_depth
 
 EXTENSIONS: tuple[str, ...] = ()  # folders are picked by read_source, not by extension
 TILE_NAME = re.compile(r"^(?P<prefix>.*?)(?P<row>\d+)_(?P<col>\d+)(?P<ext>\.[A-Za-z]+)$")
@@ -112,9 +112,7 @@ def _header(tile: Path) -> tuple[int, int, tuple[Any, ...]]:
                 rest = tuple((a, n) for a, n in zip(axes, shape) if a not in "YX")
                 page = tif.pages.first
                 return height, width, ("tiff", str(series.dtype), rest, int(page.photometric))
-        from PIL import Image
-
-        with Image.open(tile) as image:
+        with open_image(tile) as image:
             width, height = image.size
             bits = png_bit_depth(tile) if tile.suffix.lower() == ".png" else 8
             return height, width, (image.format, image.mode, bits, image.mode == "P" and "transparency" in image.info)

@@ -17,9 +17,10 @@ Nothing is loaded whole where the format allows it: .npy, uncompressed .npz memb
 binaries, uncompressed MetaImage data and uncompressed TIFF stacks are memory-mapped;
 NIfTI, zarr arrays and compressed TIFFs are read region by region. Those lazy reads run
 while the store is written, so they too turn any failure into a one-line DintError. Only
-compressed MetaImage data and compressed .npz members are decompressed into memory.
-A .nii.gz (gzip has no random access) is inflated once, after its declared size is checked
-against the decoding limit (dint.core.resources), then read in blocks from memory.
+compressed MetaImage data, compressed .npz members and .nii.gz files (gzip has no random
+access) are inflated into memory, once, after the size their header declares and their
+decoder's peak are checked against the decoding limit and the memory available
+(dint.core.resources.check_decoded_size); then they are read in blocks from memory.
 
 Voxel spacing, where the file has it, is kept as extra["spacing"] in (Z, Y, X) order.
 """
@@ -54,6 +55,12 @@ from dint.data.readers.common import (
 )
 
 EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz", ".mhd", ".mha", ".raw", ".bin", ".zarr")
+# Each decoder's most memory in use while it decodes, a multiple of the decoded array (measured
+# on 64 to 512 MiB volumes): numpy fills the array it returns from the zip stream; nibabel
+# and SimpleITK each hold the data they inflated and the array made of it.
+NPZ_DECODE_PEAK = 1.1
+NIFTI_GZ_DECODE_PEAK = 2.1
+METAIMAGE_DECODE_PEAK = 2.1
 
 # How the axes of a plain array read, per modality: number of axes -> has a channel axis.
 _PLAIN_LAYOUTS = {"volume": {3: False, 4: True}, "image": {2: False, 3: True}, "audio": {1: False, 2: True}}
@@ -226,7 +233,21 @@ def _read_npz(path: Path, options: ReadOptions) -> Source:
                         else np.lib.format.read_array_header_2_0
                     )
                     declared, _, declared_dtype = read_header(f)
-                check_decoded_size(path, tuple(declared), np.dtype(declared_dtype).itemsize)
+                    header_bytes = f.tell()
+                check_decoded_size(
+                    path,
+                    tuple(declared),
+                    np.dtype(declared_dtype).itemsize,
+                    NPZ_DECODE_PEAK,
+                    "save it with np.save (.npy) or np.savez: dint reads those out of core",
+                )
+                need = math.prod(declared) * np.dtype(declared_dtype).itemsize
+                if member.file_size != header_bytes + need:  # one of the two headers lies
+                    raise DintError(
+                        f"{path}: .npz member {names[0]}: its array header declares {tuple(declared)} "
+                        f"{np.dtype(declared_dtype)} ({need} bytes), its zip entry holds "
+                        f"{member.file_size - header_bytes} bytes of data; the archive is damaged"
+                    )
                 with archive.open(member) as f:
                     array = np.lib.format.read_array(f, allow_pickle=False)
             except DintError:
@@ -335,7 +356,9 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
         # gzip has no random access: reading slab by slab would inflate from the start for
         # every slab (time growing with the square of the size). The declared size is checked,
         # then the data inflated once.
-        check_decoded_size(path, shape, 8)  # scaled values may come out as float64: count the worst
+        check_decoded_size(
+            path, shape, _nifti_itemsize(image), NIFTI_GZ_DECODE_PEAK, "gunzip it: dint reads a .nii out of core"
+        )
         try:
             proxy = np.asanyarray(image.dataobj)
         except EOFError as e:
@@ -366,6 +389,14 @@ def _read_nifti(path: Path, options: ReadOptions) -> Source:
     values = lazy_array(path, Regions(path, shape, dtype.newbyteorder("="), proxy_index, base=proxy), chunks, "nifti")
     values = values.transpose(2, 1, 0, *range(3, len(shape)))
     return _volume(values, has_channels, {"spacing": _spacing(spacing)})
+
+
+def _nifti_itemsize(image) -> int:
+    """Bytes a voxel of the array nibabel returns: the stored type's, or float64's where a
+    scaling (scl_slope, scl_inter) applies, as it may be."""
+    stored = image.get_data_dtype().itemsize
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    return stored if (slope, inter) == (1.0, 0.0) else max(stored, 8)
 
 
 # MetaImage
@@ -457,6 +488,9 @@ def _read_metaimage(path: Path, options: ReadOptions) -> Source:
     shape = (*size[::-1], components) if has_channels else size[::-1]  # (Z, Y, X[, C])
     array = _metaimage_memmap(path, shape, dtype)
     if array is None:  # compressed, split over several files, ...: SimpleITK reads it whole
+        check_decoded_size(
+            path, shape, dtype.itemsize, METAIMAGE_DECODE_PEAK, "save it uncompressed: dint reads that out of core"
+        )
         try:
             array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         except Exception as e:
