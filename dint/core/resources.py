@@ -8,6 +8,7 @@ declares a huge size is refused before it is inflated.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -75,11 +76,18 @@ def require_disk(nbytes: float, what: str, where: Path) -> None:
 def decode_limit() -> int:
     """The most bytes a compressed input may inflate to (DINT_MAX_DECODE_BYTES, capped by memory)."""
     text = os.environ.get(DECODE_LIMIT_ENV)
+    if not text:
+        return min(DEFAULT_DECODE_LIMIT, available_memory())
     try:
-        limit = int(float(text)) if text else DEFAULT_DECODE_LIMIT
+        limit = float(text)
     except ValueError:
-        raise DintError(f"{DECODE_LIMIT_ENV}={text!r}: expected a number of bytes") from None
-    return min(limit, available_memory())
+        limit = math.nan
+    if not (math.isfinite(limit) and limit >= 1):  # 1e400 reads as inf, which no size is over
+        raise DintError(
+            f"{DECODE_LIMIT_ENV}={text!r} (environment variable): expected a finite number of "
+            "bytes, at least 1, e.g. 17179869184 or 16e9"
+        )
+    return min(int(limit), available_memory())
 
 
 def check_decoded_size(path: object, shape: tuple[int, ...], itemsize: int) -> None:

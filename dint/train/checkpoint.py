@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -26,8 +28,8 @@ import torch
 from torch import nn
 
 from dint.core.config import Config
-from dint.core.errors import DintError, warn
-from dint.core.files import anything, fsync, new_token, sha256_of, shown, staged
+from dint.core.errors import DintError, one_line, warn
+from dint.core.files import anything, check_input, fsync, naming, new_token, sha256_of, shown, staged
 from dint.data.store import SignalInfo
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
 
@@ -36,6 +38,7 @@ STATE = "state.pt"
 MANIFEST = "manifest.json"
 FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "signal", "world_size"}
 _NAME = re.compile(r"step-(\d{8})")
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # in torch's message: what the pickle would call
 
 
 class Stateful(Protocol):
@@ -118,7 +121,7 @@ class CheckpointManager:
         step = self.load_state_dict(state)
         self._rollback_target = path
         if self.dist.is_main:
-            print(f"dint.train: resuming from {path} (step {step})", file=sys.stderr)
+            print(f"dint.train: resuming from {shown(path)} (step {step})", file=sys.stderr)
         return step
 
     def save(self, step: int) -> None:
@@ -171,7 +174,7 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "signal": info.to_attrs(),
     }
     with staged(path, may_replace=anything) as tmp:  # in the claimed run folder; a crash leaves the old one whole
-        torch.save(payload, tmp)
+        save_tensors(payload, tmp)
     return path
 
 
@@ -180,18 +183,78 @@ def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     from dint.core.config import ModelConfig
     from dint.fields.siren import build_model
 
-    if not path.is_file():
-        raise DintError(f"{path}: no saved model (train first, or name a run folder holding model.pt)")
+    if not os.path.lexists(path):
+        raise DintError(f"{shown(path)}: no saved model (train first, or name a run folder holding model.pt)")
+    saved = load_tensors(path, "dint model file")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        info = SignalInfo.from_attrs(saved["signal"], str(path))
+        info = SignalInfo.from_attrs(saved["signal"], shown(path))
         model = build_model(ModelConfig(**saved["config"]["model"]), info)
         model.load_state_dict(saved["model"])
     except DintError:
         raise
-    except Exception as e:  # unpickling, a missing key or a shape mismatch: the file is not ours
-        raise DintError(f"{path}: not a dint model file ({type(e).__name__}: {e})".splitlines()[0]) from None
+    except Exception as e:  # a missing key or a shape mismatch: the file is not ours
+        raise DintError(f"{shown(path)}: not a dint model file ({type(e).__name__}: {one_line(e)})") from None
     return model.eval(), info, saved["config"]
+
+
+def load_tensors(path: Path, what: str) -> object:
+    """What the file at `path` holds, loaded with torch.load(weights_only=True): tensors and plain
+    data only, so nothing in it runs. Anything else is one line naming the file; not torch's
+    message, which advises loading it with weights_only=False, as dint never does."""
+    check_input(path, what)
+    if path.is_dir():
+        raise DintError(f"{shown(path)}: is a folder, not a {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE_GLOBAL.search(str(e))
+        held = f"a Python object ({found[1]})" if found else "Python objects"
+        raise DintError(
+            f"{shown(path)}: cannot be loaded safely: it holds {held}, not only tensors and plain data, "
+            f"so it is no {what}; loading it could run code, and dint does not"
+        ) from None
+    except Exception as e:  # not a torch file, truncated, unreadable
+        raise DintError(f"{shown(path)}: not a {what} ({type(e).__name__}: {one_line(e)})") from None
+
+
+def save_tensors(payload: object, path: Path) -> None:
+    """torch.save to `path`. torch's own file writer turns a failed write (a full disk) into a
+    RuntimeError that names no file; written through WholeWrites, the OSError itself is raised."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    file = WholeWrites(fd)
+    try:
+        with naming(path):
+            try:
+                torch.save(payload, file)
+            except RuntimeError:
+                if file.error is None:
+                    raise
+                raise file.error from None
+    finally:
+        os.close(fd)
+
+
+class WholeWrites:
+    """A file object over `fd` for torch.save: writes each buffer whole (torch takes a short
+    write for a failure) and keeps the OSError of a write that fails."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            self.error = e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def dest_of(run_dir: Path, step: int) -> Path:
@@ -217,7 +280,7 @@ def save_checkpoint(
             warn(f"{shown(dest)} was not a complete checkpoint: kept as {shown(aside.name)}")
         with staged(dest, may_replace=is_complete_checkpoint) as tmp:
             tmp.mkdir()
-            torch.save(state, tmp / STATE)
+            save_tensors(state, tmp / STATE)
             fsync(tmp / STATE)
             if before_manifest is not None:  # a hook for fault-injection tests: a crash mid-save
                 before_manifest()
@@ -226,7 +289,7 @@ def save_checkpoint(
             fsync(tmp / MANIFEST)
         fsync(folder)
     except OSError as e:
-        raise DintError(f"{folder}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
+        raise DintError(f"{shown(folder)}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
     # Rotation deletes only complete checkpoints it recognises: a folder holding anything else
     # (or missing a file) may not be dint's, and stays.
     complete = [p for p in list_checkpoints(run_dir) if is_complete_checkpoint(p)]
@@ -241,11 +304,38 @@ def is_complete_checkpoint(path: Path) -> bool:
     if path.is_symlink() or not path.is_dir():
         return False
     try:
-        files = json.loads((path / MANIFEST).read_text())["files"]
+        files = read_manifest(path)
         present = {p.name for p in path.iterdir()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, DintError):
         return False
-    return isinstance(files, dict) and present == {MANIFEST, *files} and all((path / n).is_file() for n in files)
+    return present == {MANIFEST, *files}
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """The files checkpoint folder `path` lists in its manifest, {name: sha256}, checked before
+    any is opened: plain names of regular files in the folder (no path out of it, no link, no
+    pipe), state.pt among them. DintError otherwise."""
+    holder = f"the checkpoint {shown(path)}"
+    manifest_path = path / MANIFEST
+    if not os.path.lexists(manifest_path):
+        raise DintError(f"{shown(path)}: incomplete checkpoint (no {MANIFEST})")
+    check_input(manifest_path, MANIFEST, holder=holder)
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DintError(f"{shown(path)}: {MANIFEST} is unreadable") from None
+    if not isinstance(files, dict) or STATE not in files:
+        raise DintError(f"{shown(path)}: {MANIFEST} does not list {STATE}")
+    for name, digest in files.items():
+        if name in ("", ".", "..") or "/" in name or "\0" in name or not isinstance(digest, str):
+            raise DintError(
+                f"{shown(path)}: {MANIFEST} lists {name!r}, not a file name in the checkpoint's folder; "
+                "dint reads nothing outside it"
+            )
+        if not os.path.lexists(path / name):
+            raise DintError(f"{shown(path)}: {name} is missing")
+        check_input(path / name, name, holder=holder)
+    return files
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -259,34 +349,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> dict:
     """The state saved in checkpoint folder `path`, after checking its manifest; DintError if bad."""
-    manifest_path = path / MANIFEST
     if not os.path.lexists(path):
         raise DintError(f"{shown(path)}: checkpoint not found")
-    if not manifest_path.is_file():
-        raise DintError(f"{shown(path)}: incomplete checkpoint (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
-        raise DintError(f"{path}: {MANIFEST} is unreadable") from None
-    for name, digest in files.items():
-        if not (path / name).is_file():
-            raise DintError(f"{path}: {name} is missing")
+    for name, digest in read_manifest(path).items():
         if sha256_of(path / name) != digest:
-            raise DintError(f"{path}: {name} does not match its checksum (truncated or altered)")
-    try:
-        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # the checksum matched, so this is a file we did not write
-        raise DintError(f"{path}: {STATE} cannot be loaded safely ({type(e).__name__})") from None
+            raise DintError(f"{shown(path)}: {name} does not match its checksum (truncated or altered)")
+    state = load_tensors(path / STATE, "checkpoint state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise DintError(f"{path}: {STATE} is not a checkpoint of format {FORMAT}")
+        raise DintError(f"{shown(path)}: {STATE} is not a checkpoint of format {FORMAT}")
     return state
 
 
 def newest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads, warning (one line each) about those skipped."""
     for path in list_checkpoints(run_dir):
-        try:
+        try:  # a folder of the run that is a link is not dint's: nothing it points to is read
+            check_input(path, "checkpoint", holder=f"the run folder {shown(run_dir)}")
             return path, load_checkpoint(path)
         except DintError as e:
             warn(f"skipping checkpoint {e}")

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from dint.core.config import MetricsConfig
+from dint.core.files import naming, write_outputs
 from dint.core.resources import local_ranks
 from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum, gather_counts
 
@@ -173,16 +174,18 @@ class MetricsLogger:
                 for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= up_to
             ]
-        self._file = open(self.path, "w")  # noqa: SIM115 (open for the whole run)
-        self._file.write("".join(line + "\n" for line in kept))
-        self._file.flush()
+        # Staged: a failed write (a full disk) leaves the lines logged so far as they were.
+        write_outputs(self.path.parent, {self.path.name: "".join(line + "\n" for line in kept)})
+        with naming(self.path):
+            self._file = open(self.path, "a")  # noqa: SIM115 (open for the whole run)
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with naming(self.path):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._bar is not None:
             shown = {k: record[k] for k in ("loss", "psnr", "ratio") if record.get(k) is not None}
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
@@ -195,7 +198,8 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:
-            self._file.close()
+            with naming(self.path):
+                self._file.close()
 
 
 def run_summary(trainer, quality: dict, wall_seconds: float) -> dict:

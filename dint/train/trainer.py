@@ -18,7 +18,7 @@ import torch
 
 from dint.core.config import Config, check_against_store
 from dint.core.errors import DintError
-from dint.core.files import check_claimable, hold_run_folder
+from dint.core.files import check_claimable, hold_run_folder, write_outputs
 from dint.core.resources import keep_freed_memory
 from dint.data.sharding import rank_chunk_ids
 from dint.data.store import open_store
@@ -82,7 +82,7 @@ class Trainer:
         self.checkpoint = CheckpointManager(config, self.info, self.dist, parts, self.faults.saving)
         self.step = self.checkpoint.resume()  # steps done
         if self.dist.is_main:
-            (self.run_dir / "config.toml").write_text(config.to_toml())
+            write_outputs(self.run_dir, {"config.toml": config.to_toml()})
         barrier()
         shape = self.info.modality == "shape"  # its lines carry an IoU too
         self.metrics = MetricsLogger(
@@ -244,6 +244,6 @@ class Trainer:
             summary["selection_steps"] = self.selection_steps.runs
             for name in ("metrics.jsonl", "config.toml", "summary.json"):
                 outputs[name.split(".")[0]] = str(run_dir / name)
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_outputs(run_dir, {"summary.json": json.dumps(summary, indent=2) + "\n"})
         barrier()
         return summary
