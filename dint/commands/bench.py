@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from dint.core.config import TeacherConfig, load_config
-from dint.core.errors import DintError
+from dint.core.errors import DintError, escaped
 from dint.core.files import check_input, hold_folder, write_outputs
 from dint.distributed.collectives import on_rank0
 from dint.observe.plots import quality_vs_time
@@ -85,22 +85,24 @@ def relative_settings(config_path: str | None, overrides: dict[str, str], settin
         try:
             factor = float(value[1:])
         except ValueError:
-            raise DintError(f"--teachers: {key}={value}: x must be followed by a number, e.g. x2") from None
+            factor = math.nan
+        if not math.isfinite(factor):
+            raise DintError(f"{key}={value}: x must be followed by a finite number, e.g. x2")
         if isinstance(current, bool) or not isinstance(current, (int, float)):
-            raise DintError(f"--teachers: {key}={value}: {key} is not a number in the config")
+            raise DintError(f"{key}={value}: {key} is not a number in the config")
         scaled = current * factor
+        if not math.isfinite(scaled):
+            raise DintError(f"{key}={value}: {factor:g} times {current:g} is not a finite number")
         resolved[key] = str(round(scaled) if isinstance(current, int) else scaled)
     return resolved
 
 
-def run_one(
+def run_config(
     config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path, eval_every: int
-) -> dict:
-    """Train once; the run's summary and its quality curve [(train seconds, quality)]."""
-    from dint.train.trainer import Trainer
-
+):
+    """The config of one teacher's run (its `xF` settings resolved), checked as load_config checks it."""
     settings = relative_settings(config_path, overrides, settings)
-    config = load_config(
+    return load_config(
         config_path,
         {
             **overrides,
@@ -111,6 +113,15 @@ def run_one(
             "eval.reconstruction": "false",
         },
     )
+
+
+def run_one(
+    config_path: str | None, overrides: dict[str, str], settings: dict[str, str], run_dir: Path, eval_every: int
+) -> dict:
+    """Train once; the run's summary and its quality curve [(train seconds, quality)]."""
+    from dint.train.trainer import Trainer
+
+    config = run_config(config_path, overrides, settings, run_dir, eval_every)
     trainer = Trainer(config)
     summary = trainer.train()
     key = "iou" if trainer.info.modality == "shape" else "psnr"
@@ -128,11 +139,20 @@ def bench(
     eval_every: int,
     is_main: bool,
 ) -> dict:
-    """Train with each teacher in turn into `out`, held (rank 0) for the bench: one writer there."""
-    device = _device_of(config_path, overrides)
+    """Train with each teacher in turn into `out`, held (rank 0) for the bench: one writer there.
+    The config, then every teacher's, is checked before any trains or anything is written."""
+    specs = [parse_teacher(t) for t in teachers]
+    if REFERENCE not in [label for label, _ in specs]:
+        specs.insert(0, parse_teacher(REFERENCE))
+    device = _checked_device(config_path, overrides)
+    for label, settings in specs:
+        try:
+            run_config(config_path, overrides, settings, _run_dir(out, label, 0), eval_every)
+        except DintError as e:
+            raise DintError(f"--teachers {label}: {e}") from None
     held = on_rank0(lambda: hold_folder(out, "dint bench's outputs", "dint bench writing in this folder"), device)
     try:
-        return _bench_runs(config_path, overrides, teachers, repeats, out, eval_every, is_main)
+        return _bench_runs(config_path, overrides, specs, repeats, out, eval_every, is_main)
     finally:
         if held is not None:
             held.close()
@@ -141,21 +161,18 @@ def bench(
 def _bench_runs(
     config_path: str | None,
     overrides: dict[str, str],
-    teachers: list[str],
+    specs: list[tuple[str, dict[str, str]]],
     repeats: int,
     out: Path,
     eval_every: int,
     is_main: bool,
 ) -> dict:
-    specs = [parse_teacher(t) for t in teachers]
-    if REFERENCE not in [label for label, _ in specs]:
-        specs.insert(0, parse_teacher(REFERENCE))
     runs, config_dict = [], None
     for repeat in range(repeats):
         reference = None
         for label, settings in sorted(specs, key=lambda s: s[0] != REFERENCE):  # the reference first
             settings = relative_settings(config_path, overrides, settings)
-            result = run_one(config_path, overrides, settings, out / "runs" / f"{_slug(label)}-{repeat}", eval_every)
+            result = run_one(config_path, overrides, settings, _run_dir(out, label, repeat), eval_every)
             summary, curve, key = result["summary"], result["curve"], result["quality_key"]
             final = summary["iou"] if key == "iou" else summary["final_psnr"]
             if label == REFERENCE:
@@ -191,11 +208,20 @@ def _bench_runs(
     return result
 
 
-def _device_of(config_path: str | None, overrides: dict[str, str]):
-    """The device the runs use (the one collectives before the first run go through)."""
+def _checked_device(config_path: str | None, overrides: dict[str, str]):
+    """The device the runs use (the one collectives before the first run go through), once the
+    config and its store are checked as `dint train --check` checks them."""
+    from dint.core.config import check_against_store
+    from dint.data.store import open_store
     from dint.distributed.collectives import pick_device
 
-    return pick_device(load_config(config_path, overrides).run.device, int(os.environ.get("LOCAL_RANK", 0)))
+    config = load_config(config_path, overrides)
+    check_against_store(config, open_store(config.data.store).info)
+    return pick_device(config.run.device, int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _run_dir(out: Path, label: str, repeat: int) -> Path:
+    return out / "runs" / f"{_slug(label)}-{repeat}"
 
 
 def _slug(label: str) -> str:
@@ -231,7 +257,7 @@ def bench_table(result: dict) -> str:
         steps = [r.get("steps_to_reference") for r in runs]
         steps = mean_spread(steps, digits=0) if None not in steps else "not reached"
         lines.append(
-            f"| {teacher} | {mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
+            f"| {escaped(teacher)} | {mean_spread([r[f'final_{key}'] for r in runs])} | {seconds:.1f} | "
             f"{seconds / runs[0]['steps']:.4f} | "
             f"{statistics.fmean(r['select_seconds'] / max(r['train_seconds'], 1e-9) for r in runs):.1%} | "
             f"{mean_spread(reached) if len(reached) == len(runs) else 'not reached'} | {speedup} | {steps} |"
@@ -333,7 +359,8 @@ def summary_table(benches: list[dict], margin: float = 0.5, uniform: str = "unif
                 if theirs:
                     vs[other].append(mine / theirs)
         lines.append(
-            f"| {teacher} | {spread(finals)} | {spread(seconds, 1)} | {spread([100 * s for s in shares], 1)} % | "
+            f"| {escaped(teacher)} | {spread(finals)} | {spread(seconds, 1)} | "
+            f"{spread([100 * s for s in shares], 1)} % | "
             f"{spread(vs['full'])} | {spread(vs['uniform'])} | {spread(vs['int'])} | {reached} of {len(benches)} | "
             f"{spread(near)} ({len(near)} of {len(benches)}) | {spread(steps)} |"
         )

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
+from dint.core.errors import DintError, escaped, os_error_line, say, stop_on_sigterm, stopped_line
 from dint.core.files import (
     check_input,
     check_outside_inputs,
     is_dint_store,
+    is_plain_file,
     remove_unfinished,
     sha256_of,
     shown,
@@ -80,6 +81,13 @@ def one_line_errors(command: str):
     return wrap
 
 
+def check_number(option: str, value: float | None, unit: str, positive: bool = False) -> None:
+    """Refuse, before any work, a number option that is nan or infinite (typer takes both as
+    floats), or not positive where it must be."""
+    if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+        raise DintError(f"{option} {value:g}: must be a {'positive, ' if positive else ''}finite number of {unit}")
+
+
 def resolve_source(src: str) -> Path:
     if src.startswith("builtin:"):
         name = src.removeprefix("builtin:")
@@ -128,6 +136,7 @@ def shard(
 ) -> None:
     """Convert a signal into a chunked zarr v3 store, in parallel and out of core (dask)."""
     started = time.perf_counter()
+    check_number("--scheduler-timeout", scheduler_timeout, "seconds", positive=True)
     path = resolve_source(src)
     check_input(path, "file")
     check_outside_inputs(dest, {"the source": path})
@@ -158,15 +167,13 @@ def shard(
     if problem is not None:
         key, what = problem
         raise DintError(f"{shown(src)}: its {key.replace('_', ' ')} {list(getattr(info, key))} {what}")
-    if scheduler_timeout <= 0:
-        raise DintError(f"--scheduler-timeout {scheduler_timeout:g}: must be a positive number of seconds")
     write_store(
         source.values, info, dest, overwrite=overwrite, scheduler=scheduler, scheduler_timeout=scheduler_timeout
     )
     if reading is not None:
         reading.close()
     seconds = time.perf_counter() - started
-    print(
+    say(
         f"{dest}: {info.modality} {'x'.join(map(str, shape))}x{channels} {info.dtype}, "
         f"chunks {'x'.join(map(str, info.chunks))}, written in {seconds:.1f} s"
     )
@@ -228,7 +235,7 @@ def info(
     if verify:
         read, declared = opened.verify(), opened.values.nchunks
         unstored = f" stored chunks read; the other {declared - read:,} are not stored (read as zeros)"
-        print(f"{opened.path}: all {read}{unstored if read < declared else ' chunks read'}", file=sys.stderr)
+        print(f"{shown(opened.path)}: all {read}{unstored if read < declared else ' chunks read'}", file=sys.stderr)
     if as_json:
         print(json.dumps(signal.to_attrs(), indent=2))
         return
@@ -251,7 +258,7 @@ def info(
     rows += [(key, value) for key, value in signal.extra.items()]
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+        say(f"{key:<{width}}  {value}")
 
 
 def _open_store_or_pyramid(path: Path):
@@ -259,7 +266,7 @@ def _open_store_or_pyramid(path: Path):
 
     from dint.data.pyramid import open_pyramid
 
-    if (path / "zarr.json").is_file() and (path / "0").is_dir() and not (path / "values").exists():
+    if is_plain_file(path / "zarr.json") and (path / "0").is_dir() and not (path / "values").exists():
         try:
             extra = dict(zarr.open_group(str(path), mode="r").attrs.get("dint", {})).get("extra", {})
         except Exception:  # open_store below names what is wrong
@@ -370,7 +377,7 @@ def render(
         from dint.data.pyramid import open_pyramid
 
         levels = open_pyramid(dest).info.extra["pyramid"]["paths"]
-        print(
+        say(
             f"{dest}: {signal.modality} {'x'.join(map(str, grid.shape))} "
             f"(scale {','.join(f'{s:g}' for s in grid.scale)} of {'x'.join(map(str, signal.shape))}), "
             f"{len(levels)} levels, {dist.world_size} rank(s), {time.perf_counter() - started:.1f} s; "
@@ -537,15 +544,14 @@ def bench(
         from dint.commands.bench import read_bench, summary_table
         from dint.core.files import hold_folder, write_outputs
 
-        if not math.isfinite(margin):
-            raise DintError(f"--margin {margin}: must be a finite number of dB")
+        check_number("--margin", margin, "dB")
         for folder in from_benches:
             check_outside_inputs(out, {"the bench": folder}, f"--out {shown(out)}", holding=False)
         text = summary_table([read_bench(folder) for folder in from_benches], margin, uniform)
         with hold_folder(out, "dint bench's outputs", "dint bench writing in this folder"):
             write_outputs(out, {"summary.md": lambda tmp: tmp.write_text(text + "\n")})
-        print(text)
-        print(f"dint bench: wrote {out / 'summary.md'}")
+        say(*text.split("\n"))
+        say(f"dint bench: wrote {out / 'summary.md'}")
         return
     if repeats < 1 or eval_every < 1:
         raise DintError("--repeats and --eval-every must be at least 1")
@@ -559,8 +565,8 @@ def bench(
     if rank == 0:
         from dint.commands.bench import bench_table
 
-        print(bench_table(result))
-        print(f"dint bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'quality_vs_time.png'}")
+        say(*bench_table(result).split("\n"))
+        say(f"dint bench: wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'quality_vs_time.png'}")
 
 
 def _int_list(option: str, text: str) -> list[int]:
@@ -622,6 +628,8 @@ def scale(
 
     if mode not in ("strong", "weak"):
         raise DintError(f"--mode {mode}: expected strong or weak")
+    check_number("--target-psnr", target_psnr, "dB")
+    check_number("--timeout", timeout, "seconds", positive=True)
     if from_runs:
         result = scaling.from_runs(from_runs, mode, out, target_psnr)
     else:
@@ -650,8 +658,8 @@ def scale(
         )
         if "eval.every" not in overrides:
             overrides["eval.every"] = str(eval_every or max(1, checked.train.steps // 10))
-        if threads < 1 or timeout <= 0:
-            raise DintError("--threads and --timeout must be positive")
+        if threads < 1:
+            raise DintError(f"--threads {threads}: must be at least 1")
         from dint.core.resources import require_ranks
 
         require_ranks(max(sizes), threads, f"--ranks {ranks}")
@@ -665,8 +673,8 @@ def scale(
             target_psnr,
             timeout,
         )
-    print(scaling.scaling_table(result))
-    print(
+    say(*scaling.scaling_table(result).split("\n"))
+    say(
         f"dint scale: wrote {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}, "
         f"{out / 'step_split.png'}"
     )
@@ -692,9 +700,10 @@ def report(
     as a table, and their quality against training time as a plot."""
     from dint.commands.report import compare_runs
 
-    print(compare_runs(runs, target, None if no_plot else plot))
+    check_number("--target", target, "dB (or IoU)")
+    say(*compare_runs(runs, target, None if no_plot else plot).split("\n"))
     if not no_plot:
-        print(f"dint report: wrote {plot}")
+        say(f"dint report: wrote {plot}")
 
 
 def train(ctx: typer.Context) -> None:

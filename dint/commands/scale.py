@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from dint.commands.bench import time_to_reach
+from dint.commands.report import COUNT, NUMBER, NUMBERS, POSITIVE, TEXT, checked_curve, entry, read_run_files
 from dint.core.config import load_config
 from dint.core.errors import DintError
 from dint.core.files import check_outside_inputs, claim_folder, hold_folder, shown, write_outputs
@@ -104,12 +105,12 @@ def _free_port() -> int:
 
 def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> dict:
     """One size's record from a finished run's summary.json and metrics.jsonl."""
+    _, lines, summary = read_run_files(run_dir, finished=True)
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         config = load_config(str(run_dir / "config.toml"), {})
-    except (OSError, ValueError, DintError) as e:
-        raise DintError(f"{run_dir}: not a finished dint run ({e})") from None
+    except DintError as e:
+        raise DintError(f"{shown(run_dir)}: not a finished dint run ({e})") from None
+    summary = checked_summary(summary, lines, run_dir)
     steps = summary["steps"]
     per_step = lambda key: summary[key] / steps  # noqa: E731
     split = {
@@ -155,6 +156,43 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
         "balance": config.teacher.balance,
         "time_to_target": time_to_reach(curve, target) if target is not None else None,
     }
+
+
+# What record_of reads of a run's summary.json, and of each metrics.jsonl line: each checked
+# (report.entry) before any arithmetic, so a damaged run is one line naming the file and key.
+SUMMARY_KEYS = {
+    "steps": POSITIVE,
+    "points": POSITIVE,
+    "points_trained": POSITIVE,
+    "train_seconds": POSITIVE,
+    "final_psnr": NUMBER,
+    "params": POSITIVE,
+    "ndim": COUNT,
+    "channels": COUNT,
+    "device": TEXT,
+    "select_bytes_per_rank": NUMBERS,
+    "balance_bytes_per_rank": NUMBERS,
+    "points_scored_per_rank": NUMBERS,
+    **{f"{part}_seconds": NUMBER for part in ("score", "select", "balance", "update", "allreduce", "optimizer")},
+}
+LINE_KEYS = {
+    "select_seconds": NUMBER,
+    "update_seconds": NUMBER,
+    "imbalance": POSITIVE,
+    "selected": NUMBER,
+    "selected_per_rank": NUMBERS,
+}
+
+
+def checked_summary(summary: dict, lines: list[dict], run_dir: Path) -> dict:
+    """`summary` once it and `lines` hold what record_of reads, as numbers it can divide by."""
+    for key, kind in SUMMARY_KEYS.items():
+        entry(summary, shown(run_dir / "summary.json"), key, kind)
+    for number, line in enumerate(lines, 1):
+        for key, kind in LINE_KEYS.items():
+            entry(line, f"{shown(run_dir / 'metrics.jsonl')}, line {number}", key, kind)
+    checked_curve(lines, run_dir / "metrics.jsonl", "psnr")
+    return summary
 
 
 def add_relative(records: list[dict]) -> None:
@@ -242,11 +280,12 @@ def from_runs(run_dirs: list[Path], mode: str, out: Path, target: float | None) 
     records = []
     for run_dir in run_dirs:
         check_outside_inputs(out, {"the run folder": run_dir}, f"--out {shown(out)}", holding=False)
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except (OSError, ValueError) as e:
-            raise DintError(f"{run_dir}: not a finished dint run ({e})") from None
-        records.append(record_of(run_dir, summary["world_size"], summary.get("nodes", 1), None))
+        _, _, summary = read_run_files(run_dir, finished=True)
+        source = shown(run_dir / "summary.json")
+        ranks, nodes = entry(summary, source, "world_size", COUNT), entry(summary, source, "nodes", COUNT, False)
+        if not ranks or nodes == 0:
+            raise DintError(f"{source}: holds {ranks} ranks on {nodes} nodes (damaged?)")
+        records.append(record_of(run_dir, ranks, nodes or 1, None))
     with hold_folder(out, "dint scale's outputs", "dint scale writing in this folder"):
         return scaling_report(records, mode, out, target)
 

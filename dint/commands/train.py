@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dint.core.config import check_against_store, configuration_reference, load_config, parse_cli
-from dint.core.errors import DintError, escaped, os_error_line, stop_on_sigterm, stopped_line
+from dint.core.errors import DintError, escaped, os_error_line, say, stop_on_sigterm, stopped_line
 from dint.core.files import remove_unfinished
 from dint.core.packages import check_torch
 from dint.data.store import open_store
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         quality = f"final PSNR {summary['final_psnr']:.2f} dB"
         quality += f", SSIM {summary['ssim']:.4f}" if "ssim" in summary else ""
         quality += f", IoU {summary['iou']:.4f}" if "iou" in summary else ""
-        print(
+        say(
             f"dint.train: {quality} after {summary['steps']} steps on {summary['world_size']} rank(s), "
             f"{summary['train_seconds']:.1f} s training"
         )
-        print(
+        say(
             f"dint.train: outputs in {Path(summary['outputs']['summary']).parent}/: "
             + ", ".join(Path(p).name for p in summary["outputs"].values())
         )

@@ -1,6 +1,7 @@
 """The one exception type a user should see as a single line (exit code 2), never a traceback,
 and the one way a warning is printed."""
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,30 @@ def escaped(text: str) -> str:
     """`text` with every non-printable character (a newline, an escape sequence) written as its
     escape, so whatever a message quotes (a file name) stays on one line and cannot forge one."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """What an exception says, as one line of a message: its first line (the lines after it are a
+    library's advice or detail), cut to `limit` characters; its type's name when it says nothing."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quoted(value: object, limit: int = 80) -> str:
+    """A value as JSON on one line (repr where JSON cannot say it), cut to `limit` characters,
+    for messages that quote what a file holds."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def say(*lines: str) -> None:
+    """Print result lines on stdout, each escaped as messages are (`escaped`): a file name in one
+    cannot split it or forge another. A table's lines go one by one, their names escaped already."""
+    print("\n".join(escaped(line) for line in lines), flush=True)
 
 
 def warn(message: str) -> None:

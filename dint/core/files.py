@@ -200,12 +200,23 @@ def staged(dest: Path, token: str | None = None, may_replace: Callable[[Path], b
     remove_stale(dest.parent)
     tmp = staging_path(dest, token)
     try:
-        yield tmp
-        publish(tmp, dest, may_replace)
+        with naming(dest):
+            yield tmp
+            publish(tmp, dest, may_replace)
     except BaseException as e:
         discard(tmp, e)
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(dest)  # a writer thread's error (a full disk) lost its path: name the output
+        raise
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError of the block that names no file (a write to an open file, a writer thread's:
+    a full disk) is given `path`, so that its one line says what could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
         raise
 
 
@@ -242,11 +253,15 @@ def _remove_late_writes(paths: list[Path], seconds: float = 1.0) -> None:
                 remove(path)
 
 
-def write_outputs(folder: Path, writers: dict[str, Callable[[Path], object]]) -> None:
-    """Write each named file of a folder dint claimed (`claim_folder`), staged: {name: write(tmp)}."""
+def write_outputs(folder: Path, writers: dict[str, Callable[[Path], object] | str]) -> None:
+    """Write each named file of a folder dint claimed (`claim_folder`), staged: {name: write(tmp)},
+    or {name: text}. A failure (a full disk) names the file and leaves the one before whole."""
     for name, write in writers.items():
         with staged(Path(folder) / name, may_replace=anything) as tmp:
-            write(tmp)
+            if isinstance(write, str):
+                tmp.write_text(write)
+            else:
+                write(tmp)
 
 
 def remove_stale(folder: Path) -> None:
@@ -290,7 +305,7 @@ def is_dint_store(path: Path) -> bool:
     """A folder whose zarr.json carries dint's attributes (a store, a reconstruction, a render
     pyramid): what dint-shard --overwrite and dint render may replace."""
     path = Path(path)
-    if path.is_symlink() or not path.is_dir():
+    if path.is_symlink() or not path.is_dir() or not is_plain_file(path / "zarr.json"):
         return False
     try:
         attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
@@ -302,7 +317,12 @@ def is_dint_store(path: Path) -> bool:
 def check_claimable(path: Path, what: str) -> None:
     """Refuse, before anything is written, a `path` that claim_folder would refuse."""
     path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if path.is_symlink():  # followed, dint would write (and replace files) wherever it points
+        raise DintError(
+            f"{shown(path)}: is a symbolic link (to {shown(os.readlink(path))}), not a folder; {what} "
+            "writes only into a folder named as it is: give the folder itself"
+        )
+    if path.exists() and not path.is_dir():
         raise DintError(f"{shown(path)}: exists and is not a folder; {what} needs a folder")
     if path.is_dir() and not is_marked(path) and any(path.iterdir()):
         raise DintError(
@@ -616,21 +636,66 @@ _SPECIAL = (
 )
 
 
-def check_input(path: Path, what: str = "input") -> None:
+def check_input(path: Path, what: str = "input", holder: str | None = None) -> None:
     """Refuse, in one line, an input that is not a regular file or a folder: reading a named
-    pipe or a device blocks or never ends, and a symlink loop has nothing to read."""
+    pipe or a device blocks or never ends, and a symlink loop has nothing to read. Call it
+    before opening anything dint reads. `holder`: the folder dint wrote that holds `path` (a
+    store, a checkpoint; e.g. "the store S.zarr"): dint writes no links there, so a link is
+    refused rather than followed to what was not given."""
     try:
-        mode = os.stat(path).st_mode  # through links, to what would be read
+        mode = (os.lstat if holder else os.stat)(path).st_mode  # else through links, to what would be read
     except FileNotFoundError:
         raise DintError(f"{shown(path)}: {what} not found") from None
     except OSError as e:  # a symlink loop, a name too long, a path through a file, no permission
         raise DintError(f"{shown(path)}: cannot read the {what} ({e.strerror})") from None
+    if stat.S_ISLNK(mode):
+        raise DintError(
+            f"{shown(path)}: is a symbolic link (to {shown(os.readlink(path))}); {holder} was written by dint "
+            "without links, so dint reads only what is inside it"
+        )
     for test, kind in _SPECIAL:
         if test(mode):
             raise DintError(
                 f"{shown(path)}: is {kind}, not a file or folder; dint reads only regular files "
                 "(a pipe or device could block it or never end)"
             )
+
+
+def is_plain_file(path: Path) -> bool:
+    """A regular file, not through a link: what dint may open of a folder it wrote without
+    blocking (a named pipe) or reading elsewhere (a link)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def checked_files(folder: Path, holder: str, links_inside: bool = False) -> set[str]:
+    """The regular files under `folder` ('/'-separated, relative to it), every entry checked by
+    check_input first, in one walk that reads no file. `links_inside`: links are followed when
+    they resolve inside `folder` (a zarr source made by other tools), else (a folder dint
+    wrote, named by `holder`, e.g. "the store S.zarr") any link is refused."""
+    root, files, pending = Path(folder).resolve(), set(), [Path(folder)]
+    while pending:
+        current = pending.pop()
+        with os.scandir(current) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    files.add(path.relative_to(folder).as_posix())
+                    continue
+                check_input(path, f"part of {holder}", holder=None if links_inside else holder)
+                if root not in path.resolve().parents:  # a link that check_input followed
+                    raise DintError(
+                        f"{shown(path)}: links to {shown(path.resolve())}, outside {holder}; dint reads "
+                        "only what is inside it"
+                    )
+                if path.is_file():
+                    files.add(path.relative_to(folder).as_posix())
+    return files
 
 
 def real_path(path: Path) -> Path:

@@ -161,10 +161,18 @@ def require_disk(nbytes: float, what: str, where: Path) -> None:
 def decode_limit() -> int:
     """The most bytes a compressed input may inflate to (DINT_MAX_DECODE_BYTES)."""
     text = os.environ.get(DECODE_LIMIT_ENV)
+    if not text:
+        return DEFAULT_DECODE_LIMIT
     try:
-        return int(float(text)) if text else DEFAULT_DECODE_LIMIT
-    except (ValueError, OverflowError):
-        raise DintError(f"{DECODE_LIMIT_ENV}={text!r}: expected a number of bytes") from None
+        limit = float(text)
+    except ValueError:
+        limit = math.nan
+    if not (math.isfinite(limit) and limit >= 1):  # 1e400 reads as inf, which no size is over
+        raise DintError(
+            f"{DECODE_LIMIT_ENV}={text!r} (environment variable): expected a finite number of "
+            "bytes, at least 1, e.g. 17179869184 or 16e9"
+        )
+    return int(limit)
 
 
 def check_decoded_size(path: object, shape: tuple[int, ...], itemsize: int, peak: float = 1.0, hint: str = "") -> None:

@@ -39,7 +39,8 @@ import numpy as np
 import zarr
 
 from dint.core.errors import DintError
-from dint.data.store import SignalInfo, Store, axis_names, to_dtype
+from dint.core.files import check_input
+from dint.data.store import SignalInfo, Store, axis_names, store_files, to_dtype
 
 OME_VERSION = "0.5"
 CHANNEL_AXIS = "c"
@@ -295,8 +296,9 @@ def open_pyramid(path: str | Path, level: int = 0) -> Store:
     """A pyramid's level as a dint Store (values channels last, read lazily): `dint info`,
     previews and anything reading stores work on `dint render` output through this."""
     path = Path(path)
-    if not path.exists():
-        raise DintError(f"{path}: store not found")
+    check_input(path, "store")
+    if path.is_dir():
+        store_files(path)
     try:
         group = zarr.open_group(str(path), mode="r")
     except Exception as e:

@@ -28,8 +28,9 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from dint.core.errors import DintError, warn
-from dint.core.files import exclusive, is_dint_store, lock_output, lock_path, shown, staged
+from dint.core.errors import DintError, one_line, warn
+from dint.core.errors import quoted as _short
+from dint.core.files import check_input, checked_files, exclusive, is_dint_store, lock_output, lock_path, shown, staged
 from dint.core.packages import need
 from dint.core.resources import require_disk, require_memory
 
@@ -41,6 +42,10 @@ FORMAT_VERSION = 1
 EVERY_CHUNK_STORED = "every_chunk_stored"
 VALUES = "values"
 MODALITIES = ("audio", "image", "volume", "shape")
+# The spatial axes of each modality, as the readers make them: the code downstream (pictures,
+# previews, sampling) indexes by them, so a store that says otherwise is refused when opened.
+MODALITY_AXES = {"audio": 1, "image": 2, "volume": 3, "shape": 3}
+SHAPE_FIELDS = ("occupancy", "sdf")
 # Points per chunk aimed at by the default chunking: large enough for fast reads,
 # small enough that a rank's shard is balanced to within a chunk.
 _DEFAULT_CHUNK_SIDE = {1: 65536, 2: 256, 3: 64}
@@ -175,6 +180,7 @@ class SignalInfo:
         extra = attrs.get("extra", {})
         if not isinstance(extra, dict):
             raise bad("extra", "is malformed (expected a JSON object)")
+        _check_consistency(attrs, where)
         info = cls(
             modality=modality,
             shape=tuple(int(s) for s in shape),
@@ -194,21 +200,53 @@ class SignalInfo:
         return info
 
 
+def _check_consistency(attrs: dict[str, Any], where: str) -> None:
+    """The attributes agree with each other (each one's own form is checked already): the
+    modality's number of axes, a dtype dint reads, and the modality specifics in 'extra' that
+    dint uses (an audio sample rate, a shape's field, a crop)."""
+    modality, shape, extra = attrs["modality"], attrs["shape"], attrs.get("extra", {})
+    axes = MODALITY_AXES[modality]
+    if len(shape) != axes:
+        raise DintError(
+            f"{where}: store attributes disagree: modality {modality!r} has {axes} axes, 'shape' = "
+            f"{_short(shape)} has {len(shape)}"
+        )
+    try:
+        kind = np.dtype(attrs["dtype"]).kind
+    except (TypeError, ValueError):
+        kind = None
+    if kind is None or kind not in "biuf":
+        raise DintError(
+            f"{where}: store attribute 'dtype' = {_short(attrs['dtype'])} is not a type dint stores "
+            "(integers, floats or booleans)"
+        )
+    if modality == "shape" and attrs["channels"] != 1:
+        raise DintError(
+            f"{where}: store attributes disagree: a shape is one field, 'channels' = {_short(attrs['channels'])}"
+        )
+
+    def bad_extra(key: str, expected: str) -> DintError:
+        return DintError(f"{where}: store attribute 'extra.{key}' = {_short(extra[key])} is malformed ({expected})")
+
+    if "sample_rate" in extra and not (_is_int(extra["sample_rate"]) and 0 < extra["sample_rate"] < 2**31):
+        raise bad_extra("sample_rate", "expected a positive integer number of samples per second")
+    if "field" in extra and extra["field"] not in SHAPE_FIELDS:
+        raise bad_extra("field", f"expected one of {', '.join(SHAPE_FIELDS)}")
+    crop = extra.get("crop")
+    if crop is not None and not (
+        isinstance(crop, list)
+        and len(crop) == axes
+        and all(isinstance(c, list) and len(c) == 2 and all(map(_is_int, c)) and 0 <= c[0] < c[1] for c in crop)
+    ):
+        raise bad_extra("crop", f"expected {axes} [start, stop] pairs of integers, one per axis")
+
+
 def _is_int(value: Any) -> bool:  # numpy integers too (an info built in code, saved in a checkpoint)
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """A value as JSON on one line, cut to `limit` characters, for messages."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # Audio's time axis spans this many coordinate units per sample by default: a sine of the first
@@ -356,7 +394,7 @@ def _store_on_cluster(stored, address: str, timeout: float) -> None:
     try:
         client = Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as e:
-        raise DintError(f"--scheduler {address}: cannot reach the dask scheduler ({_one_line(e)})") from None
+        raise DintError(f"--scheduler {address}: cannot reach the dask scheduler ({one_line(e)})") from None
     with client:
         future = client.compute(stored)
         try:
@@ -475,10 +513,10 @@ class Store:
             try:
                 self._require_chunk_files(origin, shape)
                 return np.asarray(self.values[index])
-            except MemoryError:
+            except (MemoryError, DintError):  # a chunk that is a link or a pipe: no retry reads it
                 raise
             except Exception as e:  # OSError, the codec's RuntimeError/ValueError, ...: all name no chunk
-                reason = _one_line(e)
+                reason = one_line(e)
             chunk = self.describe_chunk(self._failing_chunk(origin, shape))
             if attempt == READ_TRIES:
                 raise DintError(f"{self.path}: {chunk} cannot be read ({reason}); gave up after {READ_TRIES} tries")
@@ -547,8 +585,10 @@ class Store:
         if not self.chunk_files:
             return
         for index in self._chunks_of(origin, shape):
-            if not (self.path / self.chunk_key(index)).is_file():
+            chunk = self.path / self.chunk_key(index)
+            if not os.path.lexists(chunk):
                 raise FileNotFoundError("the chunk file is missing")
+            check_input(chunk, "chunk file", holder=f"the store {shown(self.path)}")
 
     def _failing_chunk(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
         """The first chunk of a region that fails a read on its own (the first chunk if none does)."""
@@ -601,10 +641,10 @@ def hold_for_reading(path: Path, what: str) -> contextlib.ExitStack:
 
 
 def _open_store(path: Path) -> Store:
-    if not path.exists():
-        raise DintError(f"{path}: store not found")
+    check_input(path, "store")
     if not path.is_dir():
         raise DintError(f"{path}: not a zarr v3 group (a file, not a folder)")
+    store_files(path)  # every entry a plain file or folder, no link: checked before anything is opened
     _check_json(path / "zarr.json", path)
     if not (path / "zarr.json").is_file():
         if (path / ".zgroup").is_file() or (path / ".zarray").is_file():
@@ -613,7 +653,7 @@ def _open_store(path: Path) -> Store:
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except Exception as e:  # zarr raises several unrelated types for a non-store
-        raise DintError(f"{path}: not a zarr v3 group ({type(e).__name__}: {_one_line(e)})") from None
+        raise DintError(f"{path}: not a zarr v3 group ({type(e).__name__}: {one_line(e)})") from None
     if "dint" not in group.attrs:
         raise DintError(f"{path}: not a dint store (group attribute 'dint' is missing; make one with dint-shard)")
     info = SignalInfo.from_attrs(group.attrs["dint"], str(path))
@@ -623,7 +663,7 @@ def _open_store(path: Path) -> Store:
     except KeyError:
         raise DintError(f"{path}: array '{VALUES}' is missing") from None
     except Exception as e:
-        raise DintError(f"{path}: array '{VALUES}' cannot be opened ({type(e).__name__}: {_one_line(e)})") from None
+        raise DintError(f"{path}: array '{VALUES}' cannot be opened ({type(e).__name__}: {one_line(e)})") from None
     if not isinstance(values, zarr.Array):
         raise DintError(f"{path}: '{VALUES}' is a group, not an array")
     expected = (*info.shape, info.channels)
@@ -648,6 +688,13 @@ def _open_store(path: Path) -> Store:
     if store.chunk_files:
         _check_chunk_files(store)
     return store
+
+
+def store_files(path: Path) -> set[str]:
+    """The files of the store at `path` ('/'-separated, relative to it), read by nothing yet:
+    every entry is a plain file or folder (a named pipe would block zarr, a device never end)
+    and none is a link (dint-shard writes none; one would feed the run another store's chunk)."""
+    return checked_files(path, f"the store {shown(path)}")
 
 
 def _check_chunk_files(store: Store) -> None:
@@ -691,16 +738,11 @@ def _check_json(file: Path, store: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        raise DintError(f"{file}: cannot be read ({_one_line(e)})") from None
+        raise DintError(f"{file}: cannot be read ({one_line(e)})") from None
     try:
         json.loads(text)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
-        raise DintError(f"{file}: not valid JSON ({_one_line(e)}); the store {store} is damaged") from None
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+        raise DintError(f"{file}: not valid JSON ({one_line(e)}); the store {store} is damaged") from None
 
 
 def _tuple(values: tuple[int, ...]) -> str:

@@ -24,6 +24,8 @@ import torch.distributed as dist
 # defaults would keep it from ever being freed (see destroy_distributed).
 import torch.distributed.nn.functional  # noqa: F401
 
+from dint.core.errors import DintError
+
 
 @dataclasses.dataclass(frozen=True)
 class DistInfo:
@@ -42,6 +44,17 @@ class DistInfo:
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():  # else torch asserts, deep in a first use
+        why = (
+            "this machine shows no CUDA device"
+            if torch.backends.cuda.is_built()
+            else "torch here is built without CUDA"
+        )
+        raise DintError(
+            f"device 'cuda' (run.device, or dint render's --device): {why}; "
+            "use 'auto' (a GPU where there is one) or 'cpu'",
+            shared=True,
+        )
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")

@@ -49,6 +49,7 @@ from dint.data.store import (
     open_store,
     store_bytes,
     to_dtype,
+    to_training,
     to_unit,
     writable_values,
 )
@@ -246,8 +247,13 @@ def save_wav(values: np.ndarray, info: SignalInfo, path: Path) -> Path:
     from scipy.io import wavfile
 
     rate = int(info.extra.get("sample_rate", 16000))
+    if values.dtype.name not in _WAV_TYPES:  # e.g. uint16, bool: as float samples, the value range to [-1, 1]
+        values = to_training(values.astype(np.float64), info.value_range).astype(np.float32)
     wavfile.write(path, rate, values[:, 0] if values.shape[1] == 1 else values)
     return path
+
+
+_WAV_TYPES = ("float32", "float64", "uint8", "int16", "int32", "int64")  # what scipy's wavfile writes
 
 
 def save_middle_slices(values, info: SignalInfo, path: Path) -> Path:

@@ -10,11 +10,12 @@ last whole record.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from dint.core.files import own_folder
+from dint.core.files import naming, own_folder
 
 # metrics.jsonl key -> TensorBoard tag
 SCALARS = {
@@ -32,23 +33,44 @@ SCALARS = {
 }
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes events in a thread of its own, whose failure (a full disk) it raises
+    again at the next call of this process, where it is named and reported in one line: the
+    thread does not print a traceback of it too."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    report = threading.excepthook
+    if getattr(report, "quiet_for", None) is _AsyncWriterThread:
+        return
+
+    def hook(args) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            report(args)
+
+    hook.quiet_for = _AsyncWriterThread
+    threading.excepthook = hook
+
+
 class TensorBoardLog:
     def __init__(self, folder: Path | None, resume_after: int = 0):
-        """Writes into `folder` (None: writes nothing); `resume_after`: the step a resume starts after."""
-        self.writer = None
+        """Writes into `folder` (None: writes nothing); `resume_after`: the step a resume starts after.
+        A write that fails (a full disk) raises an OSError naming `folder`."""
+        self.writer, self.folder = None, folder
         self.after = resume_after  # steps up to this one are shown already: nothing is added at them
         self.shown_signal = False  # the signal's own picture is shown once a process
         if folder is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             own_folder(Path(folder))  # never a link out of the run folder
-            if not resume_after:  # a run from its start replaces what an earlier run logged here
-                for old in Path(folder).glob("events.out.tfevents.*"):
-                    old.unlink()
+            _quiet_writer_threads()
+            with naming(folder):
+                if not resume_after:  # a run from its start replaces what an earlier run logged here
+                    for old in Path(folder).glob("events.out.tfevents.*"):
+                        old.unlink()
 
-            self.writer = SummaryWriter(
-                str(folder), purge_step=resume_after + 1 if resume_after else None, flush_secs=30
-            )
+                self.writer = SummaryWriter(
+                    str(folder), purge_step=resume_after + 1 if resume_after else None, flush_secs=30
+                )
 
     def rewind(self, step: int) -> None:
         """A rollback to `step`: hide what was logged after it (as a resume does), it comes again."""
@@ -56,26 +78,30 @@ class TensorBoardLog:
             return
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-        writer = self.writer._get_file_writer()  # what SummaryWriter itself does for purge_step
-        writer.add_event(Event(step=step + 1, file_version="brain.Event:2"))
-        writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+        with naming(self.folder):
+            writer = self.writer._get_file_writer()  # what SummaryWriter itself does for purge_step
+            writer.add_event(Event(step=step + 1, file_version="brain.Event:2"))
+            writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
         self.after = step
 
     def scalars(self, record: dict) -> None:
         if self.writer is None or record["step"] <= self.after:
             return
-        for key, tag in SCALARS.items():
-            if record.get(key) is not None:
-                self.writer.add_scalar(tag, record[key], record["step"])
+        with naming(self.folder):
+            for key, tag in SCALARS.items():
+                if record.get(key) is not None:
+                    self.writer.add_scalar(tag, record[key], record["step"])
 
     def pictures(self, step: int, pictures: dict[str, np.ndarray]) -> None:
         """{name: HxWx3 uint8} under the tag pictures/name."""
         if self.writer is None or step <= self.after:
             return
-        for name, picture in pictures.items():
-            self.writer.add_image(f"pictures/{name}", picture, step, dataformats="HWC")
-        self.writer.flush()
+        with naming(self.folder):
+            for name, picture in pictures.items():
+                self.writer.add_image(f"pictures/{name}", picture, step, dataformats="HWC")
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with naming(self.folder):
+                self.writer.close()

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -38,11 +40,13 @@ import torch
 from torch import nn
 
 from dint.core.config import Config
-from dint.core.errors import DintError, warn
+from dint.core.errors import DintError, one_line, warn
 from dint.core.files import (
     check_claimable,
+    check_input,
     check_outside_inputs,
     fsync,
+    naming,
     new_token,
     note_in_mark,
     own_folder,
@@ -54,7 +58,7 @@ from dint.core.files import (
     write_outputs,
 )
 from dint.core.resources import require_disk
-from dint.data.store import SignalInfo, _is_int, _short  # the checks of a store's attributes, reused
+from dint.data.store import SignalInfo, _is_int, _short
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max, barrier, collective_failure
 
 CHECKPOINTS = "checkpoints"
@@ -64,6 +68,7 @@ FORMAT = 2  # state.pt: {"format", "step", "parts": {name: state}, "config", "si
 _NAME = re.compile(r"step-(\d{8})")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 RUN_KEY = "run"  # in a manifest: the run that wrote the checkpoint; in the run folder's mark: the run in it
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # in torch's message: what the pickle would call
 
 
 class Stateful(Protocol):
@@ -179,7 +184,7 @@ class CheckpointManager:
             self._rollback_target = path
             continued = run_of(path) if mode == "auto" else None
             if self.dist.is_main:
-                print(f"dint.train: resuming from {path} (step {step})", file=sys.stderr)
+                print(f"dint.train: resuming from {shown(path)} (step {step})", file=sys.stderr)
                 steps = self.run_config.train.steps
                 if step > steps:
                     print(
@@ -262,7 +267,7 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
         "signal": info.to_attrs(),
     }
     require_disk(saved_bytes(payload), f"{shown(path)}: the model", path.parent)
-    write_outputs(path.parent, {path.name: lambda tmp: torch.save(payload, tmp)})  # a crash leaves the old one whole
+    write_outputs(path.parent, {path.name: lambda tmp: save_tensors(payload, tmp)})  # a crash leaves the old one whole
     return path
 
 
@@ -282,17 +287,17 @@ def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     from dint.core.config import ModelConfig
     from dint.fields.siren import build_model
 
-    if not path.is_file():
-        raise DintError(f"{path}: no saved model (train first, or name a run folder holding model.pt)")
+    if not os.path.lexists(path):
+        raise DintError(f"{shown(path)}: no saved model (train first, or name a run folder holding model.pt)")
+    saved = load_tensors(path, "dint model file")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        info = SignalInfo.from_attrs(saved["signal"], str(path))
+        info = SignalInfo.from_attrs(saved["signal"], shown(path))
         model = build_model(ModelConfig(**saved["config"]["model"]), info)
         model.load_state_dict(saved["model"])
     except DintError:
         raise
-    except Exception as e:  # unpickling, a missing key or a shape mismatch: the file is not ours
-        raise DintError(f"{path}: not a dint model file ({type(e).__name__}: {e})".splitlines()[0]) from None
+    except Exception as e:  # a missing key or a shape mismatch: the file is not ours
+        raise DintError(f"{shown(path)}: not a dint model file ({type(e).__name__}: {one_line(e)})") from None
     return model.eval(), info, saved["config"]
 
 
@@ -305,6 +310,66 @@ def check_run_folder(config: Config) -> None:
     if config.checkpoint.resume not in ("auto", "never"):
         check_outside_inputs(run_dir, {"the checkpoint": config.checkpoint.resume}, label, holding=False)
     check_claimable(run_dir, "a training run")
+
+
+def load_tensors(path: Path, what: str) -> object:
+    """What the file at `path` holds, loaded with torch.load(weights_only=True): tensors and plain
+    data only, so nothing in it runs. Anything else is one line naming the file; not torch's
+    message, which advises loading it with weights_only=False, as dint never does."""
+    check_input(path, what)
+    if path.is_dir():
+        raise DintError(f"{shown(path)}: is a folder, not a {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE_GLOBAL.search(str(e))
+        held = f"a Python object ({found[1]})" if found else "Python objects"
+        raise DintError(
+            f"{shown(path)}: cannot be loaded safely: it holds {held}, not only tensors and plain data, "
+            f"so it is no {what}; loading it could run code, and dint does not"
+        ) from None
+    except Exception as e:  # not a torch file, truncated, unreadable
+        raise DintError(f"{shown(path)}: not a {what} ({type(e).__name__}: {one_line(e)})") from None
+
+
+def save_tensors(payload: object, path: Path) -> None:
+    """torch.save to `path`. torch's own file writer turns a failed write (a full disk) into a
+    RuntimeError that names no file; written through WholeWrites, the OSError itself is raised."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    file = WholeWrites(fd)
+    try:
+        with naming(path):
+            try:
+                torch.save(payload, file)
+            except RuntimeError:
+                if file.error is None:
+                    raise
+                raise file.error from None
+    finally:
+        os.close(fd)
+
+
+class WholeWrites:
+    """A file object over `fd` for torch.save: writes each buffer whole (torch takes a short
+    write for a failure) and keeps the OSError of a write that fails."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            self.error = e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def dest_of(run_dir: Path, step: int) -> Path:
@@ -339,7 +404,7 @@ def save_checkpoint(
             warn(f"{shown(dest)} was {kind}: kept as {shown(aside.name)}")
         with staged(dest, may_replace=lambda old: is_complete_checkpoint(old) and run_of(old) == run) as tmp:
             tmp.mkdir()
-            torch.save(state, tmp / STATE)
+            save_tensors(state, tmp / STATE)
             fsync(tmp / STATE)
             if before_manifest is not None:  # a hook for fault-injection tests: a crash mid-save
                 before_manifest()
@@ -348,7 +413,7 @@ def save_checkpoint(
             fsync(tmp / MANIFEST)
         fsync(folder)
     except OSError as e:
-        raise DintError(f"{folder}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
+        raise DintError(f"{shown(folder)}: cannot save the checkpoint of step {step} ({e.strerror or e})") from None
     # Rotation deletes only complete checkpoints it recognises, of this run: a folder holding
     # anything else (or missing a file) may not be dint's, and another run's is not this one's.
     own = [p for p in list_checkpoints(run_dir) if is_complete_checkpoint(p) and run_of(p) == run]
@@ -371,23 +436,35 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 
 def read_manifest(path: Path) -> dict[str, str]:
-    """The files a checkpoint folder's manifest lists, {name: SHA-256}, once it is as
-    save_checkpoint writes it: an object whose "files" map plain names in the folder, the state
-    among them, to checksums. DintError naming what is wrong otherwise."""
+    """The files a checkpoint folder's manifest lists, {name: SHA-256}, checked before any is
+    opened: an object whose "files" map plain names of regular files in the folder (no path out
+    of it, no link, no pipe), the state among them, to checksums. DintError naming what is wrong
+    otherwise."""
+    holder = f"the checkpoint {shown(path)}"
+    manifest_path = path / MANIFEST
+    if not os.path.lexists(manifest_path):
+        raise DintError(f"{shown(path)}: incomplete checkpoint (no {MANIFEST})")
+    check_input(manifest_path, MANIFEST, holder=holder)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DintError(f"{shown(path)}: {MANIFEST} is unreadable ({type(e).__name__})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
         raise DintError(f'{shown(path)}: {MANIFEST} is malformed (expected an object whose "files" is an object)')
-    for name, digest in files.items():
-        if name in ("", ".", "..", MANIFEST) or "/" in name or "\0" in name:
-            raise DintError(f"{shown(path)}: {MANIFEST} lists {shown(repr(name))}, not a file of the checkpoint")
-        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
-            raise DintError(f"{shown(path)}: {MANIFEST} gives {shown(name)} the checksum {shown(repr(digest))[:80]}")
     if STATE not in files:
         raise DintError(f"{shown(path)}: {MANIFEST} does not list {STATE}")
+    for name, digest in files.items():
+        if name in ("", ".", "..", MANIFEST) or "/" in name or "\0" in name:
+            raise DintError(
+                f"{shown(path)}: {MANIFEST} lists {shown(repr(name))}, not a file of the checkpoint; dint reads "
+                "nothing outside it"
+            )
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise DintError(f"{shown(path)}: {MANIFEST} gives {shown(name)} the checksum {shown(repr(digest))[:80]}")
+        if not os.path.lexists(path / name):
+            raise DintError(f"{shown(path)}: {name} is missing")
+        check_input(path / name, name, holder=holder)
     return files
 
 
@@ -402,23 +479,17 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> dict:
     """The state saved in checkpoint folder `path`, after checking its manifest; DintError if bad."""
-    manifest_path = path / MANIFEST
     if not os.path.lexists(path):
         raise DintError(f"{shown(path)}: checkpoint not found")
-    if not manifest_path.is_file():
-        raise DintError(f"{shown(path)}: incomplete checkpoint (no {MANIFEST})")
-    files = read_manifest(path)
-    for name, digest in files.items():
-        if not (path / name).is_file():
-            raise DintError(f"{path}: {name} is missing")
+    check_input(
+        path, "checkpoint", holder=f"the run folder {shown(path.parent.parent)}"
+    )  # a linked folder is not dint's
+    for name, digest in read_manifest(path).items():
         if sha256_of(path / name) != digest:
-            raise DintError(f"{path}: {name} does not match its checksum (truncated or altered)")
-    try:
-        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # the checksum matched, so this is a file we did not write
-        raise DintError(f"{path}: {STATE} cannot be loaded safely ({type(e).__name__})") from None
+            raise DintError(f"{shown(path)}: {name} does not match its checksum (truncated or altered)")
+    state = load_tensors(path / STATE, "checkpoint state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise DintError(f"{path}: {STATE} is not a checkpoint of format {FORMAT}")
+        raise DintError(f"{shown(path)}: {STATE} is not a checkpoint of format {FORMAT}")
     return state
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dint.core.config import MetricsConfig
 from dint.core.errors import warn
-from dint.core.files import open_staged, read_own, shown
+from dint.core.files import naming, open_staged, read_own, shown
 from dint.core.resources import local_ranks
 from dint.distributed.collectives import TRAFFIC, all_gather_varlen, all_reduce_sum, gather_counts
 
@@ -180,14 +180,16 @@ class MetricsLogger:
         kept = [line for line in lines if line["step"] <= up_to]
         if damaged:
             warn(damaged_lines(self.path, damaged, "dropped"))
-        self._file = open_staged(self.path, "".join(json.dumps(line) + "\n" for line in kept))
+        with naming(self.path):
+            self._file = open_staged(self.path, "".join(json.dumps(line) + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with naming(self.path):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._bar is not None:
             shown = {k: record[k] for k in ("loss", "psnr", "ratio") if record.get(k) is not None}
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
@@ -200,7 +202,8 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:
-            self._file.close()
+            with naming(self.path):
+                self._file.close()
 
 
 def read_metrics_lines(text: str) -> tuple[list[dict[str, Any]], list[int]]:

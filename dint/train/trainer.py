@@ -82,7 +82,7 @@ class Trainer:
         self.checkpoint = CheckpointManager(config, self.info, self.dist, parts, self.faults.saving)
         self.step = self.checkpoint.resume()  # steps done
         if self.dist.is_main:
-            write_outputs(self.run_dir, {"config.toml": lambda tmp: tmp.write_text(config.to_toml())})
+            write_outputs(self.run_dir, {"config.toml": config.to_toml()})
         barrier()
         shape = self.info.modality == "shape"  # its lines carry an IoU too
         self.metrics = MetricsLogger(
@@ -245,6 +245,6 @@ class Trainer:
             summary["selection_steps"] = self.selection_steps.runs
             for name in ("metrics.jsonl", "config.toml", "summary.json"):
                 outputs[name.split(".")[0]] = str(run_dir / name)
-            write_outputs(run_dir, {"summary.json": lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n")})
+            write_outputs(run_dir, {"summary.json": json.dumps(summary, indent=2) + "\n"})
         barrier()
         return summary

@@ -425,7 +425,7 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(
 
     monkeypatch.setattr(dint.data.store, "warn", warn)
     # open_store checks every chunk file at the start: the chunk fails after it, mid-run.
-    monkeypatch.setattr(dint.data.store, "_check_chunk_files", lambda store: None)
+    monkeypatch.setattr(dint.data.store, "_check_chunk_files", lambda *args: None)
     np.testing.assert_array_equal(stream_all(store), IMAGE)
     warnings = warnings_in(capsys.readouterr().err)
     assert len(warnings) == TRIES - 1
@@ -437,7 +437,7 @@ def test_a_streamed_chunk_failing_then_restored_is_read_after_retries(
 @pytest.mark.parametrize("damage", ["garbage", "deleted"])
 def test_a_streamed_chunk_that_stays_damaged_fails_naming_it(store, quick_retries, monkeypatch, capsys, damage):
     chunk = store / "values" / "c" / "2" / "1" / "0"
-    monkeypatch.setattr(dint.data.store, "_check_chunk_files", lambda store: None)
+    monkeypatch.setattr(dint.data.store, "_check_chunk_files", lambda *args: None)
     if damage == "garbage":
         chunk.write_bytes(os.urandom(len(chunk.read_bytes())))
     else:

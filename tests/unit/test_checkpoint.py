@@ -184,7 +184,7 @@ def test_a_state_that_would_run_code_is_refused_even_with_a_matching_checksum(tm
     torch.save({"format": 2, "step": 3, "evil": Payload()}, path / STATE)
     digest = hashlib.sha256((path / STATE).read_bytes()).hexdigest()
     (path / MANIFEST).write_text(json.dumps({"step": 3, "files": {STATE: digest}}))
-    with pytest.raises(DintError, match="state.pt cannot be loaded safely"):
+    with pytest.raises(DintError, match="state.pt: cannot be loaded safely: it holds a Python object"):
         load_checkpoint(path)
 
 

@@ -267,7 +267,7 @@ def test_claim_refuses_a_file_or_a_link(tmp_path):
     folder = claim_folder(tmp_path / "real", "a test")
     link = tmp_path / "link"
     link.symlink_to(folder)
-    with pytest.raises(DintError, match="is not a folder"):
+    with pytest.raises(DintError, match="is a symbolic link .*, not a folder"):
         check_claimable(link, "a test")
     assert plain.read_text() == "keep me"
 

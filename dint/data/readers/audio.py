@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dint.core.errors import DintError
+from dint.core.errors import DintError, one_line
 from dint.data.readers.common import ReadOptions, Source, error_message, float_audio_range, lazy_array
 
 EXTENSIONS = (".wav", ".wave")
@@ -44,7 +44,7 @@ def _wav(path: Path) -> tuple[int, np.ndarray]:
             raise DintError(error_message(path, "not a readable WAV file", e)) from None
     for warning in caught:
         if "EOF prematurely" in str(warning.message):
-            raise DintError(f"{path}: truncated WAV file ({warning.message})".splitlines()[0])
+            raise DintError(f"{path}: truncated WAV file ({one_line(warning.message)})")
     return int(rate), data
 
 

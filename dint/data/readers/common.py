@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dint.core.errors import DintError
+from dint.core.errors import DintError, one_line
 from dint.core.packages import need
 from dint.core.resources import check_decoded_size
 
@@ -51,8 +51,9 @@ def extension_of(path: Path) -> str:
 
 
 def error_message(path: Path, what: str, error: BaseException) -> str:
-    detail = str(error).strip() or "no details"
-    return f"{path}: {what} ({type(error).__name__}: {detail})".splitlines()[0]
+    """`path`: `what` (the error's type: what it says first), on one line: a name with a newline
+    is escaped when printed, not cut there."""
+    return f"{path}: {what} ({type(error).__name__}: {one_line(error)})"
 
 
 # Lazy arrays over files

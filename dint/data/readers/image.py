@@ -42,7 +42,7 @@ def read_image(path: Path, options: ReadOptions) -> Source:
     except DintError:
         raise
     except Exception as e:  # Pillow, tifffile and imagecodecs each raise their own types
-        raise DintError(f"{path}: not a readable image ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise DintError(error_message(path, "not a readable image", e)) from None
     return Source(values=da.from_array(np.ascontiguousarray(array)), modality="image")
 
 

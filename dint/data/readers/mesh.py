@@ -64,7 +64,7 @@ import numpy as np
 from dint.core.errors import DintError
 from dint.core.files import shown
 from dint.core.packages import need
-from dint.data.readers.common import ReadOptions, Regions, Source, lazy_array
+from dint.data.readers.common import ReadOptions, Regions, Source, error_message, lazy_array
 
 EXTENSIONS = (".ply", ".obj", ".stl", ".off")
 MARGIN = 0.9  # the longest bounding-box side maps to [-MARGIN, MARGIN]
@@ -152,8 +152,7 @@ def load_mesh(path: Path):
     except DintError:
         raise
     except Exception as e:  # trimesh raises many unrelated types for a bad file
-        message = str(e).splitlines()[0] if str(e).strip() else ""
-        raise DintError(f"{path}: not a readable {kind.upper()} mesh ({type(e).__name__}: {message})") from None
+        raise DintError(error_message(path, f"not a readable {kind.upper()} mesh", e)) from None
     finally:
         logger.setLevel(level)
     counts = _header_counts(path, kind)

@@ -27,7 +27,15 @@ import numpy as np
 
 from dint.core.errors import DintError
 from dint.core.files import shown
-from dint.data.readers.common import IMAGE_EXTENSIONS, ReadOptions, Source, image_array, open_image, png_bit_depth
+from dint.data.readers.common import (
+    IMAGE_EXTENSIONS,
+    ReadOptions,
+    Source,
+    error_message,
+    image_array,
+    open_image,
+    png_bit_depth,
+)
 
 EXTENSIONS: tuple[str, ...] = ()  # folders are picked by read_source, not by extension
 TILE_NAME = re.compile(r"^(?P<prefix>.*?)(?P<row>\d+)_(?P<col>\d+)(?P<ext>\.[A-Za-z]+)$")
@@ -117,7 +125,7 @@ def _header(tile: Path) -> tuple[int, int, tuple[Any, ...]]:
             bits = png_bit_depth(tile) if tile.suffix.lower() == ".png" else 8
             return height, width, (image.format, image.mode, bits, image.mode == "P" and "transparency" in image.info)
     except Exception as e:  # Pillow and tifffile each raise their own types
-        raise DintError(f"{tile}: not a readable image tile ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise DintError(error_message(tile, "not a readable image tile", e)) from None
 
 
 def _most_common(values: list[int], prefer: int | None = None) -> int:
@@ -196,7 +204,7 @@ def _decode(tile: Path, size, channels: int | None, dtype, options: ReadOptions)
     except MemoryError:
         raise DintError(f"{tile}: out of memory while decoding the tile") from None
     except Exception as e:
-        raise DintError(f"{tile}: not a readable image tile ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise DintError(error_message(tile, "not a readable image tile", e)) from None
     expected = (*size, channels if channels is not None else array.shape[2])
     if array.shape != expected or (dtype is not None and array.dtype != dtype):
         raise DintError(

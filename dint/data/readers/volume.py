@@ -28,7 +28,6 @@ Voxel spacing, where the file has it, is kept as extra["spacing"] in (Z, Y, X) o
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zipfile
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from dint.core.errors import DintError
-from dint.core.files import check_input, shown
+from dint.core.files import check_input, checked_files, shown
 from dint.core.packages import need
 from dint.core.resources import check_decoded_size
 from dint.data.readers.common import (
@@ -288,27 +287,14 @@ def _read_raw(path: Path, options: ReadOptions) -> Source:
 # zarr
 
 
-def _check_links_inside(folder: Path) -> None:
-    """A zarr folder may hold links (to chunk files, to sub-folders): each must resolve inside
-    the folder, or dint would read what it was not given. One walk over what is there."""
-    root = folder.resolve()
-    for parent, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            entry = Path(parent) / name
-            check_input(entry, "part of the zarr folder")
-            if entry.is_symlink() and root not in entry.resolve().parents:
-                raise DintError(
-                    f"{shown(entry)}: links to {shown(entry.resolve())}, outside the zarr folder "
-                    f"{shown(folder)}; dint reads only what is inside it"
-                )
-
-
 def _read_zarr(path: Path, options: ReadOptions) -> Source:
     import zarr
 
     if not path.is_dir():
         raise DintError(f"{path}: expected a zarr folder")
-    _check_links_inside(path)
+    # Links (to chunk files, to sub-folders) must resolve inside the folder, or dint would read
+    # what it was not given.
+    checked_files(path, f"the zarr folder {shown(path)}", links_inside=True)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:
