@@ -294,8 +294,14 @@ def check_destination(dest: Path, overwrite: bool) -> None:
     if os.path.lexists(dest) and not overwrite:
         raise DintError(f"{shown(dest)}: already exists (pass --overwrite to replace it)")
     if os.path.lexists(dest) and not is_dint_store(dest):
+        why = ""
+        if dest.is_dir() and os.path.lexists(dest / "zarr.json"):
+            try:  # what it holds there instead of dint's metadata, when that is what makes it not a store
+                check_input(dest / "zarr.json", "zarr.json", holder=f"the store {shown(dest)}")
+            except DintError as e:
+                why = f" ({e})"
         raise DintError(
-            f"{shown(dest)}: exists and is not a dint store; --overwrite replaces only a dint store, "
+            f"{shown(dest)}: exists and is not a dint store{why}; --overwrite replaces only a dint store, "
             "so it is left as it is"
         )
     if not dest.parent.is_dir():

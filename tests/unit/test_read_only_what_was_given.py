@@ -326,3 +326,15 @@ def test_check_input_names_what_a_special_file_is(tmp_path):
             check_input(tmp_path / name, "config file")
     with pytest.raises(DintError, match="device: is a symbolic link \\(to /dev/null\\); the store S was written"):
         check_input(tmp_path / "device", "chunk file", holder="the store S")
+
+
+def test_overwrite_names_a_special_zarr_json_without_opening_it(tmp_path):
+    """dint-shard --overwrite over a folder whose zarr.json is a named pipe: refused at once,
+    saying what is there (a read of the pipe would block)."""
+    from dint.data.store import check_destination
+
+    dest = tmp_path / "live.zarr"
+    dest.mkdir()
+    os.mkfifo(dest / "zarr.json")
+    with pytest.raises(DintError, match=r"live.zarr: exists and is not a dint store \(.*zarr.json: is a named pipe"):
+        check_destination(dest, overwrite=True)
