@@ -8,10 +8,7 @@ import json
 import re
 from pathlib import Path
 
-import dask.array as da
-from conftest import smooth_image
-
-from dint.data.store import SignalInfo, write_store
+from conftest import write_smooth_store
 
 BASE = {
     "run": {"device": "cpu"},
@@ -197,18 +194,7 @@ ROWS = [
 
 def make_store(folder: Path) -> Path:
     """S.zarr in `folder`: a 48x40 grey image chunked 16x16, written in this process."""
-    info = SignalInfo(
-        modality="image",
-        shape=(48, 40),
-        channels=1,
-        dtype="uint8",
-        value_range=(0.0, 255.0),
-        domain=((-1.0, 1.0), (-1.0, 1.0)),
-        chunks=(16, 16),
-        source_name="smooth.png",
-        source_sha256="0" * 64,
-    )
-    return write_store(da.from_array(smooth_image(48, 40)), info, folder / "S.zarr")
+    return write_smooth_store(folder / "S.zarr")
 
 
 def write_config(folder: Path, store: Path, change) -> Path:

@@ -112,3 +112,29 @@ def image_store(tmp_path: Path, sharded_smooth_image: Path) -> Path:
     once per test process, not once per test (tests of sharding shard for themselves)."""
     shutil.copy2(sharded_smooth_image.parent / "smooth.png", tmp_path / "smooth.png")
     return Path(shutil.copytree(sharded_smooth_image, tmp_path / "smooth.zarr"))
+
+
+def smooth_image_info(sha: str = "0" * 64):
+    """The description of make_image_store's signal: a 48x40 grey image chunked 16x16."""
+    from dint.data.store import SignalInfo
+
+    return SignalInfo(
+        modality="image",
+        shape=(48, 40),
+        channels=1,
+        dtype="uint8",
+        value_range=(0.0, 255.0),
+        domain=((-1.0, 1.0), (-1.0, 1.0)),
+        chunks=(16, 16),
+        source_name="smooth.png",
+        source_sha256=sha,
+    )
+
+
+def write_smooth_store(dest: Path) -> Path:
+    """make_image_store's store at `dest`, written in this process (no CLI process)."""
+    import dask.array as da
+
+    from dint.data.store import write_store
+
+    return write_store(da.from_array(smooth_image(48, 40)), smooth_image_info(), dest)

@@ -20,6 +20,7 @@ from dint.core.files import (
     is_dint_store,
     is_plain_file,
     remove_unfinished,
+    require_output_folder,
     sha256_of,
     shown,
 )
@@ -441,15 +442,7 @@ def _check_render_destination(dest: Path, run_dir: Path, trained_with: dict) -> 
     from dint.core.files import is_marked
     from dint.fields.render import preview_names
 
-    if not dest.parent.is_dir():
-        raise DintError(
-            f"{shown(dest.parent)}: "
-            + (
-                "not a folder, so nothing can be written inside it"
-                if os.path.lexists(dest.parent)
-                else "output folder does not exist"
-            )
-        )
+    require_output_folder(dest)
     inputs = {"the model": run_dir / "model.pt", "the run's checkpoints": run_dir / "checkpoints"}
     store = trained_with.get("data", {}).get("store") if isinstance(trained_with.get("data"), dict) else None
     if isinstance(store, str) and store:

@@ -636,6 +636,18 @@ _SPECIAL = (
 )
 
 
+def require_output_folder(dest: Path) -> None:
+    """Refuse, before anything is read, an output whose folder is missing or no folder."""
+    if not Path(dest).parent.is_dir():
+        parent = Path(dest).parent
+        problem = (
+            "not a folder, so nothing can be written inside it"
+            if os.path.lexists(parent)
+            else "output folder does not exist"
+        )
+        raise DintError(f"{shown(parent)}: {problem}")
+
+
 def check_input(path: Path, what: str = "input", holder: str | None = None) -> None:
     """Refuse, in one line, an input that is not a regular file or a folder: reading a named
     pipe or a device blocks or never ends, and a symlink loop has nothing to read. Call it

@@ -30,7 +30,17 @@ from zarr.codecs import ZstdCodec
 
 from dint.core.errors import DintError, one_line, warn
 from dint.core.errors import quoted as _short
-from dint.core.files import check_input, checked_files, exclusive, is_dint_store, lock_output, lock_path, shown, staged
+from dint.core.files import (
+    check_input,
+    checked_files,
+    exclusive,
+    is_dint_store,
+    lock_output,
+    lock_path,
+    require_output_folder,
+    shown,
+    staged,
+)
 from dint.core.packages import need
 from dint.core.resources import require_disk, require_memory
 
@@ -304,15 +314,7 @@ def check_destination(dest: Path, overwrite: bool) -> None:
             f"{shown(dest)}: exists and is not a dint store{why}; --overwrite replaces only a dint store, "
             "so it is left as it is"
         )
-    if not dest.parent.is_dir():
-        raise DintError(
-            f"{shown(dest.parent)}: "
-            + (
-                "not a folder, so nothing can be written inside it"
-                if os.path.lexists(dest.parent)
-                else "output folder does not exist"
-            )
-        )
+    require_output_folder(dest)
 
 
 def write_store(

@@ -46,29 +46,19 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import NO_VIEWS, run_cli, smooth_image
+from conftest import NO_VIEWS, run_cli, smooth_image, write_smooth_store
 
 import dint.data.store
 from dint.core.errors import DintError
-from dint.data.store import FORMAT_VERSION, SignalInfo, open_store, write_store
+from dint.data.store import FORMAT_VERSION, open_store, write_store
 
 IMAGE = smooth_image(48, 40)
 TRIES = dint.data.store.READ_TRIES
 
 
 def make_store(dest: Path) -> Path:
-    info = SignalInfo(
-        modality="image",
-        shape=(48, 40),
-        channels=1,
-        dtype="uint8",
-        value_range=(0.0, 255.0),
-        domain=((-1.0, 1.0), (-1.0, 1.0)),
-        chunks=(16, 16),
-        source_name="smooth.png",
-        source_sha256="0" * 64,
-    )
-    return write_store(da.from_array(IMAGE), info, dest)
+    """S.zarr at `dest`: a 48x40 grey image chunked 16x16, written in this process."""
+    return write_smooth_store(dest)
 
 
 def edit_dint_attrs(store: Path, **changes) -> None:

@@ -21,17 +21,16 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-import dask.array as da
 import pytest
 import torch
-from conftest import smooth_image
+from conftest import write_smooth_store
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dint.core.errors import DintError, escaped, say
 from dint.core.files import check_input
 from dint.data.readers import read_source
-from dint.data.store import SignalInfo, open_store, write_store
+from dint.data.store import open_store
 from dint.train import checkpoint
 from dint.train.checkpoint import FORMAT, MANIFEST, STATE, list_checkpoints, load_checkpoint, load_trained
 
@@ -40,18 +39,7 @@ HYPOTHESIS = settings(max_examples=30, deadline=None, suppress_health_check=[Hea
 
 
 def make_store(dest: Path) -> Path:
-    info = SignalInfo(
-        modality="image",
-        shape=(48, 40),
-        channels=1,
-        dtype="uint8",
-        value_range=(0.0, 255.0),
-        domain=((-1.0, 1.0), (-1.0, 1.0)),
-        chunks=(16, 16),
-        source_name="smooth.png",
-        source_sha256="0" * 64,
-    )
-    return write_store(da.from_array(smooth_image(48, 40)), info, dest)
+    return write_smooth_store(dest)
 
 
 @pytest.fixture(scope="module")

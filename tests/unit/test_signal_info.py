@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import smooth_image_info
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,17 +15,7 @@ from dint.data.store import SignalInfo, from_training, to_training
 
 def attributes() -> dict:
     """The "dint" attribute of a 48x40 grey image store chunked 16x16, as dint-shard writes it."""
-    return SignalInfo(
-        modality="image",
-        shape=(48, 40),
-        channels=1,
-        dtype="uint8",
-        value_range=(0.0, 255.0),
-        domain=((-1.0, 1.0), (-1.0, 1.0)),
-        chunks=(16, 16),
-        source_name="smooth.png",
-        source_sha256="ab" * 32,
-    ).to_attrs()
+    return smooth_image_info("ab" * 32).to_attrs()
 
 
 def test_the_attributes_round_trip():
