@@ -138,3 +138,26 @@ def write_smooth_store(dest: Path) -> Path:
     from dint.data.store import write_store
 
     return write_store(da.from_array(smooth_image(48, 40)), smooth_image_info(), dest)
+
+
+def cube_obj(path: Path) -> Path:
+    """A unit cube as an OBJ mesh at `path`."""
+    corners = [(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)]
+    faces = [
+        (1, 3, 4),
+        (1, 4, 2),
+        (5, 6, 8),
+        (5, 8, 7),
+        (1, 2, 6),
+        (1, 6, 5),
+        (3, 7, 8),
+        (3, 8, 4),
+        (1, 5, 7),
+        (1, 7, 3),
+        (2, 4, 8),
+        (2, 8, 6),
+    ]
+    path.write_text(
+        "".join(f"v {x} {y} {z}\n" for x, y, z in corners) + "".join(f"f {a} {b} {c}\n" for a, b, c in faces)
+    )
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from bombs import metaimage, nifti_gz, npz, png
-from conftest import REPO, _env, make_image_store, run_cli, smooth_image, write_png
+from conftest import REPO, _env, cube_obj, make_image_store, run_cli, smooth_image, write_png
 
 CAP = 1 << 30  # the data segment of every command here: dint-shard needs about 250 MiB of it for itself
 
@@ -214,28 +214,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount_point)], capture_output=True)
 
 
-def cube(path: Path) -> Path:
-    corners = [(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)]
-    faces = [
-        (1, 3, 4),
-        (1, 4, 2),
-        (5, 6, 8),
-        (5, 8, 7),
-        (1, 2, 6),
-        (1, 6, 5),
-        (3, 7, 8),
-        (3, 8, 4),
-        (1, 5, 7),
-        (1, 7, 3),
-        (2, 4, 8),
-        (2, 8, 6),
-    ]
-    path.write_text(
-        "".join(f"v {x} {y} {z}\n" for x, y, z in corners) + "".join(f"f {a} {b} {c}\n" for a, b, c in faces)
-    )
-    return path
-
-
 @pytest.mark.parametrize(
     "source, options, size",
     [
@@ -245,7 +223,9 @@ def cube(path: Path) -> Path:
 )
 def test_a_store_larger_than_the_free_disk_is_refused_before_writing(tmp_path, small_disk, source, options, size):
     path = (
-        cube(tmp_path / source) if source.endswith(".obj") else write_png(tmp_path / source, smooth_image(600, 640, 3))
+        cube_obj(tmp_path / source)
+        if source.endswith(".obj")
+        else write_png(tmp_path / source, smooth_image(600, 640, 3))
     )
     one_line(
         capped("dint.commands.cli", "shard", path, small_disk / "s.zarr", *options),
@@ -264,7 +244,7 @@ def test_a_mesh_grid_larger_than_the_disk_is_refused_at_once(tmp_path):
     result = run_cli(
         "dint.commands.cli",
         "shard",
-        cube(tmp_path / "cube.obj"),
+        cube_obj(tmp_path / "cube.obj"),
         tmp_path / "m.zarr",
         "--resolution",
         "5000",

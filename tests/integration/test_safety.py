@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_image_store, run_cli, smooth_image, torchrun, write_png
+from conftest import REPO, cube_obj, make_image_store, run_cli, smooth_image, torchrun, write_png
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -620,28 +620,6 @@ def test_a_store_declaring_billions_of_chunks_is_refused_at_once(tmp_path):
 
 
 # --- Rule 4: refuse before starting what cannot fit -------------------------------------------
-
-
-def cube_obj(path: Path) -> Path:
-    corners = [(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)]
-    faces = [
-        (1, 3, 4),
-        (1, 4, 2),
-        (5, 6, 8),
-        (5, 8, 7),
-        (1, 2, 6),
-        (1, 6, 5),
-        (3, 7, 8),
-        (3, 8, 4),
-        (1, 5, 7),
-        (1, 7, 3),
-        (2, 4, 8),
-        (2, 8, 6),
-    ]
-    path.write_text(
-        "".join(f"v {x} {y} {z}\n" for x, y, z in corners) + "".join(f"f {a} {b} {c}\n" for a, b, c in faces)
-    )
-    return path
 
 
 @pytest.mark.parametrize(
