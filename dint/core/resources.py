@@ -153,6 +153,18 @@ def require_ranks(ranks: int, threads: int, what: str) -> None:
 
 
 def require_disk(nbytes: float, what: str, where: Path) -> None:
+    """Refuse `what` when the disk of the folder `where` has less free than `nbytes`. A folder
+    this process cannot write, or one on a read-only or pseudo filesystem (which reports no
+    space at all), is left to the write itself, whose error says why."""
+    folder = Path(where).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return  # unreadable: the write names why
+    if disk.f_flag & os.ST_RDONLY or disk.f_blocks == 0 or not os.access(folder, os.W_OK | os.X_OK):
+        return
     have = free_disk(where)
     if nbytes > have:
         raise DintError(f"{what} would write {human(nbytes)}; {human(have)} is free on the disk of {where}")

@@ -102,5 +102,5 @@ def test_bad_configs_through_the_real_command(tmp_path, store):
 def test_help_prints_usage_not_an_error(flag):
     result = run_cli("dint.train", flag)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: python -m dint.train --config PATH") and "--section.key" in result.stdout
+    assert result.stdout.startswith("usage: dint train --config PATH") and "--section.key" in result.stdout
     assert result.stderr == ""
