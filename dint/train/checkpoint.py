@@ -13,6 +13,7 @@ with 1 or 3.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,11 +26,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from dint.core.config import Config
+from dint.core.config import Config, ModelConfig
 from dint.core.errors import DintError, warn
 from dint.core.files import anything, fsync, new_token, sha256_of, shown, staged
 from dint.data.store import SignalInfo
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max
+from dint.fields.model import build_model, structure
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
@@ -152,11 +154,12 @@ class CheckpointManager:
                 f"{tuple(saved['shape'])}), not of {self.run_config.data.store}; use another run.dir or "
                 "--checkpoint.resume never"
             )
-        for key in ("width", "hidden_layers"):
-            if state["config"]["model"][key] != getattr(self.run_config.model, key):
+        saved_structure = structure(saved_model_config(state["config"]["model"], path), info)
+        for key, value in structure(self.run_config.model, info).items():
+            if saved_structure.get(key) != value:
                 raise DintError(
-                    f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
-                    f"says {getattr(self.run_config.model, key)}: the model's shape cannot change on resume"
+                    f"{path}: checkpoint has model.{key} = {saved_structure.get(key)!r}, the config says "
+                    f"{value!r}: the model's shape cannot change on resume"
                 )
 
     def _warn(self, message: str) -> None:
@@ -177,21 +180,28 @@ def save_model(path: Path, model: nn.Module, config: Config, info: SignalInfo) -
 
 def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     """The model saved at `path`, the description of the signal it fits, and its config."""
-    from dint.core.config import ModelConfig
-    from dint.fields.siren import build_model
-
     if not path.is_file():
         raise DintError(f"{path}: no saved model (train first, or name a run folder holding model.pt)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         info = SignalInfo.from_attrs(saved["signal"], str(path))
-        model = build_model(ModelConfig(**saved["config"]["model"]), info)
+        model = build_model(saved_model_config(saved["config"]["model"], str(path)), info)
         model.load_state_dict(saved["model"])
     except DintError:
         raise
     except Exception as e:  # unpickling, a missing key or a shape mismatch: the file is not ours
         raise DintError(f"{path}: not a dint model file ({type(e).__name__}: {e})".splitlines()[0]) from None
     return model.eval(), info, saved["config"]
+
+
+def saved_model_config(saved: dict, where: object) -> ModelConfig:
+    """The [model] section a checkpoint or model.pt was saved with (one saved before
+    model.field existed is a SIREN); DintError for keys this dint does not know."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise DintError(f"{where}: saved with model.{unknown[0]}, which this dint does not know (a newer dint?)")
+    return ModelConfig(**saved)
 
 
 def dest_of(run_dir: Path, step: int) -> Path:

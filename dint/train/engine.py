@@ -31,7 +31,10 @@ class _Engine:
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
     def _build_optimizer(self, model: nn.Module, config: TrainConfig) -> None:
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        # A field may set Adam up its own way (a hash grid: the table in a group of its own at a
+        # higher learning rate); the first group's learning rate is the run's (metrics' lr).
+        settings = model.adam_settings(config.lr) if hasattr(model, "adam_settings") else {}
+        self.optimizer = torch.optim.Adam(**{"params": model.parameters(), "lr": config.lr, **settings})
         self.scheduler = build_lr_scheduler(self.optimizer, config.steps, config.lr_schedule)
 
     @property
