@@ -345,12 +345,25 @@ class TrainConfig:
     lr_schedule: str = key("cosine", "the learning rate over training", choices=("constant", "cosine"))
     seed: int = key(0, "the initial model and every random draw")
     engine: str = key("ddp", "how gradients are synchronised and the optimizer stepped", choices=("ddp", "deepspeed"))
+    zero_stage: int = key(
+        0,
+        "DeepSpeed's ZeRO stage: 1 divides Adam's state over the ranks, 2 the gradients too; 0: neither",
+        choices=(0, 1, 2),
+        allowed='only with train.engine = "deepspeed"',
+    )
     micro_batch: int = key(
         16384, "points per forward/backward, gradients accumulated; 0: a selection at once", non_negative=True
     )
     max_rollbacks: int = key(
         3, "on a non-finite loss: back to the last checkpoint with half the lr, this often", non_negative=True
     )
+
+    def validate(self, fail: Fail) -> None:
+        if self.zero_stage and self.engine != "deepspeed":
+            fail(
+                "zero_stage",
+                f'has no effect with train.engine = "{self.engine}": set it to "deepspeed" or drop the key',
+            )
 
 
 @dataclasses.dataclass
