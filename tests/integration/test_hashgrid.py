@@ -92,12 +92,13 @@ def test_every_teacher_trains_the_same_on_one_and_two_ranks(tmp_path, image_stor
     one, two = lines_of(tmp_path / "r1"), lines_of(tmp_path / "r2")
     assert [line["selected"] for line in one] == [line["selected"] for line in two]
     assert summary(tmp_path / "r2")["final_psnr"] == pytest.approx(summary(tmp_path / "r1")["final_psnr"], abs=0.05)
-    assert summary(tmp_path / "r1")["final_psnr"] > lines_of(tmp_path / "r1")[0]["psnr"]  # it learns
+    first = next(line["psnr"] for line in one if line["psnr"] is not None)  # step 6
+    assert summary(tmp_path / "r1")["final_psnr"] > first  # it learns
 
 
 def test_a_streamed_run_reaches_the_in_memory_model(tmp_path, image_store):
     config = hash_config(
-        tmp_path, image_store, teacher={"strategy": "int", "minibatch": 400}, train={"steps": 10}, eval={"every": 5}
+        tmp_path, image_store, teacher={"strategy": "full"}, train={"steps": 10, "micro_batch": 200}, eval={"every": 5}
     )
     runs = {}
     for name, extra in (("memory", []), ("streamed", ["--data.memory_budget", "800"])):
@@ -105,7 +106,24 @@ def test_a_streamed_run_reaches_the_in_memory_model(tmp_path, image_store):
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = summary(tmp_path / name)
     assert runs["streamed"]["streamed"] and not runs["memory"]["streamed"]
-    assert runs["streamed"]["final_psnr"] == pytest.approx(runs["memory"]["final_psnr"], abs=0.05)
+    assert runs["streamed"]["final_psnr"] == pytest.approx(runs["memory"]["final_psnr"], abs=1e-3)
+
+
+def test_streamed_minibatch_int_learns(tmp_path, image_store):
+    """Streamed, mini-batch b is every rank's b-th group of chunks: its points depend on the number of
+    ranks (docs/architecture.md), so only learning is compared here."""
+    config = hash_config(
+        tmp_path,
+        image_store,
+        teacher={"strategy": "int", "minibatch": 400},
+        train={"steps": 30},
+        eval={"every": 10},
+        data={"memory_budget": "1KB"},
+    )
+    result = torchrun(2, "-m", "dint.train", "--config", config, "--run.dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    psnrs = [line["psnr"] for line in lines_of(tmp_path / "run") if line["psnr"] is not None]
+    assert summary(tmp_path / "run")["streamed"] and psnrs[-1] > psnrs[0] + 2, psnrs
 
 
 @pytest.fixture(scope="module")
