@@ -134,9 +134,8 @@ class HashGrid(nn.Module):
             step = torch.stack([torch.zeros_like(self.strides[axis, :k]), self.strides[axis, :k]])[:, None]
             steps = (steps[None] + step).flatten(0, 1)
         index = torch.empty(coords.shape[0], 1 << self.ndim, self.levels, dtype=torch.int64, device=coords.device)
-        torch.add(direct[:, None], steps + self.offsets[:k], out=index[..., :k])
-        torch.bitwise_and(hashed, self.hash_mask, out=index[..., k:])
-        index[..., k:] += self.offsets[k:]
+        index[..., :k] = direct[:, None] + (steps + self.offsets[:k])
+        index[..., k:] = (hashed & self.hash_mask) + self.offsets[k:]
         return index, weights
 
     def encode(self, coords: torch.Tensor) -> torch.Tensor:

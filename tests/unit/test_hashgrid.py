@@ -160,3 +160,20 @@ def test_model_field_chooses_the_model_and_its_size():
     assert structure(config, info)["hash_activation"] == "sine"
     # State dicts hold the table and the MLP only: the index arithmetic is rebuilt from the config.
     assert set(grid.state_dict()) == {"table"} | {f"mlp.{k}" for k in grid.mlp.state_dict()}
+
+
+def test_the_field_compiles_whole_and_gives_the_eager_values():
+    """model.compile = auto compiles on CUDA: the forward traces as one graph (no break), whatever
+    the number of points (dynamic shapes), and computes what the eager forward does."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    grid = HashGrid(((-1.0, 1.0), (0.0, 2.0)), 3, (64, 48), levels=6, table_size_log2=10)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(grid, backend="aot_eager", dynamic=True)
+    for n in (100, 1000, 333):
+        coords = torch.rand(n, 2) * torch.tensor([2.0, 2.0]) - torch.tensor([1.0, 0.0])
+        torch.testing.assert_close(compiled(coords), grid(coords), rtol=0, atol=0)
+    assert not counters["graph_break"], dict(counters["graph_break"])
