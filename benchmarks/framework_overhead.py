@@ -36,8 +36,8 @@ import torch._dynamo
 from dint.core.config import ModelConfig, load_config
 from dint.data.sharding import Shard, rank_chunk_ids
 from dint.data.store import open_store
+from dint.fields.model import build_model, compile_model
 from dint.fields.quality import psnr
-from dint.fields.siren import build_model, compile_model
 from dint.train.schedule import build_lr_scheduler
 
 DEFAULT_VARIANTS = (

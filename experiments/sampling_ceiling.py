@@ -40,7 +40,7 @@ from dint.core.config import ModelConfig
 from dint.core.resources import keep_freed_memory
 from dint.data.sharding import CoordinateMap
 from dint.data.store import open_store, to_training
-from dint.fields.siren import build_model
+from dint.fields.model import build_model
 from dint.teaching.teacher import importance_weights, inclusion_probability, per_point_error
 from dint.train.metrics import time_to_reach
 

@@ -18,6 +18,9 @@ BASE = {
     "metrics": {"log_every": 5},
 }
 
+# The model section of a hash grid: BASE's SIREN keys dropped.
+HASH = {"field": "hashgrid", "width": None, "hidden_layers": None}
+
 # (id, what to change in the base config file (section -> {key: value}; a value None removes
 #  the key) or the whole file's text, command-line arguments, the line after
 #  "dint.train: error: " ({C}: the config file, {R}: the run folder, {...}: any text),
@@ -179,6 +182,59 @@ ROWS = [
         [],
         "{C}: data.domain = [[1, -1], [-1, 1]] must list [lo, hi] with finite lo < hi for each axis",
         "data.domain",
+    ),
+    (
+        "hash_levels_zero",
+        {"model": {**HASH, "hash_levels": 0}},
+        [],
+        "{C}: model.hash_levels = 0 must be > 0",
+        "model.hash_levels",
+    ),
+    (
+        "hash_table_of_2_to_the_40",
+        {"model": HASH},
+        ["--model.hash_table_size_log2", "40"],
+        "--model.hash_table_size_log2: model.hash_table_size_log2 = 40 must be 1 to 30 (2 to 2^30 entries a level)",
+        "model.hash_table_size_log2",
+    ),
+    (
+        "hash_finest_below_base",
+        {"model": {**HASH, "hash_base_resolution": 32, "hash_finest_resolution": 8}},
+        [],
+        "{C}: model.hash_finest_resolution = 8 is below model.hash_base_resolution = 32: the finest level cannot "
+        "be coarser than the coarsest (0: the signal's own resolution)",
+        "model.hash_finest_resolution",
+    ),
+    (
+        "hash_key_for_a_siren",
+        {"model": {"hash_levels": 8}},
+        [],
+        '{C}: model.hash_levels = 8 has no effect with model.field = "siren": set model.field = "hashgrid" or '
+        "drop the key",
+        "model.hash_levels",
+    ),
+    (
+        "siren_key_for_a_hash_grid",
+        {"model": {"field": "hashgrid", "hidden_layers": None}},
+        [],
+        '{C}: model.width = 16 has no effect with model.field = "hashgrid": set model.field = "siren" or drop the key',
+        "model.width",
+    ),
+    (
+        "w0_for_a_relu_mlp",
+        {"model": {**HASH, "hash_activation": "relu", "w0": 10.0}},
+        [],
+        '{C}: model.w0 = 10.0 has no effect with model.hash_activation = "relu": set it to "sine" or drop the key',
+        "model.w0",
+    ),
+    (
+        "hash_table_that_cannot_fit",
+        {"model": {**HASH, "hash_table_size_log2": 30, "hash_finest_resolution": 1000000}},
+        [],
+        "model.hash_levels = 16, model.hash_table_size_log2 = 30, model.hash_features = 2 ({...} parameters: "
+        "the table and its gradient and Adam's state, and a micro-batch's gathered features) needs {...} of "
+        "memory; {...} is available{...}",
+        "model.hash_table_size_log2",
     ),
     ("run_dir_is_a_file", {"run": {"dir": "{F}"}}, [], "{C}: run.dir = '{F}' is a file, not a folder", "run.dir"),
     ("run_dir_empty", {"run": {"dir": ""}}, [], "{C}: run.dir = '' must name a folder", "run.dir"),

@@ -8,8 +8,8 @@
                   threshold: 4 x allreduce(2 KiB)                    (radix rounds of float32 errors)
     balance     alltoall(16 * moved)                moved = the surplus, (1 - 1/imbalance) r N / W
     train       t_train   * r N / W                 forward and backward on the rank's share
-    all-reduce  allreduce(4 P)                      the gradients
-    optimizer   t_opt     * P
+    all-reduce  allreduce(4 P)                      the gradients (ZeRO 1/2: reduce-scatter + all-gather, as many bytes)
+    optimizer   t_opt     * P                       (ZeRO 1/2: t_opt * P / W, each rank its share)
 
 with N points, a mean share r of them trained per step, k_local = r N / W, P parameters,
 and for the collectives the usual alpha-beta terms on W ranks: allreduce(n) = the faster of a
@@ -21,13 +21,25 @@ Alpha and B are the intra-node figures up to one node of GPUs and the inter-node
 The per-point compute rates come from a measured run (seconds per point of the measured
 SIREN, scaled to another SIREN by its multiply-adds per point), or, for a GPU not measured,
 from its datasheet peak at an assumed efficiency: both are stated in the output.
+
+A hash-grid field (dint.fields.hashgrid) has few multiply-adds a point but many parameters:
+its table. Its per-point rates are the measured field's (the same levels, features and MLP),
+and the table, whose size follows the workload, is where the cost of data parallelism goes:
+every step exchanges 4 bytes a parameter of it, and Adam updates every entry (the gradient is
+dense). On a GPU not measured, a point costs the MLP's multiply-adds at the FP32 rate above and
+its L x 2^d gathered entries as random 32-byte reads of HBM, and Adam 28 bytes a parameter
+(fused: weight, gradient and two moments read, three written), both at an assumed share of
+the datasheet bandwidth.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
+from dint.core.config import ModelConfig
+from dint.fields.hashgrid import hashgrid_params
 from dint.fields.siren import siren_macs, siren_params
 from dint.teaching.teacher import topk_method
 
@@ -48,6 +60,15 @@ INTERCONNECT = {
 # An H100 SXM's FP32 peak (non-tensor) is 67 TFLOP/s (NVIDIA H100 datasheet); a SIREN's small
 # matrices reach a fraction of it: 25% assumed until tools/gpu_check.sh measures it.
 GPU_PEAK_FLOPS, GPU_EFFICIENCY = 67e12, 0.25
+
+# The H100 SXM's HBM3: 3.35 TB/s (NVIDIA H100 datasheet); random 32-byte gathers and Adam's
+# streams reach a share of it: 50% assumed until a GPU run measures the hash field.
+HBM_BANDWIDTH, HBM_EFFICIENCY = 3.35e12, 0.5
+GATHER_BYTES = 32  # one random read of a table entry: an HBM sector
+ADAM_BYTES = 28  # fused Adam in float32: weight, gradient, two moments read; weight, two moments written
+# The hash field's table in the predictions: instant-ngp's for its gigapixel image (Müller et al. 2022,
+# section 5.1: 2^24 entries a level).
+HASH_TABLE_SIZE_LOG2 = 24
 
 WORKLOADS = {  # name: (points, channels)
     "1-gigapixel image (32768^2, grey)": (32768 * 32768, 1),
@@ -145,8 +166,10 @@ def step_seconds(
     topk: str,
     imbalance: float,
     net: dict,
+    zero_stage: int = 0,
 ) -> dict[str, float]:
-    """The modelled step on `world` ranks, by part (seconds)."""
+    """The modelled step on `world` ranks, by part (seconds); `zero_stage` 1 or 2: DeepSpeed's ZeRO
+    divides the optimizer's work over the ranks and exchanges the gradients in as many bytes."""
     local = points / world
     k_local = ratio * local
     select = rates.select * local
@@ -161,7 +184,7 @@ def step_seconds(
         "balance": alltoall_seconds(16 * moved, world, net) if imbalance > 1 else 0.0,
         "train": rates.train * k_local,
         "allreduce": allreduce_seconds(4 * params, world, net),
-        "optimizer": rates.optimizer * params,
+        "optimizer": rates.optimizer * params / (world if zero_stage else 1),
     }
 
 
@@ -174,6 +197,7 @@ def predict(
     imbalance: float,
     worlds=GPU_COUNTS,
     net: dict | None = None,
+    zero_stage: int = 0,
 ) -> list[dict]:
     """Step time and efficiency at each world size, with each top-k method. Efficiency is the
     ideal step (compute only, divided evenly, no communication) over the modelled one."""
@@ -181,10 +205,10 @@ def predict(
     rows = []
     for world in worlds:
         for topk in ("gather", "threshold"):
-            parts = step_seconds(rates, world, points, params, ratio, refresh, topk, imbalance, net)
+            parts = step_seconds(rates, world, points, params, ratio, refresh, topk, imbalance, net, zero_stage)
             ideal = (
                 rates.score * points / refresh + rates.select * points + rates.train * ratio * points
-            ) / world + rates.optimizer * params
+            ) / world + rates.optimizer * params / (world if zero_stage else 1)
             total = sum(parts.values())
             rows.append(
                 {
@@ -192,6 +216,7 @@ def predict(
                     "topk": topk,
                     "step_seconds": total,
                     "parts": parts,
+                    "gradient_bytes": 4 * params,
                     "efficiency": ideal / total,
                     "points_per_second": ratio * points / total,
                 }
@@ -234,6 +259,74 @@ def prediction_table(
                 f"| {name} | {row['world']} | {row['topk']} | {row['step_seconds'] * 1000:,.1f} | "
                 f"{row['points_per_second']:,.3g} | {row['efficiency']:.0%} |"
             )
+    return "\n".join(lines), rows
+
+
+def hash_config(record: dict, table_size_log2: int = HASH_TABLE_SIZE_LOG2) -> ModelConfig:
+    """The measured hash field (record["hash"]: dint scale's record of its model keys) with another table."""
+    return ModelConfig(field="hashgrid", **{**record["hash"], "hash_table_size_log2": table_size_log2})
+
+
+def hash_gpu_rates(config: ModelConfig, ndim: int, channels: int, cpu: Rates) -> Rates:
+    """An H100-class GPU on the hash field: the MLP's multiply-adds at GPU_PEAK_FLOPS x
+    GPU_EFFICIENCY and L x 2^d random gathers at HBM_BANDWIDTH x HBM_EFFICIENCY a point (the
+    backward scatters as many: 3 x the forward), Adam's ADAM_BYTES a parameter; ranking keeps the
+    CPU's ratio to the forward."""
+    fan_in, macs = config.hash_levels * config.hash_features, 0
+    for _ in range(config.hash_mlp_layers):
+        macs, fan_in = macs + fan_in * config.hash_mlp_width, config.hash_mlp_width
+    macs += fan_in * channels
+    bandwidth = HBM_BANDWIDTH * HBM_EFFICIENCY
+    forward = 2 * macs / (GPU_PEAK_FLOPS * GPU_EFFICIENCY) + config.hash_levels * 2**ndim * GATHER_BYTES / bandwidth
+    ratio = forward / cpu.score if cpu.score > 0 else 0.0
+    return Rates(
+        score=forward,
+        select=cpu.select * ratio,
+        train=3 * forward,
+        optimizer=ADAM_BYTES / bandwidth,
+        macs=macs,
+        source=f"modelled: H100 SXM, FP32 {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at {GPU_EFFICIENCY:.0%}, HBM "
+        f"{HBM_BANDWIDTH / 1e12:.2f} TB/s at {HBM_EFFICIENCY:.0%}",
+    )
+
+
+def hash_prediction_table(
+    record: dict, in_features: int, out_features: int, ratio: float, refresh: int
+) -> tuple[str, list[dict]]:
+    """The named workloads with the measured hash field at HASH_TABLE_SIZE_LOG2 entries a level on
+    8-1024 GPUs, with DDP and with ZeRO 1 (Adam's state and work divided): the table's gradient
+    exchange is the term that grows with it."""
+    measured = rates_from_record(record, 1)
+    on_gpu = str(record["device"]).startswith("cuda")
+    config = hash_config(record)
+    lines = [
+        "Modelled, not measured (dint.commands.cost_model). The hash field measured "
+        f"({config.hash_levels} levels x {config.hash_features} features, MLP {config.hash_mlp_layers}x"
+        f"{config.hash_mlp_width}) with 2^{HASH_TABLE_SIZE_LOG2} entries a level, instant-ngp's gigapixel "
+        f"table. Compute rates: {measured.source}"
+        + ("" if on_gpu else f"; GPU: {hash_gpu_rates(config, 2, 1, measured).source}")
+        + f". Interconnect as above. Mean trained share {ratio:.2f}, scoring every {refresh} steps.",
+        "",
+        "| workload | parameters | gradient bytes a step | GPUs | engine | step (ms) | of which gradient exchange (ms) "
+        "| optimizer (ms) | efficiency |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for name, (points, channels) in WORKLOADS.items():
+        ndim = 2 if "image" in name else 3
+        side = round(points ** (1 / ndim))
+        params = hashgrid_params(config, SimpleNamespace(shape=(side,) * ndim, ndim=ndim, channels=channels))
+        rates = measured if on_gpu else hash_gpu_rates(config, ndim, channels, measured)
+        for zero_stage, engine in ((0, "DDP"), (1, "ZeRO 1")):
+            for row in predict(rates, points, params, ratio, refresh, 1.0, zero_stage=zero_stage):
+                if row["topk"] != "threshold":  # the table's exchange does not depend on the top-k method
+                    continue
+                rows.append({"workload": name, "engine": engine, "params": params, **row})
+                lines.append(
+                    f"| {name} | {params:,} | {4 * params:,} | {row['world']} | {engine} | "
+                    f"{row['step_seconds'] * 1000:,.1f} | {row['parts']['allreduce'] * 1000:,.1f} | "
+                    f"{row['parts']['optimizer'] * 1000:,.1f} | {row['efficiency']:.0%} |"
+                )
     return "\n".join(lines), rows
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from dint.commands.bench import time_to_reach
 from dint.commands.report import COUNT, NUMBER, NUMBERS, POSITIVE, TEXT, checked_curve, entry, read_run_files
-from dint.core.config import load_config
+from dint.core.config import FIELD_KEYS, load_config
 from dint.core.errors import DintError
 from dint.core.files import check_outside_inputs, claim_folder, hold_folder, shown, write_outputs
 from dint.distributed.launch import torchrun_command
@@ -111,7 +111,7 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
     except DintError as e:
         raise DintError(f"{shown(run_dir)}: not a finished dint run ({e})") from None
     summary = checked_summary(summary, lines, run_dir)
-    steps = summary["steps"]
+    steps, hashgrid = summary["steps"], config.model.field == "hashgrid"
     per_step = lambda key: summary[key] / steps  # noqa: E731
     split = {
         "score": per_step("score_seconds"),
@@ -140,6 +140,8 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
         # Each rank's own contribution to the collectives, mean over ranks and steps.
         "select_bytes_per_step": statistics.fmean(summary["select_bytes_per_rank"]) / steps,
         "balance_bytes_per_step": statistics.fmean(summary["balance_bytes_per_rank"]) / steps,
+        # The gradient exchange (all of a hash field's table): a summary of before it counted none.
+        "gradients_bytes_per_step": statistics.fmean(summary.get("gradients_bytes_per_rank", [0])) / steps,
         "imbalance": statistics.fmean(line["imbalance"] for line in lines),
         "imbalance_before_balance": statistics.fmean(
             max(line["selected_per_rank"]) * ranks / max(1, line["selected"]) for line in lines
@@ -150,6 +152,8 @@ def record_of(run_dir: Path, ranks: int, nodes: int, target: float | None) -> di
         "points_trained": summary["points_trained"],
         "points_scored_per_rank": summary["points_scored_per_rank"],
         "model": [config.model.hidden_layers, config.model.width],
+        "field": config.model.field,
+        **({"hash": {key: getattr(config.model, key) for key in FIELD_KEYS["hashgrid"]}} if hashgrid else {}),
         "in_features": summary["ndim"],
         "out_features": summary["channels"],
         "topk": config.teacher.topk,
@@ -263,7 +267,10 @@ def modelled(records: list[dict]) -> dict:
     ratio = base["points_trained"] / base["steps"] / base["points"]
     scored = sum(base["points_scored_per_rank"]) / base["steps"]
     refresh = max(1, round(base["points"] / scored)) if scored else 10**9
-    table, rows = cost_model.prediction_table(base, tuple(base["model"]), *io, ratio, refresh)
+    if base.get("field") == "hashgrid":
+        table, rows = cost_model.hash_prediction_table(base, *io, ratio, refresh)
+    else:
+        table, rows = cost_model.prediction_table(base, tuple(base["model"]), *io, ratio, refresh)
     lines = [
         "Fitted on the smallest size; its figures for every measured size (this machine, latency "
         f"{here['intra_latency'] * 1e6:.0f} us per ring step from the measured all-reduce):",
@@ -298,8 +305,8 @@ def scaling_table(result: dict) -> str:
         "",
         "| ranks | nodes | points | points/s | speed-up | efficiency | s/step | "
         + " | ".join(PARTS)
-        + " | select B/step | balance B/step | imbalance | final PSNR | time to target (s) |",
-        "|" + "---|" * (12 + len(PARTS)),
+        + " | select B/step | balance B/step | gradient B/step | imbalance | final PSNR | time to target (s) |",
+        "|" + "---|" * (13 + len(PARTS)),
     ]
     for r in result["records"]:
         split = " | ".join(ms(r["step_split"][p]) for p in PARTS)
@@ -307,7 +314,8 @@ def scaling_table(result: dict) -> str:
         lines.append(
             f"| {r['ranks']} | {r['nodes']} | {r['points']:,} | {r['points_per_second']:,.0f} | "
             f"{r['speedup']:.2f} | {r['efficiency']:.0%} | {r['seconds_per_step']:.4f} | {split} | "
-            f"{r['select_bytes_per_step']:,.0f} | {r['balance_bytes_per_step']:,.0f} | {r['imbalance']:.3f} | "
+            f"{r['select_bytes_per_step']:,.0f} | {r['balance_bytes_per_step']:,.0f} | "
+            f"{r.get('gradients_bytes_per_step', 0):,.0f} | {r['imbalance']:.3f} | "
             f"{r['final_psnr']:.2f} | {reached} |"
         )
     return "\n".join(lines)

@@ -20,6 +20,25 @@ import tomllib
 from dint.core.errors import DintError
 from dint.core.files import check_input
 
+FIELDS = ("siren", "hashgrid")
+# The keys only one field reads (w0 serves both: the SIREN and a hash grid's sine MLP).
+FIELD_KEYS = {
+    "siren": ("width", "hidden_layers", "w0_first", "init_scale"),
+    "hashgrid": (
+        "hash_levels",
+        "hash_table_size_log2",
+        "hash_features",
+        "hash_base_resolution",
+        "hash_finest_resolution",
+        "hash_mlp_width",
+        "hash_mlp_layers",
+        "hash_activation",
+        "hash_table_lr_factor",
+    ),
+}
+# 2^30 entries a level: 4 GiB of float32 features a level at F = 1, beyond any table instant-ngp uses (2^24).
+MAX_TABLE_SIZE_LOG2 = 30
+
 # fail(name, problem): report the section's key `name` as wrong, naming where it was set.
 Fail = Callable[[str, str], typing.NoReturn]
 
@@ -125,16 +144,54 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The field: a SIREN (an MLP with sine activations)."""
+    """The field: a SIREN (an MLP with sine activations, the default) or a hash grid (a
+    multiresolution hash encoding and a small MLP, docs/architecture.md). The SIREN's keys have
+    no effect on a hash grid, nor the hash grid's (hash_*) on a SIREN: another value than the
+    default is refused."""
 
-    width: int = key(256, "neurons per hidden layer", positive=True)
-    hidden_layers: int = key(
-        5, "sine layers; a linear output layer follows (5: the paper's 6 layers in all)", positive=True
+    field: str = key(
+        "siren",
+        "siren: an MLP with sine activations; hashgrid: instant-ngp's multiresolution hash encoding and a small MLP",
+        choices=FIELDS,
     )
-    w0: float = key(30.0, "frequency factor of the hidden sine layers", positive=True)
-    w0_first: float = key(30.0, "frequency factor of the first sine layer", positive=True)
+    width: int = key(256, "siren: neurons per hidden layer", positive=True)
+    hidden_layers: int = key(
+        5, "siren: sine layers; a linear output layer follows (5: the paper's 6 layers in all)", positive=True
+    )
+    w0: float = key(
+        30.0,
+        "frequency factor of the hidden sine layers (siren; hashgrid with a sine MLP)",
+        positive=True,
+        allowed='not with model.hash_activation = "relu"',
+    )
+    w0_first: float = key(30.0, "siren: frequency factor of the first sine layer", positive=True)
     init_scale: float = key(
-        1.0, "weight scaling (Yeom et al. 2025): every weight but the last layer's times this", positive=True
+        1.0, "siren: weight scaling (Yeom et al. 2025): every weight but the last layer's times this", positive=True
+    )
+    hash_levels: int = key(16, "hashgrid: grid levels, coarsest to finest", positive=True)
+    hash_table_size_log2: int = key(
+        19,
+        "hashgrid: a level holds at most 2^this entries; a finer grid is hashed into them",
+        allowed=f"1 to {MAX_TABLE_SIZE_LOG2}",
+    )
+    hash_features: int = key(2, "hashgrid: features per entry", positive=True)
+    hash_base_resolution: int = key(16, "hashgrid: vertices per axis of the coarsest level", allowed=">= 2")
+    hash_finest_resolution: int = key(
+        0,
+        "hashgrid: vertices per axis of the finest level; 0: the signal's samples per axis (levels grow "
+        "geometrically in between)",
+        non_negative=True,
+        allowed="0, or at least model.hash_base_resolution",
+    )
+    hash_mlp_width: int = key(64, "hashgrid: neurons per hidden layer of the MLP after the encoding", positive=True)
+    hash_mlp_layers: int = key(2, "hashgrid: hidden layers of that MLP; a linear output layer follows", positive=True)
+    hash_activation: str = key(
+        "auto",
+        "hashgrid: the MLP's activation; auto: sine for audio, relu for the rest (benchmarks/)",
+        choices=("auto", "relu", "sine"),
+    )
+    hash_table_lr_factor: float = key(
+        10.0, "hashgrid: the table's learning rate is train.lr times this (the MLP's is train.lr)", positive=True
     )
     compile: str = key("auto", "torch.compile the model: on, off, or auto: on CUDA only", choices=("auto", "on", "off"))
     compile_backend: str = key(
@@ -150,6 +207,31 @@ class ModelConfig:
         if self.compile == "off" and self.compile_backend != ModelConfig.compile_backend:
             fail(
                 "compile_backend", 'has no effect with model.compile = "off": set model.compile = "on" or drop the key'
+            )
+        # The same for the keys of the field not chosen: a default is harmless, another value ignored.
+        other = "hashgrid" if self.field == "siren" else "siren"
+        for name in FIELD_KEYS[other]:
+            if getattr(self, name) != getattr(ModelConfig, name):
+                fail(
+                    name,
+                    f'has no effect with model.field = "{self.field}": set model.field = "{other}" or drop the key',
+                )
+        if self.field == "siren":
+            return
+        if self.hash_activation == "relu" and self.w0 != ModelConfig.w0:
+            fail("w0", 'has no effect with model.hash_activation = "relu": set it to "sine" or drop the key')
+        if not 1 <= self.hash_table_size_log2 <= MAX_TABLE_SIZE_LOG2:
+            fail(
+                "hash_table_size_log2",
+                f"must be 1 to {MAX_TABLE_SIZE_LOG2} (2 to 2^{MAX_TABLE_SIZE_LOG2} entries a level)",
+            )
+        if self.hash_base_resolution < 2:
+            fail("hash_base_resolution", "must be >= 2 (a level has at least 2 vertices per axis)")
+        if 0 < self.hash_finest_resolution < self.hash_base_resolution:
+            fail(
+                "hash_finest_resolution",
+                f"is below model.hash_base_resolution = {self.hash_base_resolution}: the finest level cannot be "
+                "coarser than the coarsest (0: the signal's own resolution)",
             )
 
 
@@ -263,12 +345,25 @@ class TrainConfig:
     lr_schedule: str = key("cosine", "the learning rate over training", choices=("constant", "cosine"))
     seed: int = key(0, "the initial model and every random draw")
     engine: str = key("ddp", "how gradients are synchronised and the optimizer stepped", choices=("ddp", "deepspeed"))
+    zero_stage: int = key(
+        0,
+        "DeepSpeed's ZeRO stage: 1 divides Adam's state over the ranks, 2 the gradients too; 0: neither",
+        choices=(0, 1, 2),
+        allowed='only with train.engine = "deepspeed"',
+    )
     micro_batch: int = key(
         16384, "points per forward/backward, gradients accumulated; 0: a selection at once", non_negative=True
     )
     max_rollbacks: int = key(
         3, "on a non-finite loss: back to the last checkpoint with half the lr, this often", non_negative=True
     )
+
+    def validate(self, fail: Fail) -> None:
+        if self.zero_stage and self.engine != "deepspeed":
+            fail(
+                "zero_stage",
+                f'has no effect with train.engine = "{self.engine}": set it to "deepspeed" or drop the key',
+            )
 
 
 @dataclasses.dataclass

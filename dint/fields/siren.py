@@ -67,7 +67,7 @@ def siren_params(in_features: int, out_features: int, hidden_layers: int, width:
     return siren_macs(in_features, out_features, hidden_layers, width) + hidden_layers * width + out_features
 
 
-def training_bytes(config: ModelConfig, info: SignalInfo, micro_batch: int) -> int:
+def siren_training_bytes(config: ModelConfig, info: SignalInfo, micro_batch: int) -> int:
     """Memory a training step needs for the model: weights, gradients and Adam's two moments
     (4 floats a parameter), and the activations of one micro-batch kept for the backward
     (about 3 floats per neuron and point)."""
@@ -75,42 +75,8 @@ def training_bytes(config: ModelConfig, info: SignalInfo, micro_batch: int) -> i
     return 16 * params + 12 * micro_batch * config.width * config.hidden_layers
 
 
-def check_training_memory(config: ModelConfig, info: SignalInfo, micro_batch: int, device: torch.device) -> None:
-    """Refuse, before anything is loaded, a model whose training cannot fit (model.width = 1e6, say)."""
-    from dint.core.resources import local_ranks, require_memory
-
-    require_memory(
-        training_bytes(config, info, micro_batch),
-        f"model.width = {config.width}, model.hidden_layers = {config.hidden_layers} (weights, gradients, "
-        "Adam's state and a micro-batch's activations)",
-        local_ranks(),
-        device,
-    )
-
-
-def build_model(config: ModelConfig, info: SignalInfo) -> Siren:
-    """The SIREN of `config` for `info`'s coordinates in and channels out (training and dint render)."""
+def build_siren(config: ModelConfig, info: SignalInfo) -> Siren:
+    """The SIREN of `config` for `info`'s coordinates in and channels out."""
     return Siren(
         info.ndim, info.channels, config.width, config.hidden_layers, config.w0, config.w0_first, config.init_scale
     )
-
-
-def compile_wanted(setting: str, device: torch.device) -> bool:
-    """`model.compile`: on, off, or auto, which compiles on CUDA only: on a CPU the time
-    compiling takes outweighs what it saves on all but long runs (benchmarks/: torch.compile)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
-
-
-def compile_model(model: nn.Module, config: ModelConfig, device: torch.device) -> bool:
-    """Compile `model`'s forward in place when `config.compile` asks for it on `device`, and say
-    whether it did. Shapes are dynamic (selections vary in size from step to step), and the
-    parameters and state_dict keys stay those of the eager model, so checkpoints, DDP and
-    dint render see no difference. A backend that fails on this machine (no C++ compiler, no
-    Triton) falls back to eager with torch's warning instead of stopping the run."""
-    if not compile_wanted(config.compile, device):
-        return False
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True
-    model.compile(backend=config.compile_backend, dynamic=True)
-    return True

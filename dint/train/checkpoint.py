@@ -24,6 +24,7 @@ any of these is skipped with a warning, and nothing of it stays loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -39,7 +40,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from dint.core.config import Config
+from dint.core.config import Config, ModelConfig
 from dint.core.errors import DintError, one_line, warn
 from dint.core.files import (
     check_claimable,
@@ -60,6 +61,7 @@ from dint.core.files import (
 from dint.core.resources import require_disk
 from dint.data.store import SignalInfo, _is_int, _short
 from dint.distributed.collectives import DistInfo, all_gather_varlen, all_reduce_max, barrier, collective_failure
+from dint.fields.model import build_model, structure
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
@@ -248,11 +250,12 @@ class CheckpointManager:
                 f"{tuple(saved['shape'])}), not of {self.run_config.data.store}; use another run.dir or "
                 "--checkpoint.resume never"
             )
-        for key in ("width", "hidden_layers"):
-            if state["config"]["model"][key] != getattr(self.run_config.model, key):
+        saved_structure = structure(saved_model_config(state["config"]["model"], path), info)
+        for key, value in structure(self.run_config.model, info).items():
+            if saved_structure.get(key) != value:
                 raise Incompatible(
-                    f"{path}: checkpoint has model.{key} = {state['config']['model'][key]}, the config "
-                    f"says {getattr(self.run_config.model, key)}: the model's shape cannot change on resume"
+                    f"{path}: checkpoint has model.{key} = {saved_structure.get(key)!r}, the config says "
+                    f"{value!r}: the model's shape cannot change on resume"
                 )
 
     def _warn(self, message: str) -> None:
@@ -284,15 +287,12 @@ def saved_bytes(state: object) -> int:
 
 def load_trained(path: Path) -> tuple[nn.Module, SignalInfo, dict]:
     """The model saved at `path`, the description of the signal it fits, and its config."""
-    from dint.core.config import ModelConfig
-    from dint.fields.siren import build_model
-
     if not os.path.lexists(path):
         raise DintError(f"{shown(path)}: no saved model (train first, or name a run folder holding model.pt)")
     saved = load_tensors(path, "dint model file")
     try:
         info = SignalInfo.from_attrs(saved["signal"], shown(path))
-        model = build_model(ModelConfig(**saved["config"]["model"]), info)
+        model = build_model(saved_model_config(saved["config"]["model"], shown(path)), info)
         model.load_state_dict(saved["model"])
     except DintError:
         raise
@@ -370,6 +370,16 @@ class WholeWrites:
 
     def flush(self) -> None:
         pass
+
+
+def saved_model_config(saved: dict, where: object) -> ModelConfig:
+    """The [model] section a checkpoint or model.pt was saved with (one saved before
+    model.field existed is a SIREN); DintError for keys this dint does not know."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise DintError(f"{where}: saved with model.{unknown[0]}, which this dint does not know (a newer dint?)")
+    return ModelConfig(**saved)
 
 
 def dest_of(run_dir: Path, step: int) -> Path:

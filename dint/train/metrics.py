@@ -154,6 +154,7 @@ class MetricsLogger:
             "select_seconds": round(self.timers["select"].seconds, 4),
             "balance_seconds": round(self.timers["balance"].seconds, 4),
             "update_seconds": round(self.timers["update"].seconds, 4),
+            "allreduce_seconds": round(self.timers["allreduce"].seconds, 4),  # the gradient exchange's (DDP)
             # What dint bench and dint report measure time to quality in: selection + update, no evaluation.
             "train_seconds": round(sum(self.timers[name].seconds for name in ("select", "balance", "update")), 4),
             "lr": lr,
@@ -265,15 +266,20 @@ def run_summary(trainer, quality: dict, wall_seconds: float) -> dict:
         "load_seconds": trainer.load_seconds,
         "wall_seconds": wall_seconds,
         "peak_rss_mb_per_rank": peak_rss_mb_per_rank(dist.device),
+        "optimizer_state_bytes_per_rank": gather_counts(trainer.engine.optimizer_state_bytes(), dist.device),
         "outputs": {},
     }
 
 
+TRAFFIC_PURPOSES = ("select", "balance", "gradients")
+
+
 def bytes_per_rank(counted: dict[str, int], device: torch.device) -> dict[str, list[int]]:
-    """`select_bytes_per_rank` and `balance_bytes_per_rank` from each rank's counts; collective."""
-    mine = torch.tensor([[counted["select"], counted["balance"]]], dtype=torch.int64, device=device)
+    """`select_bytes_per_rank`, `balance_bytes_per_rank` and `gradients_bytes_per_rank` (the
+    gradient exchange, dint.train.engine) from each rank's counts; collective."""
+    mine = torch.tensor([[counted[purpose] for purpose in TRAFFIC_PURPOSES]], dtype=torch.int64, device=device)
     (every,) = all_gather_varlen(mine)
-    return {"select_bytes_per_rank": every[:, 0].tolist(), "balance_bytes_per_rank": every[:, 1].tolist()}
+    return {f"{purpose}_bytes_per_rank": every[:, i].tolist() for i, purpose in enumerate(TRAFFIC_PURPOSES)}
 
 
 def peak_rss_mb_per_rank(device: torch.device) -> list[float]:

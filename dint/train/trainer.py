@@ -23,8 +23,8 @@ from dint.core.resources import keep_freed_memory
 from dint.data.sharding import rank_chunk_ids
 from dint.data.store import open_store
 from dint.distributed.collectives import TRAFFIC, barrier, init_distributed, on_rank0
+from dint.fields.model import build_model, check_training_memory, compile_model
 from dint.fields.render import PREVIEW_MAX_POINTS, render_reconstruction
-from dint.fields.siren import build_model, check_training_memory, compile_model
 from dint.teaching.balance import Balancer
 from dint.teaching.plans import build_batch_plan
 from dint.teaching.teacher import Teacher

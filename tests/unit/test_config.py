@@ -174,7 +174,11 @@ def test_the_command_line_can_mend_the_file_and_is_checked_after_it(tmp_path):
             "[6000]",
             "--metrics.selection_maps: metrics.selection_maps = [6000] has step 6000, past train.steps = 5000",
         ),
-        ("model.hidden", "3", "--model.hidden: unknown key 'model.hidden' (known: model.width, model.hidden_layers, "),
+        (
+            "model.hidden",
+            "3",
+            "--model.hidden: unknown key 'model.hidden' (known: model.field, model.width, model.hidden_layers, ",
+        ),
         (
             "models.width",
             "3",

@@ -430,7 +430,7 @@ def tiny_config():
 
 
 def tiny_model(info):
-    from dint.fields.siren import build_model
+    from dint.fields.model import build_model
 
     return build_model(tiny_config().model, info)
 

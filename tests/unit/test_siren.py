@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dint.core.config import ModelConfig
-from dint.fields.siren import Siren, build_model, compile_wanted
+from dint.fields.model import compile_wanted
+from dint.fields.siren import Siren, build_siren
 
 
 def old_siren(in_features, out_features, width, hidden_layers, w0=30.0, w0_first=30.0) -> torch.nn.Module:
@@ -41,7 +42,7 @@ def test_init_scale_one_is_the_model_as_before(tmp_path):
     torch.manual_seed(7)
     reference = linears(old_siren(2, 3, 32, 3))
     torch.manual_seed(7)
-    model = linears(build_model(ModelConfig(width=32, hidden_layers=3), info))
+    model = linears(build_siren(ModelConfig(width=32, hidden_layers=3), info))
     assert len(model) == len(reference) == 4
     for new, old in zip(model, reference, strict=True):
         assert torch.equal(new.weight, old.weight) and torch.equal(new.bias, old.bias)
@@ -51,9 +52,9 @@ def test_init_scale_one_is_the_model_as_before(tmp_path):
 def test_init_scale_multiplies_every_weight_but_the_last_layers(scale):
     info = type("Info", (), {"ndim": 2, "channels": 1})()
     torch.manual_seed(3)
-    plain = linears(build_model(ModelConfig(width=64, hidden_layers=3), info))
+    plain = linears(build_siren(ModelConfig(width=64, hidden_layers=3), info))
     torch.manual_seed(3)
-    scaled = linears(build_model(ModelConfig(width=64, hidden_layers=3, init_scale=scale), info))
+    scaled = linears(build_siren(ModelConfig(width=64, hidden_layers=3, init_scale=scale), info))
     bounds = [1.0 / 2] + [math.sqrt(6.0 / 64) / 30.0] * 2  # first layer 1/fan_in, then sqrt(6/fan_in)/w0
     for layer, (a, b) in enumerate(zip(plain, scaled, strict=True)):
         last = layer == len(plain) - 1

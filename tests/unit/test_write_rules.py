@@ -200,7 +200,7 @@ def test_a_run_folder_is_never_an_input_nor_inside_one(tmp_path_factory, where, 
 def trained_run(tmp_path_factory) -> Path:
     """A run folder dint made, holding a tiny model trained on `store.zarr` beside it."""
     from dint.core.config import ModelConfig
-    from dint.fields.siren import build_model
+    from dint.fields.model import build_model
     from dint.train.checkpoint import save_model
 
     folder = tmp_path_factory.mktemp("trained")
