@@ -220,8 +220,7 @@ ROWS = [
         "siren_key_for_a_hash_grid",
         {"model": {"field": "hashgrid", "hidden_layers": None}},
         [],
-        '{C}: model.width = 16 has no effect with model.field = "hashgrid": set model.field = "siren" or drop '
-        "the key",
+        '{C}: model.width = 16 has no effect with model.field = "hashgrid": set model.field = "siren" or drop the key',
         "model.width",
     ),
     (
