@@ -9,8 +9,8 @@ instant-ngp's spatial hash (the XOR of the vertex's coordinates times 1, 2654435
 2^d vertices of its cell; the L levels' features, concatenated, go through the MLP.
 
 All levels live in one table (levels one after another), so a forward is one gather of
-n x L x 2^d rows; no Python loop runs over levels or corners. A point's gradient reaches
-only the 2^d entries of each level around it.
+n x 2^d x L rows; no Python loop runs over levels or corners (one runs over the 1 to 3 axes).
+A point's gradient reaches only the 2^d entries of each level around it.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def hashgrid_training_bytes(config: ModelConfig, info: SignalInfo, micro_batch: 
 
 
 def resolved_activation(config: ModelConfig, info: SignalInfo) -> str:
-    """model.hash_activation, with auto resolved by modality (measured: benchmarks/)."""
+    """model.hash_activation, with auto resolved by modality: sine fitted audio best, ReLU the
+    rest (benchmarks/2026-12-07-hash-grid.md)."""
     if config.hash_activation != "auto":
         return config.hash_activation
     return "sine" if info.modality == "audio" else "relu"
