@@ -52,7 +52,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--activation", choices=("auto", "relu", "sine"), default=ModelConfig.hash_activation)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--table-lr-factor", type=float, default=ModelConfig.hash_table_lr_factor)
-    parser.add_argument("--eps", type=float, default=None, help="Adam's epsilon (default: the field's own)")
+    parser.add_argument("--eps", type=float, default=None, help="Adam's epsilon (default: Adam's, 1e-8)")
     parser.add_argument("--schedule", choices=("constant", "cosine-time"), default="constant")
     parser.add_argument("--table-grad", choices=("dense", "sparse"), default="dense")
     parser.add_argument("--adam", choices=("fused", "foreach", "loop"), default=None, help="default: the field's own")

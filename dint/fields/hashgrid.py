@@ -9,8 +9,8 @@ instant-ngp's spatial hash (the XOR of the vertex's coordinates times 1, 2654435
 2^d vertices of its cell; the L levels' features, concatenated, go through the MLP.
 
 All levels live in one table (levels one after another), so a forward is one gather of
-n x L x 2^d rows; no Python loop runs over levels or corners. A point's gradient reaches
-only the 2^d entries of each level around it.
+n x 2^d x L rows; no Python loop runs over levels or corners (one runs over the 1 to 3 axes).
+A point's gradient reaches only the 2^d entries of each level around it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 PRIMES = (1, 2654435761, 805459861)  # instant-ngp's, one per axis
 TABLE_INIT = 1e-4  # entries start uniform in (-1e-4, 1e-4), as instant-ngp's
-ADAM_EPS = 1e-15  # instant-ngp's Adam epsilon: small gradients of rarely seen entries still move them
 
 
 def level_resolutions(levels: int, base: int, finest: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -150,15 +149,15 @@ class HashGrid(nn.Module):
 
     def adam_settings(self, lr: float) -> dict:
         """Adam's groups and options (dint.train.engine): the MLP first, at the run's learning rate,
-        then the table at lr x model.hash_table_lr_factor; instant-ngp's epsilon for both. Fused:
-        one pass over the whole table instead of one per tensor and operation, several times faster
-        on a CPU for tables of millions of entries (benchmarks/)."""
+        then the table at lr x model.hash_table_lr_factor (a table at the MLP's rate fits far less
+        in as many steps). Adam's own epsilon: instant-ngp's 1e-15 made no measurable difference.
+        Fused: one pass over the whole table instead of one per tensor and operation, faster on a
+        CPU for tables of millions of entries (benchmarks/2026-12-07-hash-grid.md)."""
         return {
             "params": [
                 {"params": list(self.mlp.parameters()), "lr": lr},
                 {"params": [self.table], "lr": lr * self.table_lr_factor},
             ],
-            "eps": ADAM_EPS,
             "fused": True,
         }
 
@@ -196,7 +195,8 @@ def hashgrid_training_bytes(config: ModelConfig, info: SignalInfo, micro_batch: 
 
 
 def resolved_activation(config: ModelConfig, info: SignalInfo) -> str:
-    """model.hash_activation, with auto resolved by modality (measured: benchmarks/)."""
+    """model.hash_activation, with auto resolved by modality: sine fitted audio best, ReLU the
+    rest (benchmarks/2026-12-07-hash-grid.md)."""
     if config.hash_activation != "auto":
         return config.hash_activation
     return "sine" if info.modality == "audio" else "relu"
