@@ -14,7 +14,7 @@
 #   3 the paper-scale bench: SIREN 5x256, kodim01, full, uniform, int and default, with as many steps
 #     as fit its time (from part 2's step time); float16 scoring on its default-teacher model
 #   4 dint scale at 1 rank on the GPU: the cost model's compute term, measured
-#   5 the hash-grid field on the full Pluto image: skipped (not landed)
+#   5 the hash-grid field on the full Pluto image (a crop of it in a dry run)
 # Each part runs under its own timeout, and the whole under DINT_CHECK_SECONDS (480 on a GPU).
 # --dry-run runs the same path on a CPU machine: gloo instead of nccl, a small crop, small models,
 # a few steps, torch.compile's aot_eager backend; when PYTHON has no torch it stands in the GPU
@@ -46,10 +46,10 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 if [ "$dry" = 1 ]; then
   total=${DINT_CHECK_SECONDS:-2400}
-  limits=(0 600 600 600 300)  # seconds a part may take, parts 1-4 (a slow, shared CPU)
+  limits=(0 600 600 600 300 300)  # seconds a part may take, parts 1-5 (a slow, shared CPU)
 else
   total=${DINT_CHECK_SECONDS:-480}
-  limits=(0 150 90 150 45)
+  limits=(0 150 90 150 45 60)
 fi
 py=${PYTHON:-python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/dint-gpu-check.XXXXXX")
@@ -124,6 +124,13 @@ for data in ${DINT_DATA:-} shared/data ../shared/data "$wheels/data"; do
     if [ "$kodak" = builtin:cameraman ] && [ -f "$candidate" ]; then kodak=$candidate; fi
   done
 done
+# Part 5's signal: the Pluto image (4408x4344 grey), found as kodim01 is; part 5 is skipped without it.
+pluto=""
+for data in ${DINT_DATA:-} shared/data ../shared/data "$wheels/data"; do
+  for candidate in "$data/images/pluto/pluto_4408x4344_gray.jpg" "$data/pluto_4408x4344_gray.jpg"; do
+    if [ -z "$pluto" ] && [ -f "$candidate" ]; then pluto=$candidate; fi
+  done
+done
 store=$work/signal.zarr
 crop=()
 [ "$dry" = 1 ] && crop=(--crop 0:64,0:96)  # 6,144 points: the same path, small
@@ -138,6 +145,7 @@ if [ "$dry" = 1 ]; then
   p2_args="--width 32 --layers 2 --warmup 2 --steps 3 --backend aot_eager"
   p3_model="--model.width 32 --model.hidden_layers 2" p3_variant=dint:fp32:eager p3_seconds=60 p3_range="20 40 10 20"
   p4_model="--model.width 32 --model.hidden_layers 2" p4_steps=20
+  p5_crop="--crop 0:256,0:256" p5_steps=20
 else
   p1_model="--model.width 64 --model.hidden_layers 3" p1_steps=200 p1_eval=50 p1_every=100 p1_kill=150
   p2_args="--width 256 --layers 5 --warmup 10 --steps 100 --backend inductor --budget 60"
@@ -145,9 +153,10 @@ else
   p3_model="--model.width 256 --model.hidden_layers 5" p3_variant=dint:fp32:compiled p3_seconds=100
   p3_range="200 5000 100 1000"  # fewest, most, rounded to, unmeasured
   p4_model="--model.width 256 --model.hidden_layers 5" p4_steps=500
+  p5_crop="" p5_steps=300
 fi
 export py out store device cuda_flag kodak p1_model p1_steps p1_eval p1_every p1_kill p2_args p3_model p3_variant \
-  p3_seconds p3_range p4_model p4_steps
+  p3_seconds p3_range p4_model p4_steps pluto p5_crop p5_steps work
 torchrun() { "$py" -m torch.distributed.run --standalone --nproc_per_node 1 "$@"; }
 export -f torchrun
 
@@ -210,12 +219,22 @@ part_4() {  # dint scale at 1 rank: the cost model's compute term
 }
 collect_4() { cat "$out/4-scale/compute.txt" 2>/dev/null; }
 
+part_5() {  # the hash-grid field on the full Pluto image: configs/hash/image.toml, one rank
+  local d=$out/5-hash-grid
+  "$py" -m dint shard "$pluto" "$work/pluto.zarr" $p5_crop > "$d/store.txt" 2>&1
+  "$py" -m dint train --config configs/hash/image.toml --data.store "$work/pluto.zarr" --run.dir "$d/run" \
+    --run.device "$device" --train.steps "$p5_steps" --train.micro_batch 0 --eval.every $((p5_steps / 4)) \
+    --eval.reconstruction false \
+    > "$d/train.log" 2>&1
+}
+collect_5() { grep '^dint.train: final' "$out/5-hash-grid/train.log" 2>/dev/null; }
+
 prune() {  # what comes back stays small: no checkpoints, stores or TensorBoard logs
   find "$1" -depth \( -name checkpoints -o -name '*.zarr' -o -name tensorboard \) -type d -exec rm -rf {} + \
     2>/dev/null || true
   find "$1" -name model.pt ! -path '*default-0*' -delete 2>/dev/null || true
 }
-export -f part_1 part_2 part_3 part_4
+export -f part_1 part_2 part_3 part_4 part_5
 
 run_part() {  # run_part N NAME: part_N under its timeout (at most what is left of the total)
   local n=$1 name=$2 folder began=$SECONDS limit=${limits[$1]} left rc=0 status headline
@@ -236,13 +255,17 @@ run_part() {  # run_part N NAME: part_N under its timeout (at most what is left 
   prune "$folder"
   line "$n" "$name" "$status" $((SECONDS - began)) "$headline"
 }
-export -f collect_1 collect_2 collect_3 collect_4
+export -f collect_1 collect_2 collect_3 collect_4 collect_5
 
 run_part 1 cuda-path
 run_part 2 overhead
 run_part 3 paper-bench
 run_part 4 scale
-line 5 hash-grid skipped 0 "the hash-grid field has not landed: nothing to run on the full Pluto image"
+if [ -n "$pluto" ]; then
+  run_part 5 hash-grid
+else
+  line 5 hash-grid skipped 0 "pluto_4408x4344_gray.jpg not found (DINT_DATA, shared/data, ../shared/data or DIR/data)"
+fi
 
 {
   echo

@@ -80,10 +80,12 @@ rm -rf "$dir" "$dir.machine"
 download "$dir" "${travel[@]}"
 download "$dir/fallback" "${FALLBACK[@]}"
 [ "$pyver" = "$GPU_PYTHON" ] || download "$dir.machine" "${MACHINE_HAS[@]}"
-# The checks' signal travels too (0.7 MB), for a GPU machine without ../shared/data.
+# The checks' signals travel too (kodim01 0.7 MB, Pluto 2.2 MB), for a GPU machine without ../shared/data.
 for kodak in ${DINT_DATA:-} shared/data ../shared/data; do
   if [ -f "$kodak/images/kodak/kodim01.png" ]; then
-    mkdir -p "$dir/data" && cp "$kodak/images/kodak/kodim01.png" "$dir/data/" && break
+    mkdir -p "$dir/data" && cp "$kodak/images/kodak/kodim01.png" "$dir/data/"
+    [ -f "$kodak/images/pluto/pluto_4408x4344_gray.jpg" ] && cp "$kodak/images/pluto/pluto_4408x4344_gray.jpg" "$dir/data/"
+    break
   fi
 done
 
